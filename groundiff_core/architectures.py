@@ -53,8 +53,8 @@ def paper_layout_unet(
 
 def small_vae(channels: Sequence[int] = (16, 32, 32), in_channels: int = 1, latent_channels: int = 3,
               norm_groups: int = 8, seed: int | None = 0):
-    """An ``AutoencoderKL`` that downsamples by ``2 ** (len(channels) - 1)``, without attention-free
-    shortcuts (diffusers always adds a mid-block attention; that is fine for small sizes)."""
+    """An ``AutoencoderKL`` that downsamples by ``2 ** (len(channels) - 1)``; like the paper's
+    autoencoder it has no attention (``mid_block_add_attention=False``)."""
     from diffusers import AutoencoderKL
 
     if seed is not None:
@@ -69,6 +69,7 @@ def small_vae(channels: Sequence[int] = (16, 32, 32), in_channels: int = 1, late
         layers_per_block=1,
         latent_channels=latent_channels,
         norm_num_groups=norm_groups,
+        mid_block_add_attention=False,
         sample_size=64,
     )
 

@@ -1,0 +1,130 @@
+"""The phantom LDM: architecture, save and load.
+
+A small latent diffusion model laid out like the paper's (3 UNet levels, cross-attention at the two
+deeper ones, 2 res blocks per level: 11 cross-attention layers, so the paper's layers 3, 4, 6, 7 are
+the deepest ones), v-prediction with the paper's noise schedule, input range [0, 1], one image
+channel, 128x128 input, a KL autoencoder with 4x downsampling (latent 3x32x32) and a small CLIP text
+encoder trained from scratch on the phantom reports with a closed-vocabulary tokenizer.
+
+Why a text encoder trained here rather than a frozen pretrained one: no pretrained CLIP weights can
+be installed offline from a package registry, and a frozen general-purpose encoder would not know
+the phantom's words any better than a random one; training a small CLIP text model jointly with the
+UNet is what the paper's setting amounts to (a text encoder aligned with the image model's data).
+
+The shipped weights live in ``groundiff_core/phantom/weights/`` in the diffusers/transformers
+directory layout (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``) plus ``phantom.json``
+(schedule, scale factor, input facts) and ``MODEL_CARD.md``. Weights are stored in float16 (to keep
+the package small) and loaded as float32.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..architectures import paper_layout_unet, small_vae
+from ..model import LDM, NoiseSchedule
+from ..text import small_text_encoder, word_tokenizer
+from .generator import SIZE, vocabulary
+
+__all__ = ["PhantomSpec", "build_phantom", "save_phantom", "load_phantom", "WEIGHTS_DIR"]
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """Architecture of the phantom LDM."""
+
+    image_size: int = SIZE
+    vae_channels: tuple[int, ...] = (16, 32, 32)
+    latent_channels: int = 3
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_heads: tuple[int, ...] = (1, 4, 4)
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.vae_channels) - 1)
+
+
+def build_phantom(spec: PhantomSpec = PhantomSpec(), seed: int = 0, scale_factor: float = 1.0) -> LDM:
+    """A randomly initialised phantom LDM (the starting point of training)."""
+    tok = word_tokenizer(vocabulary())
+    text = small_text_encoder(len(tok), hidden_size=spec.text_hidden, layers=spec.text_layers,
+                              heads=spec.text_heads, seed=seed)
+    vae = small_vae(spec.vae_channels, in_channels=1, latent_channels=spec.latent_channels,
+                    norm_groups=8, seed=seed + 1)
+    unet = paper_layout_unet(spec.latent_size, channels=spec.unet_channels,
+                             in_channels=spec.latent_channels, cross_attention_dim=spec.text_hidden,
+                             heads=spec.unet_heads, norm_groups=16, seed=seed + 2)
+    ldm = LDM(unet=unet, vae=vae, tokenizer=tok, text_encoder=text,
+              schedule=NoiseSchedule(), scale_factor=scale_factor, input_size=spec.image_size,
+              input_range=(0.0, 1.0), image_channels=1, name="phantom")
+    for m in (unet, vae, text):  # training starts from here
+        m.train()
+        m.requires_grad_(True)
+    return ldm
+
+
+def save_phantom(ldm: LDM, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write the model in the shipped layout (float16 safetensors + configs)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, module in (("unet", ldm.unet), ("vae", ldm.vae), ("text_encoder", ldm.text_encoder)):
+        half = _half_copy(module)
+        half.save_pretrained(out / name, safe_serialization=True)
+    ldm.tokenizer.save_pretrained(out / "tokenizer")
+    meta = {
+        "name": ldm.name,
+        "schedule": asdict(ldm.schedule),
+        "scale_factor": ldm.scale_factor,
+        "input_size": ldm.input_size,
+        "input_range": list(ldm.input_range),
+        "image_channels": ldm.image_channels,
+        **(extra or {}),
+    }
+    (out / "phantom.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def _half_copy(module):
+    import copy
+
+    m = copy.deepcopy(module).to(torch.float16)
+    return m
+
+
+def load_phantom(path: str | Path | None = None, device: str | torch.device | None = None,
+                 dtype: torch.dtype = torch.float32) -> LDM:
+    """Load the phantom LDM shipped with the package (or from ``path``), offline, in seconds."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root = Path(path) if path is not None else WEIGHTS_DIR
+    meta_file = root / "phantom.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(
+            f"phantom model not found: {meta_file} is missing. The weights ship inside the package "
+            "(groundiff_core/phantom/weights); retrain them with `python -m groundiff_core.phantom.train`."
+        )
+    meta = json.loads(meta_file.read_text())
+    unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype, local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype, local_files_only=True)
+    text = CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=dtype, local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    ldm = LDM(
+        unet=unet, vae=vae, tokenizer=tok, text_encoder=text,
+        schedule=NoiseSchedule(**meta["schedule"]), scale_factor=float(meta["scale_factor"]),
+        input_size=int(meta["input_size"]), input_range=tuple(meta["input_range"]),
+        image_channels=int(meta["image_channels"]), name=meta.get("name", "phantom"),
+        info={"source": "phantom", "weights": str(root), "train_steps": meta.get("unet_steps", -1)},
+    )
+    if device is not None:
+        ldm.to(device)
+    return ldm

@@ -1,0 +1,242 @@
+"""Train the phantom LDM on CPU: ``python -m groundiff_core.phantom.train --out DIR``.
+
+Three stages, each resumable from ``DIR/checkpoint.pt`` (an interrupted run loses at most
+``--save-every`` steps; rerun the same command to continue):
+
+1. ``vae``: the KL autoencoder on phantom images (L1 reconstruction + a small KL term).
+2. ``encode``: the training set's latents (posterior means); the latent scale factor is set to
+   ``1 / std`` so the scaled latents have unit variance.
+3. ``unet``: the UNet and the text encoder jointly, v-prediction with the paper's noise schedule.
+   Captions: 60% one finding's phrase (the sentences that are later grounded), 30% the whole report,
+   10% the empty string (the unconditional prompt used by the inversion).
+
+Losses go to ``DIR/train_log.jsonl``; the final model is written in the shipped layout to
+``DIR/model`` (and, with ``--install``, into the package's weights folder). Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .generator import SPLIT_SEEDS, make_phantom
+from .model import WEIGHTS_DIR, PhantomSpec, build_phantom, save_phantom
+
+
+def _log(out: Path, **row) -> None:
+    with open(out / "train_log.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def make_dataset(n: int, seed0: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Images ``[n, 1, S, S]`` float32 and, per image, the list of its findings' phrases."""
+    imgs, phrases = [], []
+    for i in range(n):
+        ph = make_phantom(seed0 + i)
+        imgs.append(ph.image[None])
+        phrases.append([f.phrase for f in ph.findings])
+    return np.stack(imgs).astype(np.float32), phrases
+
+
+def caption(rng: np.random.Generator, phrases: list[str]) -> str:
+    u = rng.random()
+    if u < 0.1:
+        return ""
+    if u < 0.7 or len(phrases) == 1:
+        return phrases[rng.integers(len(phrases))]
+    order = rng.permutation(len(phrases))
+    return " . ".join(phrases[j] for j in order)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path, help="working directory (checkpoints, logs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-train", type=int, default=6000, help="training phantoms (train split seeds)")
+    ap.add_argument("--vae-steps", type=int, default=500)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--unet-steps", type=int, default=2000)
+    ap.add_argument("--unet-batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--export-every", type=int, default=500, help="write DIR/model-STEP snapshots")
+    ap.add_argument("--install", action="store_true", help="copy the final model into the package")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    spec = PhantomSpec()
+    ldm = build_phantom(spec, seed=args.seed)
+    vae, unet, text = ldm.vae, ldm.unet, ldm.text_encoder
+    ck_path = out / "checkpoint.pt"
+    state = {"stage": "vae", "step": 0, "scale_factor": 1.0, "wall": 0.0}
+    opt_vae = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    ema = [p.detach().clone() for p in params]
+    if ck_path.exists():
+        ck = torch.load(ck_path, weights_only=False)  # our own file, written below
+        vae.load_state_dict(ck["vae"]); unet.load_state_dict(ck["unet"]); text.load_state_dict(ck["text"])
+        opt_vae.load_state_dict(ck["opt_vae"]); opt.load_state_dict(ck["opt"])
+        ema = ck["ema"]
+        state = ck["state"]
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed at stage {state['stage']} step {state['step']}", flush=True)
+
+    def checkpoint() -> None:
+        _save_atomic({"vae": vae.state_dict(), "unet": unet.state_dict(), "text": text.state_dict(),
+                      "opt_vae": opt_vae.state_dict(), "opt": opt.state_dict(), "ema": ema,
+                      "state": state, "torch_rng": torch.get_rng_state()}, ck_path)
+
+    t_start = time.time() - state["wall"]
+    print(f"generating {args.n_train} training phantoms", flush=True)
+    images, phrases = make_dataset(args.n_train, SPLIT_SEEDS["train"] + args.seed * 1_000_000)
+    images_t = torch.from_numpy(images)
+
+    # ---------------------------------------------------------------- stage 1: autoencoder
+    if state["stage"] == "vae":
+        vae.train()
+        rng = np.random.default_rng(args.seed * 7 + state["step"])
+        while state["step"] < args.vae_steps:
+            lr = args.lr * min(1.0, (state["step"] + 1) / 50)
+            for g in opt_vae.param_groups:
+                g["lr"] = lr
+            idx = rng.integers(0, len(images), args.vae_batch)
+            x = images_t[idx]
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample
+            l1 = (rec - x).abs().mean()
+            kl = post.kl().mean() / x[0].numel()
+            loss = l1 + 1e-4 * kl
+            opt_vae.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_vae.step()
+            state["step"] += 1
+            if state["step"] % 20 == 0:
+                state["wall"] = time.time() - t_start
+                _log(out, stage="vae", step=state["step"], l1=float(l1), kl=float(kl), wall=state["wall"])
+                print(f"vae {state['step']}/{args.vae_steps} l1={float(l1):.4f} kl={float(kl):.3f}", flush=True)
+            if state["step"] % args.save_every == 0:
+                checkpoint()
+        state.update(stage="encode", step=0)
+        checkpoint()
+
+    # ---------------------------------------------------------------- stage 2: latents
+    lat_path = out / "latents.pt"
+    if state["stage"] == "encode" or not lat_path.exists():
+        vae.eval()
+        with torch.no_grad():
+            lat = torch.cat([vae.encode(images_t[i:i + 64]).latent_dist.mean
+                             for i in range(0, len(images_t), 64)])
+        std = float(lat.std())
+        state["scale_factor"] = 1.0 / std
+        torch.save(lat, lat_path)
+        _log(out, stage="encode", latent_std=std, scale_factor=state["scale_factor"])
+        print(f"latents {tuple(lat.shape)} std={std:.4f} -> scale factor {state['scale_factor']:.4f}", flush=True)
+        if state["stage"] == "encode":
+            state.update(stage="unet", step=0)
+        checkpoint()
+    latents = torch.load(lat_path) * state["scale_factor"]
+
+    # ---------------------------------------------------------------- stage 3: UNet + text encoder
+    ldm.scale_factor = state["scale_factor"]
+    abar = ldm.schedule.alphas_cumprod().float()
+    T = ldm.schedule.num_train_timesteps
+    unet.train(); text.train()
+    vae.eval()
+    while state["stage"] == "unet" and state["step"] < args.unet_steps:
+        step = state["step"]
+        rng = np.random.default_rng(args.seed * 1_000_003 + step)
+        warm = min(1.0, (step + 1) / 100)
+        cos = 0.5 * (1 + np.cos(np.pi * step / args.unet_steps))
+        lr = args.lr * warm * (0.1 + 0.9 * cos)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = rng.integers(0, len(latents), args.unet_batch)
+        z0 = latents[idx]
+        caps = [caption(rng, phrases[i]) for i in idx]
+        ids = ldm.tokenize(caps)["input_ids"]
+        cond = text(input_ids=ids).last_hidden_state
+        t = torch.from_numpy(rng.integers(0, T, args.unet_batch)).long()
+        noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32))
+        a = abar[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        v = a.sqrt() * noise - (1 - a).sqrt() * z0
+        pred = unet(zt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(0.999, (1 + step) / (10 + step))
+            for e, p in zip(ema, params):
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
+        state["step"] += 1
+        if state["step"] % 20 == 0:
+            state["wall"] = time.time() - t_start
+            _log(out, stage="unet", step=state["step"], loss=float(loss), lr=lr, wall=state["wall"])
+            print(f"unet {state['step']}/{args.unet_steps} loss={float(loss):.4f} "
+                  f"wall={state['wall'] / 60:.1f}min", flush=True)
+        if state["step"] % args.save_every == 0:
+            checkpoint()
+        if state["step"] % args.export_every == 0 or state["step"] == args.unet_steps:
+            _export(ldm, params, ema, out / f"model-{state['step']:05d}", state, args, spec)
+    if state["stage"] == "unet":
+        state["stage"] = "done"
+        state["wall"] = time.time() - t_start
+        checkpoint()
+    final = _export(ldm, params, ema, out / "model", state, args, spec)
+    if args.install:
+        import shutil
+
+        if WEIGHTS_DIR.exists():
+            shutil.rmtree(WEIGHTS_DIR)
+        shutil.copytree(final, WEIGHTS_DIR)
+        print(f"installed into {WEIGHTS_DIR}", flush=True)
+    return 0
+
+
+def _export(ldm, params, ema, path: Path, state: dict, args, spec: PhantomSpec) -> Path:
+    """Write the EMA weights in the shipped layout."""
+    backup = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    ldm.scale_factor = state["scale_factor"]
+    extra = {
+        "seed": args.seed, "n_train": args.n_train, "vae_steps": args.vae_steps,
+        "unet_steps": state["step"] if state["stage"] == "unet" else args.unet_steps,
+        "unet_batch": args.unet_batch, "lr": args.lr, "threads": args.threads,
+        "train_wall_seconds": round(state["wall"], 1),
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items()},
+    }
+    save_phantom(ldm, path, extra)
+    with torch.no_grad():
+        for p, b in zip(params, backup):
+            p.copy_(b)
+    return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

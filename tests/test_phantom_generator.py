@@ -1,0 +1,114 @@
+"""The phantom generator: deterministic, laterality-correct, MS-CXR layout, closed vocabulary."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from groundiff_core.phantom.generator import (
+    CATEGORIES, SIZE, SPLIT_SEEDS, make_phantom, vocabulary, write_phantom_set,
+)
+from groundiff_core.text import split_words, word_tokenizer
+
+
+def test_same_seed_same_phantom_and_different_seeds_differ():
+    a, b, c = make_phantom(5), make_phantom(5), make_phantom(6)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert [f.phrase for f in a.findings] == [f.phrase for f in b.findings]
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_images_are_valid_and_findings_have_boxes_inside():
+    for s in range(40):
+        ph = make_phantom(s)
+        assert ph.image.shape == (SIZE, SIZE) and ph.image.dtype == np.float32
+        assert 0.0 <= ph.image.min() and ph.image.max() <= 1.0
+        assert 1 <= len(ph.findings) <= 3
+        cats = [f.category for f in ph.findings]
+        assert len(set(cats)) == len(cats), "findings of one image are of different categories"
+        for f in ph.findings:
+            assert f.category in CATEGORIES
+            assert f.boxes, f
+            for x, y, w, h in f.boxes:
+                assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= SIZE and y + h <= SIZE
+
+
+def test_laterality_follows_radiological_convention():
+    """The patient's right is the image's left: 'right' findings lie left of the midline."""
+    seen = {"right": 0, "left": 0}
+    for s in range(100):
+        for f in make_phantom(s).findings:
+            if f.side in ("right", "left") and f.category != "cardiomegaly":
+                (x, y, w, h), = f.boxes
+                cx = x + w / 2
+                if f.side == "right":
+                    assert cx < SIZE / 2, (s, f)
+                else:
+                    assert cx > SIZE / 2, (s, f)
+                assert f.side in f.phrase.split()
+                seen[f.side] += 1
+    assert seen["right"] > 10 and seen["left"] > 10
+
+
+def test_bilateral_findings_have_two_boxes_on_both_sides():
+    n = 0
+    for s in range(150):
+        for f in make_phantom(s).findings:
+            if f.side == "bilateral":
+                assert len(f.boxes) == 2
+                centres = sorted(x + w / 2 for x, y, w, h in f.boxes)
+                assert centres[0] < SIZE / 2 < centres[1]
+                n += 1
+    assert n > 5
+
+
+def test_every_category_appears_and_phrases_use_the_closed_vocabulary():
+    tok = word_tokenizer(vocabulary())
+    vocab = set(vocabulary())
+    cats = set()
+    for s in range(120):
+        for f in make_phantom(s).findings:
+            cats.add(f.category)
+            for w in split_words(f.phrase):
+                assert w in vocab, (w, f.phrase)
+            ids = tok(f.phrase)["input_ids"]
+            assert len(ids) == len(split_words(f.phrase)) + 2  # one token per word + start/end
+    assert cats == set(CATEGORIES)
+
+
+def test_write_phantom_set_writes_mscxr_layout(tmp_path):
+    from PIL import Image
+
+    csv_path = write_phantom_set(tmp_path, 5, split="test", progress=False)
+    rows = list(csv.DictReader(open(csv_path)))
+    assert set(["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h",
+                "image_width", "image_height", "split"]) <= set(rows[0])
+    paths = {r["path"] for r in rows}
+    assert len(paths) == 5
+    for p in paths:
+        im = np.asarray(Image.open(tmp_path / p))
+        assert im.shape == (SIZE, SIZE) and im.dtype == np.uint16
+    first = min(paths)
+    assert first.endswith(f"{SPLIT_SEEDS['test']:08d}.png")
+
+
+def test_splits_use_disjoint_seeds():
+    ranges = sorted(SPLIT_SEEDS.values())
+    assert all(b - a >= 1_000_000 for a, b in zip(ranges, ranges[1:]))
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="n must be positive"):
+        write_phantom_set(tmp_path, 0)
+    with pytest.raises(ValueError, match="split must be one of"):
+        write_phantom_set(tmp_path, 2, split="holdout")
+
+
+def test_cli_writes_a_set(tmp_path):
+    from groundiff_core.cli import main
+
+    assert main(["phantom", "--out", str(tmp_path), "--n", "3", "--seed", "42"]) == 0
+    assert (tmp_path / "annotations.csv").exists()
+    assert len(list((tmp_path / "images").glob("*.png"))) == 3
