@@ -1,0 +1,230 @@
+"""``groundiff doctor``: what is installed, which models are on this machine, and whether the paper's
+reproduction can run here. It only looks: nothing is downloaded, converted or written.
+
+The paper's folder is ``--paper-dir``, else ``$GROUNDIFF_PAPER_DIR``, else ``~/.cache/groundiff/paper``.
+Checkpoints are opened memory-mapped (tensors only) to count their tensors and parameters against the
+published architecture recorded in ``groundiff_core/data/checksums.json``; ``--hash`` also computes
+their SHA-256 (slow for GB-sized files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["register", "run", "report"]
+
+PACKAGES = ("groundiff_core", "torch", "numpy", "diffusers", "transformers", "safetensors", "huggingface_hub",
+            "monai", "einops", "captum", "pydicom", "scikit-image", "scipy", "papermill", "jupyter-book")
+OPTIONAL = {"monai": "only to test the MONAI conversion", "einops": "needed by MONAI's attention blocks",
+            "captum": "Captum comparisons", "pydicom": "DICOM input", "papermill": "building the book",
+            "jupyter-book": "building the book"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("doctor", help="report versions, devices, locally available models and whether "
+                                             "the paper's reproduction can run")
+    p.add_argument("--paper-dir", default=None,
+                   help="folder with the paper's model (default: $GROUNDIFF_PAPER_DIR or ~/.cache/groundiff/paper)")
+    p.add_argument("--hash", action="store_true", help="also compute the SHA-256 of each checkpoint (slow)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _devices() -> dict:
+    import torch
+
+    cuda = [{"name": torch.cuda.get_device_name(i),
+             "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
+            for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    mps = getattr(torch.backends, "mps", None)
+    return {"cpu_threads": torch.get_num_threads(), "cuda": cuda,
+            "mps": bool(mps is not None and mps.is_available())}
+
+
+def _phantom() -> dict:
+    try:
+        from groundiff_core.phantom.model import WEIGHTS_DIR
+    except ImportError as e:
+        return {"found": False, "problem": f"phantom package not importable: {e}"}
+    found = (WEIGHTS_DIR / "phantom.json").is_file()
+    return {"found": found, "path": str(WEIGHTS_DIR),
+            **({} if found else {"problem": "weights not shipped; train them with python -m groundiff_core.phantom.train"})}
+
+
+def _inspect_checkpoint(path: Path, expected: dict) -> dict:
+    """Tensor and parameter counts of a checkpoint (memory-mapped, tensors only) against the published ones."""
+    import torch
+
+    info: dict = {}
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # unsafe, corrupt or legacy (non-zip) format: report, do not fail
+        return {"readable": False, "problem": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        return {"readable": False, "problem": "not a state dict"}
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+    info.update(readable=True, tensors=len(tensors), parameters=int(sum(t.numel() for t in tensors)))
+    variants = expected.get("variants") or {"published": expected}
+    match = next((name for name, v in variants.items()
+                  if v.get("tensors") == info["tensors"] and v.get("parameters") == info["parameters"]), None)
+    info["matches_published"] = match
+    return info
+
+
+def _paper(paper_dir: str | None, hash_files: bool) -> dict:
+    from groundiff_core.loading.catalog import PAPER_DIR_ENV, checksums, default_paper_dir, find_paper_files
+    from groundiff_core.loading.checkpoints import fingerprint, sha256
+
+    if paper_dir:
+        root, origin = Path(paper_dir).expanduser(), "--paper-dir"
+    else:
+        root, origin = default_paper_dir(), (f"${PAPER_DIR_ENV}" if os.environ.get(PAPER_DIR_ENV) else "default")
+    files = find_paper_files(root)
+    facts = checksums()["paper"]
+    out: dict = {"dir": str(root), "dir_from": origin, "files": {}, "problems": []}
+    for name, fname in (("autoencoder", "autoencoder.pth"), ("diffusion_model", "diffusion_model.pth")):
+        path = getattr(files, name)
+        entry: dict = {"path": None if path is None else str(path)}
+        if path is None:
+            out["problems"].append(f"{fname} not found")
+        else:
+            expected = facts["monai_bundle"]["files"][fname]
+            entry["size"] = path.stat().st_size
+            entry.update(_inspect_checkpoint(path, expected))
+            if hash_files:
+                entry["sha256"] = sha256(path)
+                if expected.get("sha256"):
+                    entry["sha256_matches"] = entry["sha256"] == expected["sha256"]
+            if not entry.get("readable"):
+                out["problems"].append(f"{fname} unreadable: {entry.get('problem')}")
+            elif entry.get("matches_published") is None:
+                out["problems"].append(f"{fname} has {entry['tensors']} tensors / {entry['parameters']} parameters, "
+                                       "not the published architecture's (load it with unet_config=/autoencoder_config=)")
+        out["files"][fname] = entry
+    hidden = None
+    for name in ("text_encoder", "tokenizer"):
+        path = getattr(files, name)
+        out["files"][name] = {"path": None if path is None else str(path)}
+        if path is None:
+            out["problems"].append(f"{name}/ not found")
+    if files.text_encoder is not None:
+        try:
+            hidden = json.loads((files.text_encoder / "config.json").read_text()).get("hidden_size")
+        except (OSError, ValueError):
+            hidden = None
+        want = facts["text_encoder"]["folders"]["text_encoder"]["hidden_size"]
+        out["files"]["text_encoder"]["hidden_size"] = hidden
+        if hidden != want:
+            out["problems"].append(f"text encoder hidden size {hidden}, the paper's is {want} (SD 2.1 base)")
+    cache = None
+    if files.diffusion_model is not None:
+        folder = files.diffusion_model.parent / "groundiff-diffusers"
+        try:
+            record = json.loads((folder / "conversion.json").read_text())
+            current = record["request"]["sources"]["diffusion_model"] == fingerprint(files.diffusion_model)
+            cache = {"path": str(folder), "current": bool(current)}
+        except (OSError, ValueError, KeyError):
+            cache = None
+    out["converted_cache"] = cache
+    out["ready"] = not out["problems"]
+    return out
+
+
+def report(paper_dir: str | None = None, hash_files: bool = False) -> dict:
+    """The doctor's findings as a JSON-able dict."""
+    from groundiff_core.loading.catalog import checksums
+    from groundiff_core.loading.hub import hub_offline
+
+    devices = _devices()
+    paper = _paper(paper_dir, hash_files)
+    reasons = list(paper["problems"])
+    return {
+        "versions": _versions(),
+        "devices": devices,
+        "offline": {"HF_HUB_OFFLINE": hub_offline()},
+        "models": {"tiny": {"found": True}, "phantom": _phantom(), "paper": paper},
+        "paper_reproduction": {
+            "can_run": not reasons,
+            "reasons": reasons,
+            "accelerator": bool(devices["cuda"] or devices["mps"]),
+            "data": {k: v["url"] for k, v in checksums()["data"].items()},
+        },
+    }
+
+
+def _fmt_size(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def _print(rep: dict) -> None:
+    v = rep["versions"]
+    core = ", ".join(f"{k} {v[k]}" for k in ("python", "groundiff_core", "torch", "diffusers", "transformers", "numpy"))
+    optional = ", ".join(f"{k} {v[k] or 'not installed'}" for k in PACKAGES
+                         if k not in ("groundiff_core", "torch", "numpy", "diffusers", "transformers"))
+    d = rep["devices"]
+    cuda = "; ".join(f"{g['name']} ({g['memory_gib']} GiB)" for g in d["cuda"]) or "not available"
+    lines = ["groundiff doctor", f"  versions  {core}", f"            {optional}",
+             f"  devices   CPU ({d['cpu_threads']} threads); CUDA: {cuda}; MPS: {'yes' if d['mps'] else 'no'}",
+             f"  offline   HF_HUB_OFFLINE={'1' if rep['offline']['HF_HUB_OFFLINE'] else 'unset'} "
+             "(groundiff never downloads unless asked)",
+             "  models", "    tiny      available (random weights, for tests and examples)"]
+    ph = rep["models"]["phantom"]
+    lines.append(f"    phantom   {'found: ' + ph['path'] if ph['found'] else 'NOT FOUND: ' + ph.get('problem', '')}")
+    p = rep["models"]["paper"]
+    lines.append(f"    paper     folder {p['dir']} (from {p['dir_from']})")
+    for name, entry in p["files"].items():
+        mark = "found  " if entry.get("path") else "MISSING"
+        extra = ""
+        if entry.get("path") and name.endswith(".pth"):
+            if entry.get("readable"):
+                match = entry.get("matches_published")
+                verdict = f"published architecture ({match})" if match else "NOT the published architecture"
+                extra = (f"  {_fmt_size(entry.get('size'))}, {entry['tensors']} tensors, {entry['parameters']:,} "
+                         f"parameters: {verdict}")
+            else:
+                extra = f"  unreadable: {entry.get('problem')}"
+            if "sha256" in entry:
+                extra += f", sha256 {entry['sha256']}"
+        if name == "text_encoder" and entry.get("path"):
+            extra = f"  hidden size {entry.get('hidden_size')}"
+        lines.append(f"              [{mark}] {name:<20}{entry.get('path') or ''}{extra}")
+    cache = p["converted_cache"]
+    lines.append("              converted cache: " + (
+        f"{cache['path']} ({'current' if cache['current'] else 'stale: rebuilt on next load'})" if cache
+        else "none yet (made on first load)"))
+    r = rep["paper_reproduction"]
+    if r["can_run"]:
+        lines.append("  paper reproduction: READY" + ("" if r["accelerator"] else
+                     " (no GPU found: the 512x512 model runs on CPU, but slowly)"))
+    else:
+        lines.append("  paper reproduction: NOT READY - " + "; ".join(r["reasons"]))
+        lines.append("    load_model('paper') (or `groundiff ground --model paper`) says where to get each missing file")
+    lines.append(f"  data      MS-CXR {r['data']['ms_cxr']} and MIMIC-CXR-JPG {r['data']['mimic_cxr_jpg']} "
+                 "(credentialed, not checked here)")
+    print("\n".join(lines))
+
+
+def run(args) -> int:
+    rep = report(args.paper_dir, args.hash)
+    if args.json:
+        json.dump(rep, sys.stdout, indent=2)
+        print()
+    else:
+        _print(rep)
+    return 0

@@ -1,0 +1,178 @@
+"""Loading models: ``load_model(source)`` returns a ready :class:`~groundiff_core.model.LDM`, offline.
+
+Sources
+-------
+``"phantom"``
+    The project's own small chest-phantom LDM, shipped inside the package.
+``"tiny"``
+    A randomly initialised tiny LDM with the paper's UNet layout (tests, examples); keyword
+    overrides go to :func:`groundiff_core.architectures.tiny_ldm`.
+``"paper"`` or a folder holding ``autoencoder.pth`` and ``diffusion_model.pth``
+    The paper's MONAI chest X-ray LDM with the SD 2.1 base text encoder (:mod:`.paper`); ``"paper"``
+    looks in ``$GROUNDIFF_PAPER_DIR`` (default ``~/.cache/groundiff/paper``).
+a folder holding ``model_index.json``
+    Any LDM in the Stable Diffusion pipeline layout (:mod:`.diffusers_dir`).
+``"owner/name"``
+    A Hugging Face Hub repository in that layout: downloaded only with ``allow_download=True``.
+
+Nothing reaches the network unless ``allow_download=True``; with ``HF_HUB_OFFLINE=1`` nothing does at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..model import LDM
+from .errors import MissingWeightsError, StateDictMismatchError, UnsafeCheckpointError, UnsupportedArchitectureError
+
+__all__ = ["load_model", "resolve_device", "resolve_dtype", "MissingWeightsError", "StateDictMismatchError",
+           "UnsafeCheckpointError", "UnsupportedArchitectureError", "SOURCES"]
+
+SOURCES = ("phantom", "tiny", "paper", "<folder with model_index.json>",
+           "<folder with autoencoder.pth + diffusion_model.pth>", "<owner/name on the Hugging Face Hub>")
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``None`` (leave as loaded), ``"auto"`` (CUDA, then MPS, then CPU) or any torch device."""
+    if device is None:
+        return None
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``None``, a ``torch.dtype`` or one of ``float32``/``float16``/``bfloat16`` (and short forms)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; allowed: {sorted(_DTYPES)}")
+    return _DTYPES[key]
+
+
+def _reject(overrides: dict, allowed: tuple[str, ...], source: str) -> None:
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for model source {source!r}; allowed: {sorted(allowed)}")
+
+
+def _phantom(overrides: dict) -> LDM:
+    _reject(overrides, ("path",), "phantom")
+    try:
+        from .. import phantom
+    except ImportError as e:
+        raise FileNotFoundError(f"the phantom model is not available in this installation ({e})") from None
+    load = getattr(phantom, "load_phantom", None)
+    if load is None:
+        from ..phantom.model import load_phantom as load
+    return load(**overrides)
+
+
+def _tiny(overrides: dict) -> LDM:
+    import inspect
+
+    from ..architectures import tiny_ldm
+
+    _reject(overrides, tuple(inspect.signature(tiny_ldm).parameters), "tiny")
+    return tiny_ldm(**overrides)
+
+
+def _is_paper_dir(path: Path) -> bool:
+    return any((path / sub / name).is_file() for sub in (".", "models")
+               for name in ("autoencoder.pth", "diffusion_model.pth"))
+
+
+def _kind(source, overrides: dict, text_encoder) -> tuple[str, Path | None]:
+    """Which loader a source needs: phantom, tiny, paper, diffusers or hub (and the local folder)."""
+    from .diffusers_dir import is_diffusers_dir
+    from .hub import looks_like_repo_id
+
+    if source in ("phantom", "tiny"):
+        return str(source), None
+    if source == "paper":
+        return "paper", None
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        if is_diffusers_dir(path):
+            return "diffusers", path
+        if _is_paper_dir(path) or text_encoder is not None or set(overrides) & {"autoencoder", "diffusion_model"}:
+            return "paper", path
+        raise FileNotFoundError(
+            f"{path} is neither a diffusers model folder (no model_index.json) nor a folder of the paper's MONAI "
+            "checkpoints (no autoencoder.pth / diffusion_model.pth, also not in models/)")
+    if path.exists():
+        raise ValueError(f"{path} is a file; pass the folder that holds the model (sources: {', '.join(SOURCES)})")
+    if isinstance(source, str) and looks_like_repo_id(source):
+        return "hub", None
+    raise FileNotFoundError(f"model source {source!r} not found; sources: {', '.join(SOURCES)}")
+
+
+def _dispatch(source, text_encoder, allow_download: bool, overrides: dict) -> LDM:
+    from .diffusers_dir import DIFFUSERS_OVERRIDES, load_diffusers_dir
+    from .hub import download_snapshot
+    from .paper import PAPER_OVERRIDES, load_paper_model
+
+    kind, path = _kind(source, overrides, text_encoder)
+    if text_encoder is not None and kind != "paper":
+        raise ValueError("text_encoder= applies to the paper's MONAI model only (source 'paper' or a folder of "
+                         f"MONAI checkpoints), not to {source!r}")
+    if kind == "phantom":
+        return _phantom(overrides)
+    if kind == "tiny":
+        return _tiny(overrides)
+    if kind == "paper":
+        _reject(overrides, PAPER_OVERRIDES, str(source))
+        return load_paper_model(path, text_encoder=text_encoder, allow_download=allow_download, **overrides)
+    _reject(overrides, DIFFUSERS_OVERRIDES, str(source))
+    if kind == "diffusers":
+        return load_diffusers_dir(path, **overrides)
+    if not allow_download:  # kind == "hub"
+        raise FileNotFoundError(
+            f"{source!r} is not a local folder. If it is a Hugging Face Hub repository, download it "
+            f"(e.g. `hf download {source} --local-dir DIR`) and pass DIR, or call "
+            "load_model(..., allow_download=True) to let groundiff fetch it.")
+    from .catalog import cache_root
+
+    local = cache_root() / "hub" / str(source).replace("/", "--")
+    download_snapshot(str(source), local, ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*",
+                                           "scheduler/*"])
+    return load_diffusers_dir(local, **overrides)
+
+
+def load_model(source: str | Path, *, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None, text_encoder: str | Path | None = None,
+               allow_download: bool = False, **overrides) -> LDM:
+    """Load a latent diffusion model for grounding; see the module docstring for ``source``.
+
+    Parameters
+    ----------
+    device : where to put the model (``"auto"`` picks CUDA, MPS, then CPU); ``None`` leaves it on the CPU
+    dtype : e.g. ``torch.float16`` or ``"float16"`` for accelerators; ``None`` keeps the stored precision
+    text_encoder : for the paper's model: the SD 2.1 base folder (with ``text_encoder/`` and
+        ``tokenizer/``) or its ``text_encoder`` folder, if not inside the model folder
+    allow_download : permit downloads from the Hugging Face Hub (never done otherwise)
+    overrides : source-specific settings, e.g. ``input_size=``, ``unet_config=`` (a MONAI
+        ``diffusion_def`` dict), ``autoencoder=`` / ``diffusion_model=`` (explicit checkpoint paths),
+        ``cache_dir=``; unknown names raise ``ValueError`` listing the allowed ones
+    """
+    if not isinstance(source, (str, Path)) or not str(source):
+        raise ValueError(f"model source must be a name or a path, got {source!r}; sources: {', '.join(SOURCES)}")
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    model = _dispatch(source, text_encoder, allow_download, overrides)
+    if dev is not None or dt is not None:
+        model.to(device=dev, dtype=dt)
+    return model
