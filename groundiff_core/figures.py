@@ -1,0 +1,121 @@
+"""Plotting helpers for the book's notebooks: images, heatmap overlays, boxes, metric tables.
+
+Pure presentation: nothing here computes a heatmap or a metric. Conventions as everywhere in the
+project: images and heatmaps are ``[H, W]`` arrays (heatmaps may hold NaN where the model never
+looked: drawn transparent), boxes are ``(x, y, w, h)`` in the image's pixels, ``x`` along columns.
+Radiological convention: the patient's right is on the image's left (labelled "R" by
+:func:`side_labels`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "grid",
+    "show_image",
+    "draw_boxes",
+    "overlay",
+    "side_labels",
+    "fmt_ci",
+    "ci_frame",
+    "savefig",
+]
+
+BOX_COLOUR = "#39ff14"
+HEAT_CMAP = "inferno"
+
+
+def grid(n: int, ncols: int = 4, size: float = 2.4, title: str | None = None):
+    """A figure with ``n`` square panels on ``ncols`` columns; returns ``(fig, axes)`` with axes
+    flattened (unused panels hidden) and ticks off."""
+    import matplotlib.pyplot as plt
+
+    n = max(int(n), 1)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if title else 0)),
+                             squeeze=False, constrained_layout=True)
+    axes = axes.ravel()
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig, axes[:n]
+
+
+def show_image(ax, image: np.ndarray, title: str | None = None, fontsize: int = 8) -> None:
+    """A grayscale image in [0, 1] (bright = dense)."""
+    ax.imshow(np.asarray(image), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=fontsize)
+
+
+def draw_boxes(ax, boxes: Iterable[Sequence[float]], colour: str = BOX_COLOUR, lw: float = 1.4,
+               style: str = "-") -> None:
+    """Rectangles for ``(x, y, w, h)`` boxes in pixel units (pixel ``(r, c)`` spans
+    ``[c - 0.5, c + 0.5]`` on matplotlib's image axes)."""
+    from matplotlib.patches import Rectangle
+
+    for x, y, w, h in np.asarray(list(boxes), dtype=float).reshape(-1, 4):
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor=colour, lw=lw, ls=style))
+
+
+def overlay(ax, image: np.ndarray, heatmap: np.ndarray | None, boxes=None, title: str | None = None,
+            alpha: float = 0.55, vmax: float | None = 1.0, fontsize: int = 8, cmap: str = HEAT_CMAP):
+    """The image, the heatmap over it (NaN transparent, zeros faint) and the ground-truth boxes.
+    Returns the heatmap's ``AxesImage`` (for a colour bar) or None."""
+    show_image(ax, image, title=title, fontsize=fontsize)
+    im = None
+    if heatmap is not None:
+        h = np.asarray(heatmap, dtype=float)
+        im = ax.imshow(np.ma.masked_invalid(h), cmap=cmap, alpha=alpha, vmin=0.0,
+                       vmax=vmax if vmax is not None else np.nanmax(h), interpolation="nearest")
+    if boxes is not None:
+        draw_boxes(ax, boxes)
+    return im
+
+
+def side_labels(ax, fontsize: int = 7) -> None:
+    """Mark the patient's right (image left) and left (image right)."""
+    kw = dict(transform=ax.transAxes, color="white", fontsize=fontsize, va="top", weight="bold")
+    ax.text(0.03, 0.97, "R", ha="left", **kw)
+    ax.text(0.97, 0.97, "L", ha="right", **kw)
+
+
+def fmt_ci(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """``{"mean", "ci_low", "ci_high"}`` -> ``"0.612 [0.580, 0.650]"``; missing -> ``"n/a"``."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    m = f"{stat['mean']:.{digits}f}"
+    if stat.get("ci_low") is None or stat.get("ci_high") is None:
+        return m
+    return f"{m} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
+
+
+def ci_frame(stats: Mapping[str, Mapping[str, Mapping[str, Any]]], metrics: Sequence[str],
+             names: Mapping[str, str] | None = None, digits: int = 3):
+    """A table (pandas DataFrame) of ``"mean [low, high]"`` strings: one row per key of ``stats``
+    (``stats[row][metric]`` is a summary statistic), one column per metric (renamed by ``names``)."""
+    import pandas as pd
+
+    names = dict(names or {})
+    rows = {r: {names.get(m, m): fmt_ci(s.get(m), digits) for m in metrics} for r, s in stats.items()}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def savefig(fig, output_dir, name: str, dpi: int = 110) -> str:
+    """Save ``fig`` as ``output_dir/name.png`` (the book shows the inline copy); returns the path."""
+    from pathlib import Path
+
+    path = Path(output_dir) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return str(path)

@@ -1,0 +1,251 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # The method, step by step
+#
+# One image and one phrase through every stage of the paper's Algorithm 1
+# {cite:p}`vilouras2024zeroshot`:
+#
+# 1. the image is centre-cropped to the model's input and encoded to a latent;
+# 2. a deterministic DDIM inversion {cite:p}`song2021ddim` walks the latent towards noise, driven by
+#    the model's *unconditional* prediction (guidance 0);
+# 3. at each step of a window in the middle of the trajectory the phrase-conditioned branch is run
+#    too, only to read its cross-attention between image positions and the phrase's tokens;
+# 4. the maps of the chosen layers and steps are normalised, resized and averaged;
+# 5. a Gaussian filter and an Otsu threshold {cite:p}`otsu1979threshold` clean the map, which goes
+#    back to the original image grid.
+#
+# Every picture below comes from `groundiff_core` calls (`Grounder.record` keeps the attention of
+# every layer and step from one inversion; `Recording.heatmaps` aggregates any subset of it). With
+# the default parameters the image is a phantom from the project's synthetic test bed
+# ([introduction](../intro.md)).
+
+# %% tags=["parameters"]
+model = "phantom"  # "phantom", "tiny", a diffusers folder, or the paper's MONAI checkpoint folder
+dataset_csv = None  # None: the phantom test split, generated into output_dir
+images_root = None
+dataset = "mscxr"
+split = None
+phantom_images = 40
+n_pairs = 20  # candidate pairs (seeded subset); the walk-through takes one whose image has another finding
+pair_index = 0  # which of those candidates
+seed = 0
+device = "cpu"  # "cuda" for the paper's model
+dtype = None  # e.g. "float16" on a GPU
+text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
+output_dir = "book/notebooks/01_method_files"
+num_inference_steps = 300  # the paper's 300 (334 trailing steps); the window scales with it
+trajectory_fractions = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]  # where along the trajectory to decode
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import display
+
+import groundiff_core as gd
+from groundiff_core import bookdata, figures, metrics
+from groundiff_core.datasets import group_by_image
+from groundiff_core.image_io import load_image
+from groundiff_core.trajectory import inversion_trajectory
+
+torch.manual_seed(seed)
+out = Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+
+# %% [markdown]
+# ## The pair
+
+# %%
+data = bookdata.load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed,
+                               dataset=dataset, split=split, phantom_images=phantom_images)
+by_image = group_by_image(data.pairs)
+candidates = [p for p in data.selected if len(by_image[p.image_path]) > 1] or data.selected
+pair = candidates[pair_index % len(candidates)]
+others = [q for q in by_image[pair.image_path] if q.phrase != pair.phrase]
+image = load_image(pair.image_path)
+ldm = gd.load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
+config = gd.GroundingConfig.paper().with_steps(num_inference_steps)
+grounder = gd.Grounder(ldm, config)
+layers = grounder.layers
+print(f"phrase: {pair.phrase!r} ({pair.category}); other finding(s) on the image: "
+      f"{[q.phrase for q in others]}")
+print(f"image {image.shape[1]}x{image.shape[0]} px, model input {ldm.input_size}x{ldm.input_size}, "
+      f"{len(grounder.schedule())} inversion steps, window {config.window}, layers {config.layers}")
+
+# %%
+fig, axes = figures.grid(1 + len(others), ncols=3, size=3.0)
+figures.overlay(axes[0], image, None, pair.boxes, title=f"'{pair.phrase}'")
+figures.side_labels(axes[0])
+for ax, q in zip(axes[1:], others):
+    figures.overlay(ax, image, None, q.boxes, title=f"other: '{q.phrase}'")
+    figures.side_labels(ax)
+figures.savefig(fig, out, "pair")
+plt.show()
+
+# %% [markdown]
+# **Figure 1.** The image with the ground-truth box(es) of the phrase we ground (left) and of the
+# other finding(s) on the same image. R and L mark the patient's right and left (the patient's
+# right is on the image's left). A method that ignores the text cannot tell these apart.
+
+# %% [markdown]
+# ## The inversion trajectory
+#
+# The latent is walked from the clean image (step -1) towards noise. With guidance 0 this
+# trajectory does not depend on the phrase, so one inversion serves every phrase of the image.
+
+# %%
+n_steps = len(grounder.schedule())
+shown = sorted({min(n_steps - 1, int(round(f * (n_steps - 1)))) for f in trajectory_fractions})
+traj = inversion_trajectory(ldm, image, [-1, *shown], config)
+fig, axes = figures.grid(len(traj.steps), ncols=len(traj.steps), size=1.9)
+for ax, s, t, im in zip(axes, traj.steps, traj.timesteps, traj.images):
+    inside = config.window[0] <= s < config.window[1]
+    figures.show_image(ax, im, title=("z0" if s < 0 else f"step {s}\nt = {t}") + (" (window)" if inside else ""))
+figures.savefig(fig, out, "trajectory")
+plt.show()
+
+# %% [markdown]
+# **Figure 2.** Decoded latents along the DDIM inversion (step index and timestep t). Look at how
+# the anatomy dissolves into noise as t grows; the steps marked "window" are those whose attention
+# the paper reads: the middle of the trajectory, where the image is noisy enough for the text to
+# matter and still structured enough to be localised.
+
+# %% [markdown]
+# ## Cross-attention per layer and per step
+#
+# One recording of the whole trajectory keeps, for every cross-attention layer and step, the
+# attention of the phrase's tokens averaged over those tokens (and over heads).
+
+# %%
+phrases = [pair.phrase] + [q.phrase for q in others]
+rec = grounder.record(image, phrases)
+mid = (config.window[0] + config.window[1]) // 2
+fig, axes = figures.grid(len(layers), ncols=6, size=1.8)
+for ax, layer in zip(axes, layers):
+    m = rec.layer_maps(layer.index, mid)[0]
+    ax.imshow(m, cmap=figures.HEAT_CMAP)
+    read = layer.index in config.resolve_layers(len(layers))
+    ax.set_title(f"layer {layer.index} ({m.shape[0]}x{m.shape[1]})" + ("\nread" if read else ""),
+                 fontsize=8, color="C3" if read else "k")
+figures.savefig(fig, out, "per_layer")
+plt.show()
+
+# %% [markdown]
+# **Figure 3.** Token-averaged cross-attention of the phrase at each of the model's
+# cross-attention layers (numbered in execution order: down blocks, middle, up blocks; native
+# resolution in brackets), at the middle step of the window. The layers the paper reads are
+# marked "read" in red: the deepest-resolution layers. Look at which layers put their mass on the
+# phrase's box and which spread it over the anatomy.
+
+# %%
+probe = config.resolve_layers(len(layers))[len(config.resolve_layers(len(layers))) // 2]
+step_ids = np.unique(np.linspace(0, n_steps - 1, 12).round().astype(int))
+fig, axes = figures.grid(len(step_ids), ncols=6, size=1.8)
+for ax, s in zip(axes, step_ids):
+    ax.imshow(rec.layer_maps(probe, int(s))[0], cmap=figures.HEAT_CMAP)
+    inside = config.window[0] <= s < config.window[1]
+    ax.set_title(f"step {s}" + (" (window)" if inside else ""), fontsize=8, color="C3" if inside else "k")
+figures.savefig(fig, out, "per_step")
+plt.show()
+
+# %% [markdown]
+# **Figure 4.** The same phrase at one of the layers the paper reads (the middle one of them)
+# across the trajectory. Early steps
+# (little noise) attend to edges and texture; late steps (mostly noise) lose the image. Look at the
+# steps inside the paper's window (red titles).
+
+# %% [markdown]
+# ## Per word
+#
+# The method averages the attention over the phrase's tokens. To see what each word contributes,
+# each word is grounded below *as a phrase of its own*, next to the full phrase (same inversion,
+# same layers and window). This is an approximation of the per-token maps: inside the full phrase a
+# word's text embedding also depends on the words before it.
+
+# %%
+words = pair.phrase.split()
+word_maps = grounder.ground(image, [pair.phrase, *words])
+fig, axes = figures.grid(len(words) + 1, ncols=min(len(words) + 1, 6), size=2.2)
+for ax, ph, hm in zip(axes, word_maps.phrases, word_maps.heatmaps):
+    figures.overlay(ax, image, hm, pair.boxes, title=f"'{ph}'")
+figures.savefig(fig, out, "per_word")
+plt.show()
+
+# %% [markdown]
+# **Figure 5.** Final heatmaps of the full phrase (first panel) and of each of its words grounded
+# alone, with the phrase's ground-truth box. Look at which words carry the location (the finding's
+# name, or the side) and which light up everything.
+
+# %% [markdown]
+# ## Aggregation and post-processing
+
+# %%
+raw = rec.heatmaps(config=config, smooth=False, otsu=False, return_raw=True)
+smooth = rec.heatmaps(config=config, smooth=True, otsu=False)
+final = rec.heatmaps(config=config)
+stages = [("mean attention\n(selected layers and steps)", raw.raw[0]),
+          ("Gaussian smoothing", smooth.model_maps[0]),
+          ("Otsu threshold", final.model_maps[0])]
+geom = final.geometry
+fig, axes = figures.grid(4, ncols=4, size=2.8)
+for ax, (title, m) in zip(axes, stages):
+    figures.overlay(ax, geom.to_model(torch.as_tensor(image)[None, None])[0, 0].numpy(), m,
+                    geom.boxes_to_model(pair.boxes), title=title, vmax=None)
+figures.overlay(axes[3], image, final.heatmaps[0], pair.boxes, title="final, original grid")
+figures.side_labels(axes[3])
+figures.savefig(fig, out, "postprocessing")
+plt.show()
+
+# %% [markdown]
+# **Figure 6.** From the averaged attention to the final heatmap, on the model's input grid (first
+# three panels) and back on the original image (last panel; transparent where the centre crop cut
+# the image). The Gaussian removes the blockiness of the low-resolution attention; Otsu keeps only
+# the part above an automatic threshold, which is what the overlap metrics reward.
+
+# %%
+check = grounder.ground(image, phrases)
+assert np.allclose(np.nan_to_num(check.heatmaps), np.nan_to_num(final.heatmaps), atol=1e-5), \
+    "Recording.heatmaps should equal Grounder.ground"
+rows = {}
+for k, ph in enumerate(phrases):
+    boxes = pair.boxes if k == 0 else others[k - 1].boxes
+    rows[ph] = metrics.all_metrics(final.heatmaps[0], boxes)
+table = pd.DataFrame(rows).T
+table.index = [f"heatmap of '{pair.phrase}' vs boxes of '{ph}'" for ph in table.index]
+table.to_csv(out / "pair_metrics.csv")
+display(table)
+
+# %% [markdown]
+# The same heatmap scored against its own phrase's boxes (first row) and against the other
+# finding's boxes: when the text matters, the first row wins. The recording and a direct
+# `Grounder.ground` call give identical maps (checked above to 1e-5).
+
+# %%
+fig, axes = figures.grid(len(phrases), ncols=3, size=3.0)
+for k, (ax, ph) in enumerate(zip(axes, phrases)):
+    boxes = pair.boxes if k == 0 else others[k - 1].boxes
+    figures.overlay(ax, image, final.heatmaps[k], boxes, title=f"'{ph}'")
+    figures.side_labels(ax)
+figures.savefig(fig, out, "final_overlays")
+plt.show()
+
+# %% [markdown]
+# **Figure 7.** Final heatmaps of every phrase of the image, each with its own ground-truth boxes:
+# the same image, the same inversion, different text. Look at whether each heatmap moves to its own
+# finding.
+
+# %%
+bookdata.save_json({"pair": {"pair_id": pair.pair_id, "phrase": pair.phrase, "category": pair.category},
+                    "config": config.to_dict(), "n_steps": n_steps, "metrics": rows,
+                    "trajectory_steps": traj.steps}, out, "method_walkthrough")

@@ -1,0 +1,234 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # The main table
+#
+# The paper's central result is a table: per finding and averaged over the eight MS-CXR
+# findings, how well the zero-shot cross-attention heatmaps localise the phrase, measured by mean
+# IoU, AUC-ROC and the contrast-to-noise ratio {cite:p}`vilouras2024zeroshot`. This notebook
+# computes the same table with the paper's preset (`GroundingConfig.paper()`: 334 trailing DDIM
+# steps, guidance 0, steps 120..179, layers 3, 4, 6, 7, Gaussian smoothing, Otsu) and puts beside
+# it two reference floors that ignore the text (a uniform random map and a centre prior) and a
+# Captum attribution method through the same frozen model (see [notebook 5](05_captum)).
+#
+# Every number comes with a 95% bootstrap confidence interval over the pairs (stratified by class
+# for the class average). The evaluation is the project's resumable runner
+# (`groundiff_core.evaluate`), exactly as `groundiff evaluate` runs it.
+#
+# ```{note}
+# With the default parameters this runs on the **phantom test bed**, not on MS-CXR; see the
+# [introduction](../intro.md). Its numbers are not comparable with the paper's.
+# ```
+
+# %% tags=["parameters"]
+model = "phantom"  # "phantom", "tiny", a diffusers folder, or the paper's MONAI checkpoint folder
+dataset_csv = None  # None: the phantom test split, generated into output_dir; else an MS-CXR-layout CSV
+images_root = None  # image folder of a real dataset (e.g. MIMIC-CXR-JPG)
+dataset = "mscxr"  # "mscxr", "vindr" or "nih" (how to read dataset_csv)
+split = None  # keep only this MS-CXR v1.1.0 split, e.g. "test"
+phantom_images = 200  # images in the generated phantom test split (about 2 pairs each)
+n_pairs = 40  # pairs evaluated (seeded subset; 0 = all)
+seed = 0  # seeds the pair selection, the random baseline and the bootstrap
+device = "cpu"  # "cuda" for the paper's model
+dtype = None  # e.g. "float16" on a GPU
+text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
+output_dir = "book/notebooks/02_main_table_files"
+captum_method = "grad_cam"  # the Captum method in the table (see notebook 5 for all of them)
+captum_pairs = 0  # pairs for the Captum method (a nested subset of the same pairs; 0 = n_pairs)
+n_boot = 1000  # bootstrap resamples for the confidence intervals
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import Markdown, display
+
+import groundiff_core as gd
+from groundiff_core import bookdata, figures
+from groundiff_core.attribution import make_method
+from groundiff_core.baselines import CentrePrior, RandomHeatmap
+from groundiff_core.evaluate import evaluate, summary_table
+
+torch.manual_seed(seed)
+out = Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+pd.set_option("display.precision", 3)
+
+# %% [markdown]
+# ## Data and model
+
+# %%
+data = bookdata.load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed,
+                               dataset=dataset, split=split, phantom_images=phantom_images)
+ldm = gd.load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
+per_class = pd.Series([p.category for p in data.selected]).value_counts().sort_index()
+display(pd.DataFrame({"pairs selected": per_class}).T)
+print(f"dataset: {data.description}")
+print(f"model: {ldm.name}, input {ldm.input_size}x{ldm.input_size}, "
+      f"{len(gd.Grounder(ldm).layers)} cross-attention layers")
+
+# %% [markdown]
+# ## Evaluate every method on the same pairs
+#
+# Pairs are grouped by image: the cross-attention grounder runs one DDIM inversion per image and
+# reads all of its phrases from it.
+
+# %%
+captum_n = captum_pairs or n_pairs
+methods = {  # label: (results folder, method, pairs)
+    "cross-attention (paper preset)": ("cross_attention", gd.Grounder(ldm, gd.GroundingConfig.paper()), n_pairs),
+    f"Captum {captum_method}": (f"captum_{captum_method}", make_method(captum_method, ldm), captum_n),
+    "centre prior": ("centre_prior", CentrePrior(), n_pairs),
+    "random": ("random", RandomHeatmap(seed=seed), n_pairs),
+}
+summaries = {}
+for name, (folder, method, n) in methods.items():
+    summaries[name] = evaluate(method, data.pairs, out / folder, dataset=data.description,
+                               n_pairs=n or None, seed=seed, n_boot=n_boot, progress=False)
+    print(f"{name:32s} {summaries[name]['n_pairs']:4d} pairs, "
+          f"{summaries[name]['seconds_per_pair']:.2f} s per pair")
+
+# %% [markdown]
+# ## Class-averaged results
+#
+# The paper's headline figure is the unweighted mean over the eight classes of the per-class mean.
+# Brackets are 95% bootstrap confidence intervals.
+
+# %%
+names = {"miou": "mIoU", "auc": "AUC-ROC", "auc_binned": "AUC-ROC (5 bins, paper)",
+         "cnr_abs": "|CNR|", "cnr_signed": "CNR (signed)", "pointing": "pointing game"}
+main_metrics = ["miou", "auc", "auc_binned", "cnr_abs"]
+table = figures.ci_frame({k: s["class_averaged"] for k, s in summaries.items()}, main_metrics, names)
+table.insert(0, "pairs", [s["n_pairs"] for s in summaries.values()])
+table["s / pair"] = [f"{s['seconds_per_pair']:.2f}" for s in summaries.values()]
+table.to_csv(out / "class_averaged.csv")
+display(table)
+
+# %% [markdown]
+# ## Per class
+#
+# The same metrics for each finding. Classes with few pairs have wide intervals: read the bars
+# together with the counts in the table below.
+
+# %%
+ours = summaries["cross-attention (paper preset)"]
+per = figures.ci_frame(ours["per_class"], ["miou", "auc", "cnr_abs", "pointing"], names)
+per.insert(0, "pairs", [ours["per_class"][c]["n_pairs"] for c in per.index])
+per.loc["class average"] = [""] + [figures.fmt_ci(ours["class_averaged"][m])
+                                   for m in ["miou", "auc", "cnr_abs", "pointing"]]
+pd.concat({name: pd.DataFrame(summary_table(s)).set_index("group") for name, s in summaries.items()}) \
+    .to_csv(out / "per_class_all_methods.csv")
+display(per)
+
+# %%
+classes = ours["categories"]
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+width = 0.8 / len(summaries)
+for ax, m in zip(axes, ["miou", "auc", "cnr_abs"]):
+    for j, (name, s) in enumerate(summaries.items()):
+        stats = [s["per_class"].get(c, {}).get(m) or {} for c in classes]
+        mean = np.array([np.nan if st.get("mean") is None else st["mean"] for st in stats])
+        lo = np.array([np.nan if st.get("ci_low") is None else st["ci_low"] for st in stats])
+        hi = np.array([np.nan if st.get("ci_high") is None else st["ci_high"] for st in stats])
+        x = np.arange(len(classes)) + (j - (len(summaries) - 1) / 2) * width
+        ax.bar(x, mean, width, label=name, yerr=np.nan_to_num([mean - lo, hi - mean]), capsize=2)
+    ax.set_xticks(np.arange(len(classes)), classes, rotation=40, ha="right", fontsize=8)
+    ax.set_title(names[m])
+    if m == "auc":
+        ax.axhline(0.5, color="k", lw=0.8, ls=":")
+axes[0].legend(fontsize=7, loc="upper left")
+figures.savefig(fig, out, "per_class_bars")
+plt.show()
+
+# %% [markdown]
+# **Figure 1.** Per-class mIoU, AUC-ROC and |CNR| (bars: mean; whiskers: 95% bootstrap CI) of the
+# cross-attention method with the paper's preset, the Captum method and the two text-blind floors.
+# Look at whether the cross-attention bars clear the centre prior in each class (a method that
+# ignores the text can still score well on findings that sit near the middle of the image, such
+# as cardiomegaly), and at AUC-ROC against the dotted chance line at 0.5.
+
+# %% [markdown]
+# ## Does the text matter?
+#
+# A heatmap that lights up *some* finding would score well on an image with a single finding
+# without reading the phrase. On images with two findings or more, the runner also scores each
+# heatmap against the boxes of the *other* findings: the text-sensitivity figure is the share of
+# comparisons in which the heatmap's AUC-ROC on its own phrase's boxes beats its AUC-ROC on another
+# finding's boxes (0.5 = the text is ignored).
+
+# %%
+ts = pd.DataFrame({k: s["text_sensitivity"] for k, s in summaries.items()}).T
+ts = ts[["value", "ci_low", "ci_high", "strict", "n_pairs", "n_comparisons"]]
+ts.to_csv(out / "text_sensitivity.csv")
+display(ts)
+
+# %% [markdown]
+# ## The paper's claims beside ours
+#
+# What the paper states {cite:p}`vilouras2024zeroshot` (abstract and summary; our source is the
+# paper's abstract and its method description, see `METHOD.md` in the project):
+#
+# * The method is **zero-shot**: the LDM's weights stay frozen and no box is used.
+# * On MS-CXR it is **competitive with contrastive vision-language models** (BioViL and BioViL-T
+#   {cite:p}`boecking2022making,bannur2023biovilt`) across the pathologies, and **better than them on
+#   average in mean IoU and AUC-ROC, but not in CNR**.
+# * The ablation favours **L = 6 middle layers and T = 20 % of the steps** (the released code reads
+#   layers 3, 4, 6, 7 and steps 120..179), and Otsu post-processing improves localisation
+#   ([notebook 3](03_ablation)).
+#
+# ```{important}
+# The paper's per-class numbers and those of BioViL / BioViL-T are **not in the sources this project
+# was built from**, so they are not reproduced here, and nothing below is a comparison with them.
+# To put numbers side by side, run this notebook on MS-CXR with the paper's model
+# ([Reproduce on real data](../reproduce.md)) and read the paper's Table.
+# ```
+#
+# What this run shows about the claims that can be checked without the paper's numbers:
+
+# %%
+avg = {k: s["class_averaged"] for k, s in summaries.items()}
+ca, cp, rnd = avg["cross-attention (paper preset)"], avg["centre prior"], avg["random"]
+
+
+def beats(a, b):
+    """'above' if a's CI lies above b's mean-CI, 'below' if under, else 'overlapping'."""
+    if a.get("mean") is None or b.get("mean") is None:
+        return "undefined"
+    if a["ci_low"] > b["ci_high"]:
+        return "clearly above"
+    if a["ci_high"] < b["ci_low"]:
+        return "clearly below"
+    return "not separable from"
+
+
+lines = [f"* Data: **{data.description['name']}**, {ours['n_pairs']} pairs over "
+         f"{len(ours['categories'])} classes; model **{ldm.name}**."]
+for m in ["miou", "auc", "cnr_abs"]:
+    lines.append(f"* {names[m]}: cross-attention {figures.fmt_ci(ca[m])} is {beats(ca[m], cp[m])} the "
+                 f"centre prior ({figures.fmt_ci(cp[m])}) and {beats(ca[m], rnd[m])} the random "
+                 f"map ({figures.fmt_ci(rnd[m])}).")
+t = ours["text_sensitivity"]
+if t.get("value") is not None:
+    lines.append(f"* Text sensitivity: own boxes beat another finding's boxes in "
+                 f"{100 * t['value']:.0f}% of comparisons ({t['n_pairs']} pairs).")
+display(Markdown("\n".join(lines)))
+
+# %%
+bookdata.save_json({"dataset": data.description, "model": ldm.identity(),
+                    "summaries": {k: {kk: s[kk] for kk in ("n_pairs", "class_averaged", "per_class",
+                                                           "text_sensitivity", "seconds_per_pair",
+                                                           "config", "identity")}
+                                  for k, s in summaries.items()}},
+                   out, "main_table")
+print(f"metrics written to {out}/ (main_table.json, class_averaged.csv, per_class_all_methods.csv, "
+      "text_sensitivity.csv, one evaluation folder per method)")

@@ -1,0 +1,260 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Where it fails
+#
+# Averages hide how a method fails. This notebook runs the paper's preset on a set of pairs and
+# looks at the errors: the worst pair of each class, error against the size of the ground-truth
+# box, left/right confusions, phrases with several boxes, and how the heatmap reacts when the
+# phrase is rephrased, its side swapped, or negated ("no pleural effusion").
+#
+# With the default parameters this runs on the phantom test bed ([introduction](../intro.md)).
+# The phantom's text encoder knows only the words of its report templates: words outside that
+# vocabulary (such as "no") reach it as an unknown token, which the prompt-sensitivity table flags.
+
+# %% tags=["parameters"]
+model = "phantom"
+dataset_csv = None  # None: the phantom test split, generated into output_dir
+images_root = None
+dataset = "mscxr"
+split = None
+phantom_images = 200
+n_pairs = 24  # pairs evaluated (seeded subset; 0 = all)
+seed = 0
+device = "cpu"  # "cuda" for the paper's model
+dtype = None  # e.g. "float16" on a GPU
+text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
+output_dir = "book/notebooks/04_failure_cases_files"
+worst_per_class = 1  # worst pairs shown per class
+prompt_pairs = 2  # pairs whose phrase is varied in the prompt-sensitivity study
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import display
+
+import groundiff_core as gd
+from groundiff_core import bookdata, figures, metrics
+from groundiff_core.datasets import group_by_image
+from groundiff_core.evaluate import evaluate, load_results
+from groundiff_core.image_io import load_image
+
+torch.manual_seed(seed)
+out = Path(output_dir)
+out.mkdir(parents=True, exist_ok=True)
+pd.set_option("display.precision", 3)
+
+# %%
+data = bookdata.load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed,
+                               dataset=dataset, split=split, phantom_images=phantom_images)
+ldm = gd.load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
+grounder = bookdata.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper()))
+summary = evaluate(grounder, data.pairs, out / "cross_attention", dataset=data.description,
+                   n_pairs=n_pairs or None, seed=seed, progress=False)
+pairs = {p.pair_id: p for p in data.pairs}
+res = pd.DataFrame([r for r in load_results(out / "cross_attention") if r.get("status") == "ok"])
+res["n_boxes"] = res.boxes.map(len)
+res["box_fraction"] = [sum(b[2] * b[3] for b in bx) / (hw[0] * hw[1]) for bx, hw in zip(res.boxes, res.image_hw)]
+res["side"] = res.phrase.map(bookdata.side_of_phrase)
+print(f"{len(res)} pairs on {res.image_path.nunique()} images evaluated; class-averaged AUC-ROC "
+      f"{figures.fmt_ci(summary['class_averaged']['auc'])}, mIoU {figures.fmt_ci(summary['class_averaged']['miou'])}")
+
+
+def heatmap(pair_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image, heatmap) of an evaluated pair, from the maps kept during the evaluation."""
+    p = pairs[pair_id]
+    image = load_image(p.image_path)
+    return image, grounder.get(image, p.phrase)
+
+
+# %% [markdown]
+# ## The worst pair of each class
+#
+# Ranked by AUC-ROC (the ranking metric that does not depend on a threshold), ties by mIoU.
+
+# %%
+worst = (res.sort_values(["auc", "miou"]).groupby("category", sort=True).head(worst_per_class)
+         .sort_values("category"))
+fig, axes = figures.grid(len(worst), ncols=4, size=2.7)
+for ax, (_, r) in zip(axes, worst.iterrows()):
+    image, hm = heatmap(r.pair_id)
+    figures.overlay(ax, image, hm, r.boxes, title=f"{r.category}: '{r.phrase}'\nAUC {r.auc:.2f}, mIoU {r.miou:.2f}",
+                    fontsize=7)
+    figures.side_labels(ax)
+figures.savefig(fig, out, "worst_per_class")
+plt.show()
+worst[["category", "phrase", "auc", "miou", "cnr_abs", "n_boxes", "box_fraction"]].to_csv(out / "worst_pairs.csv", index=False)
+
+# %% [markdown]
+# **Figure 1.** The worst-scoring pair of each class: heatmap over the image, ground-truth box(es)
+# in green, R/L the patient's sides. Look for the kind of failure: attention on another finding of
+# the same image (the text was not used), on the wrong side (laterality), on anatomy (a bright
+# structure such as the heart or the diaphragm), or a diffuse map that Otsu could not cut.
+
+# %% [markdown]
+# ## Error against box size
+
+# %%
+res["size_bin"] = pd.qcut(res.box_fraction, q=min(4, max(1, len(res) // 4)), duplicates="drop")
+by_size = res.groupby("size_bin", observed=True)[["auc", "miou", "cnr_abs"]].agg(["mean", "count"])
+by_size.to_csv(out / "by_box_size.csv")
+display(by_size)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+for ax, m, label in zip(axes, ["auc", "miou"], ["AUC-ROC", "mIoU"]):
+    for c, df in res.groupby("category"):
+        ax.scatter(df.box_fraction, df[m], s=14, label=c, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("ground-truth area / image area")
+    ax.set_ylabel(label)
+axes[1].legend(fontsize=6, ncol=2)
+figures.savefig(fig, out, "by_box_size")
+plt.show()
+
+# %% [markdown]
+# **Figure 2.** Per-pair AUC-ROC and mIoU against the share of the image the ground truth covers
+# (log scale), coloured by class. Look at the small boxes: mIoU punishes a map that is right in
+# place but larger than a small box far more than AUC-ROC does.
+
+# %% [markdown]
+# ## Left and right
+#
+# For phrases that name one side, the share of the heatmap's mass that lies on the named side of
+# the image (the patient's right is the image's left). Below 0.5 the map favours the wrong side.
+
+# %%
+lat = res[res.side.isin(["left", "right"])].copy()
+shares = []
+for _, r in lat.iterrows():
+    _, hm = heatmap(r.pair_id)
+    h = np.nan_to_num(hm)
+    half = h.shape[1] // 2
+    patient_right, patient_left = h[:, :half].sum(), h[:, h.shape[1] - half:].sum()
+    total = patient_right + patient_left
+    named = patient_right if r.side == "right" else patient_left
+    shares.append(named / total if total > 0 else np.nan)
+lat["named_side_share"] = shares
+lat["confused"] = lat.named_side_share < 0.5
+side_table = lat.groupby("side").agg(pairs=("pair_id", "count"), named_side_share=("named_side_share", "mean"),
+                                     confusions=("confused", "mean"), auc=("auc", "mean"))
+side_table.to_csv(out / "laterality.csv")
+display(side_table)
+if len(lat):
+    fig, ax = plt.subplots(figsize=(5.5, 3), constrained_layout=True)
+    for side, df in lat.groupby("side"):
+        ax.hist(df.named_side_share.dropna(), bins=np.linspace(0, 1, 11), alpha=0.6, label=f"phrase says {side}")
+    ax.axvline(0.5, color="k", ls=":")
+    ax.set_xlabel("share of heatmap mass on the named side")
+    ax.set_ylabel("pairs")
+    ax.legend(fontsize=8)
+    figures.savefig(fig, out, "laterality")
+    plt.show()
+
+# %% [markdown]
+# **Figure 3.** Distribution of the heatmap's mass on the side the phrase names, for "left" and
+# "right" phrases. Mass left of the dotted line at 0.5 is a left/right confusion. Look at whether
+# one side is confused more often than the other (a model that mixed up the radiological
+# convention would be wrong on both).
+
+# %% [markdown]
+# ## Phrases with several boxes
+#
+# MS-CXR gives several boxes when a phrase names a finding in several places (e.g. bilateral
+# effusions); the ground truth is their union.
+
+# %%
+res["boxes_group"] = np.where(res.n_boxes > 1, "several boxes", "one box")
+multi = res.groupby("boxes_group")[["auc", "miou", "cnr_abs", "pointing"]].agg(["mean", "count"])
+multi.to_csv(out / "multi_box.csv")
+display(multi)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3), constrained_layout=True)
+for ax, m, label in zip(axes, ["auc", "miou"], ["AUC-ROC", "mIoU"]):
+    groups = [g[m].dropna().values for _, g in res.groupby("boxes_group")]
+    ax.boxplot(groups, tick_labels=[k for k, _ in res.groupby("boxes_group")])
+    ax.set_ylabel(label)
+figures.savefig(fig, out, "multi_box")
+plt.show()
+
+# %% [markdown]
+# **Figure 4.** AUC-ROC and mIoU of phrases with one ground-truth box against phrases with several.
+# Look at mIoU: a single Otsu-thresholded blob tends to cover one of several boxes, which caps the
+# overlap with their union.
+
+# %% [markdown]
+# ## Prompt sensitivity
+#
+# The same image, the same inversion, different text: the original phrase, the finding's name
+# alone, the phrase with left and right swapped, the phrase negated, and an unrelated finding. Each
+# map is scored against the *original* phrase's boxes.
+
+# %%
+categories = sorted(res.category.unique())
+candidates = res.sort_values("auc", ascending=False)
+lateral = candidates[candidates.side.isin(["left", "right"])]
+chosen = pd.concat([lateral, candidates]).drop_duplicates("pair_id").head(prompt_pairs)
+unk = getattr(ldm.tokenizer, "unk_token_id", None)
+
+
+def unknown_words(text: str) -> list[str]:
+    """Words the model's tokenizer maps to its unknown token."""
+    if unk is None:
+        return []
+    return [w for w in text.split() if unk in ldm.tokenizer(w, add_special_tokens=False)["input_ids"]]
+
+
+def swap_sides(text: str) -> str:
+    swap = {"left": "right", "right": "left"}
+    return " ".join(swap.get(w, w) for w in text.split())
+
+
+prompt_rows, panels = [], []
+for _, r in chosen.iterrows():
+    p = pairs[r.pair_id]
+    unrelated = next(c for c in ["cardiomegaly", "pneumothorax", "pleural effusion"] if c != p.category)
+    variants = {"original": p.phrase, "finding name only": p.category, "sides swapped": swap_sides(p.phrase),
+                "negated": f"no {p.phrase}", "unrelated finding": unrelated}
+    variants = {k: v for k, v in variants.items() if k == "original" or v != p.phrase}
+    image = load_image(p.image_path)
+    maps = grounder.method.ground(image, list(dict.fromkeys(variants.values())))
+    for kind, text in variants.items():
+        hm = maps[text]
+        prompt_rows.append({"pair": p.phrase, "variant": kind, "text": text,
+                            "unknown words": ", ".join(unknown_words(text)) or "-",
+                            "AUC-ROC on original boxes": metrics.auc_roc(hm, p.boxes),
+                            "mIoU on original boxes": metrics.miou(hm, p.boxes)})
+        panels.append((image, hm, p.boxes, f"{kind}:\n'{text}'"))
+prompts = pd.DataFrame(prompt_rows)
+prompts.to_csv(out / "prompt_sensitivity.csv", index=False)
+display(prompts.set_index(["pair", "variant"]))
+
+# %%
+ncols = max(1, len(panels) // max(1, len(chosen)))
+fig, axes = figures.grid(len(panels), ncols=ncols, size=2.3)
+for ax, (image, hm, boxes, title) in zip(axes, panels):
+    figures.overlay(ax, image, hm, boxes, title=title, fontsize=7)
+    figures.side_labels(ax)
+figures.savefig(fig, out, "prompt_sensitivity")
+plt.show()
+
+# %% [markdown]
+# **Figure 5.** Heatmaps of the phrase variants (columns) for a few pairs (rows), each with the
+# *original* phrase's boxes. Look at the "sides swapped" column: if the model reads the side, the
+# map moves to the mirror position; and at "negated": a model that ignores negation lights up the
+# finding anyway. On the phantom, "no" is outside the text encoder's vocabulary (see the table), so
+# the negated phrase is the original one with an unknown token in front.
+
+# %%
+bookdata.save_json({"dataset": data.description, "class_averaged": summary["class_averaged"],
+                    "laterality": side_table.reset_index().to_dict(orient="records"),
+                    "multi_box": multi.reset_index().to_dict(orient="records") if len(multi) else [],
+                    "prompt_sensitivity": prompt_rows}, out, "failure_cases")

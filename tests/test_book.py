@@ -1,0 +1,256 @@
+"""The book runner (papermill + jupytext) and the rendered book.
+
+Each test builds a tiny project in a temporary folder (``notebooks/NN_name.py`` sources, a
+``book/`` with its config), so nothing here depends on the real notebooks or on model weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from groundiff_core import book as runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HEADER = """\
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+"""
+
+
+def write_source(root: Path, name: str, body: str) -> Path:
+    path = root / "notebooks" / f"{name}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(HEADER + textwrap.dedent(body))
+    return path
+
+
+PARAM_NOTEBOOK = """
+# %% [markdown]
+# # A parameterised page
+
+# %% tags=["parameters"]
+n_pairs = 3
+seed = 0
+output_dir = "out"
+
+# %%
+import json, pathlib
+result = {"n_pairs": n_pairs, "seed": seed, "value": n_pairs * 100 + seed}
+pathlib.Path(output_dir, "metrics.json").write_text(json.dumps(result))
+print("value", result["value"])
+"""
+
+
+# --------------------------------------------------------------------------- small pieces
+def test_parse_value_types():
+    assert runner.parse_value("20") == 20
+    assert runner.parse_value("0.5") == 0.5
+    assert runner.parse_value("true") is True and runner.parse_value("False") is False
+    assert runner.parse_value("none") is None
+    assert runner.parse_value("[3, 4, 6, 7]") == [3, 4, 6, 7]
+    assert runner.parse_value("phantom") == "phantom"
+    assert runner.parse_value("/data/ms-cxr.csv") == "/data/ms-cxr.csv"
+
+
+def test_declared_parameters_reads_the_tagged_cell(tmp_path):
+    src = write_source(tmp_path, "01_p", PARAM_NOTEBOOK)
+    nb = runner._read_source(src)
+    assert runner.declared_parameters(nb) == {"n_pairs": 3, "seed": 0, "output_dir": "out"}
+
+
+# --------------------------------------------------------------------------- execution
+def test_error_cell_fails_loudly(tmp_path):
+    write_source(
+        tmp_path,
+        "01_broken",
+        """
+        # %% [markdown]
+        # # Broken
+
+        # %% tags=["parameters"]
+        seed = 0
+        output_dir = "out"
+
+        # %%
+        x = 1
+
+        # %%
+        raise ZeroDivisionError("deliberate failure in cell 3")
+
+        # %%
+        pathlib_never_reached = open("never.txt", "w")
+        """,
+    )
+    write_source(tmp_path, "02_after", PARAM_NOTEBOOK)
+
+    with pytest.raises(runner.NotebookError, match="ZeroDivisionError: deliberate failure"):
+        runner.run_book(tmp_path)
+    # the run stopped there: the later cell and the next notebook never ran
+    assert not (tmp_path / "never.txt").exists()
+    assert not (tmp_path / "book/notebooks/02_after.ipynb").exists()
+    # the failure is recorded, and the executed copy keeps the traceback for reading
+    record = json.loads((tmp_path / "book/_generated/reproducibility.json").read_text())
+    assert record["notebooks"]["01_broken"]["status"] == "failed"
+    assert "ZeroDivisionError" in record["notebooks"]["01_broken"]["error"]
+    assert "deliberate failure" in (tmp_path / "book/notebooks/01_broken.ipynb").read_text()
+    # the command line exits non-zero
+    assert runner.main(["--root", str(tmp_path)]) == 1
+
+
+def test_parameters_are_injected_and_recorded(tmp_path):
+    write_source(tmp_path, "01_p", PARAM_NOTEBOOK)
+
+    runs = runner.run_book(tmp_path)
+    files = tmp_path / "book/notebooks/01_p_files"
+    assert json.loads((files / "metrics.json").read_text())["value"] == 300  # the defaults
+
+    runs = runner.run_book(tmp_path, overrides={"n_pairs": 20, "seed": 7})
+    assert json.loads((files / "metrics.json").read_text()) == {"n_pairs": 20, "seed": 7, "value": 2007}
+    assert runs[0].status == "ok" and runs[0].files == ["metrics.json"]
+
+    # the executed notebook shows the injected values, and the record holds them
+    executed = json.loads((tmp_path / "book/notebooks/01_p.ipynb").read_text())
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1 and "n_pairs = 20" in "".join(injected[0]["source"])
+    assert "value 2007" in json.dumps(executed["cells"][-1]["outputs"])
+    record = json.loads((tmp_path / "book/_generated/reproducibility.json").read_text())
+    entry = record["notebooks"]["01_p"]
+    assert entry["parameters"]["n_pairs"] == 20 and entry["parameters"]["seed"] == 7
+    assert entry["parameters"]["output_dir"] == "book/notebooks/01_p_files"
+    assert entry["runtime_s"] > 0 and record["packages"]["papermill"]
+    md = (tmp_path / "book/_generated/reproducibility.md").read_text()
+    assert "| `n_pairs` | `20` |" in md
+
+    # the command line parses -p like papermill, and the quick profile applies
+    assert runner.main(["--root", str(tmp_path), "--quick", "-p", "seed", "5"]) == 0
+    assert json.loads((files / "metrics.json").read_text()) == {
+        "n_pairs": runner.PROFILES["quick"]["*"]["n_pairs"], "seed": 5,
+        "value": runner.PROFILES["quick"]["*"]["n_pairs"] * 100 + 5,
+    }
+
+
+def test_bad_requests_are_clear_errors(tmp_path):
+    write_source(tmp_path, "01_p", PARAM_NOTEBOOK)
+    with pytest.raises(ValueError, match=r"\['not_a_parameter'\].*declared: \['n_pairs', 'output_dir', 'seed'\]"):
+        runner.run_book(tmp_path, overrides={"not_a_parameter": 1})
+    with pytest.raises(ValueError, match="no notebook named '07'"):
+        runner.run_book(tmp_path, only=["07"])
+    (tmp_path / "empty/notebooks").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no notebook sources"):
+        runner.run_book(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="notebook folder .* does not exist"):
+        runner.run_book(tmp_path / "nowhere")
+    assert runner.main(["--root", str(tmp_path), "-p", "nope", "1"]) == 2
+
+
+# --------------------------------------------------------------------------- the rendered book
+FIGURE_NOTEBOOK = """
+# %% [markdown]
+# # Figure page
+#
+# A page with one figure, as the real notebooks have.
+
+# %% tags=["parameters"]
+seed = 0
+output_dir = "out"
+
+# %%
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+rng = np.random.default_rng(seed)
+fig, ax = plt.subplots(figsize=(3, 2))
+ax.imshow(rng.random((8, 8)))
+fig.savefig(f"{output_dir}/figure.png")
+plt.show()
+
+# %% [markdown]
+# **Figure 1.** Random pixels: look at nothing in particular.
+"""
+
+
+def _jupyter_book(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs).get("src", ""))
+
+
+def test_built_book_has_page_figure_and_no_errors(tmp_path):
+    write_source(tmp_path, "01_figure", FIGURE_NOTEBOOK)
+    book = tmp_path / "book"
+    book.mkdir()
+    (tmp_path / "_config.yml").write_text(
+        'title: tiny\nonly_build_toc_files: true\nexecute:\n  execute_notebooks: "off"\n'
+        "sphinx:\n  config:\n    nb_output_stderr: remove\n"
+    )
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: notebooks/01_figure\n")
+    (book / "_config.yml").symlink_to("../_config.yml")
+    (book / "_toc.yml").symlink_to("../_toc.yml")
+    (book / "intro.md").write_text("# Tiny book\n\nOne page.\n")
+
+    runner.run_book(tmp_path)
+    done = _jupyter_book("build", "book", "-W", "--keep-going", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    page = book / "_build/html/notebooks/01_figure.html"
+    assert page.is_file()
+    html = page.read_text()
+    assert "Figure page" in html and "look at nothing in particular" in html
+    parser = _Images()
+    parser.feed(html)
+    figures = [s for s in parser.srcs if not s.startswith(("http", "data:")) and "logo" not in s]
+    assert figures, "no <img> on the notebook page"
+    for src in figures:
+        assert (page.parent / src).resolve().is_file(), f"<img src={src!r}> points to a missing file"
+    assert not re.search(r"Traceback|output_error|ansi-red-fg|Error\w*:", html)
+    # the parameters papermill injected are visible on the page
+    assert "injected-parameters" in html or "Parameters" in html
+    assert (book / "notebooks/01_figure_files/figure.png").is_file()
+
+
+# --------------------------------------------------------------------------- the real book's wiring
+def test_repository_book_config_is_wired():
+    for name in ("_config.yml", "_toc.yml"):
+        link = ROOT / "book" / name
+        assert link.is_symlink() and link.resolve() == (ROOT / name).resolve(), f"book/{name} must link to ../{name}"
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"
+    assert config["bibtex_bibfiles"] == ["references.bib"] and (ROOT / "book/references.bib").is_file()
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    in_toc = sorted(f.split("/", 1)[1] for f in files if f.startswith("notebooks/"))
+    sources = sorted(p.stem for p in runner.discover(ROOT / "notebooks"))
+    assert in_toc == sources, "every notebook source must be in the toc and vice versa"
+    for f in files:
+        if not f.startswith("notebooks/"):
+            assert (ROOT / "book" / f"{f}.md").is_file(), f
+    for src in runner.discover(ROOT / "notebooks"):
+        params = runner.declared_parameters(runner._read_source(src))
+        for required in ("model", "n_pairs", "seed", "device", "output_dir"):
+            assert required in params, f"{src.name} lacks parameter {required!r}"
