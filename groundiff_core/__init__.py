@@ -22,6 +22,7 @@ _LAZY = {
     "GroundingConfig": "config",
     "Grounder": "grounder",
     "Heatmaps": "grounder",
+    "Recording": "grounder",
     "load_image": "image_io",
     "load_model": "loading",
     "metrics": None,

@@ -1,0 +1,139 @@
+"""``groundiff ground``: heatmaps of one or more phrases on one image.
+
+Example::
+
+    groundiff ground --model phantom --image cxr.png --phrase "left pleural effusion" \\
+        --phrase "cardiomegaly" --out maps.npy --overlay overlay.png
+
+Writes ``maps.npy`` (float32 ``[K, H, W]`` on the original grid, NaN outside the model's crop) and
+``maps.json`` beside it (phrases, settings, model identity), and optionally an overlay PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+__all__ = ["register", "run", "config_from_args"]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ground", help="ground phrases on an image (the paper's method)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model source: phantom, tiny, paper, or a model folder")
+    p.add_argument("--image", required=True, help="image file (PNG/JPEG 8/16-bit, DICOM)")
+    p.add_argument("--phrase", action="append", required=True, help="phrase to ground (repeat for several)")
+    p.add_argument("--out", required=True, help="output .npy file: float32 [K, H, W], NaN outside the crop")
+    p.add_argument("--overlay", help="also write an overlay PNG of the heatmaps on the image")
+    p.add_argument("--preset", default="paper", choices=["paper"], help="starting settings (default: paper)")
+    p.add_argument("--steps", type=int, help="inference steps (the window keeps its share of the steps)")
+    p.add_argument("--layers", help="cross-attention layers in execution order, e.g. 3,4,6,7")
+    p.add_argument("--middle-layers", type=int, metavar="L", help="read the L middle cross-attention layers")
+    p.add_argument("--window", help="inversion steps read, start:stop (stop excluded), e.g. 120:180")
+    p.add_argument("--window-percent", type=float, metavar="T", help="window of T%% of the steps around the middle")
+    p.add_argument("--no-smooth", action="store_true", help="skip the Gaussian filter")
+    p.add_argument("--no-otsu", action="store_true", help="skip the Otsu threshold")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (float16 on an accelerator, else as stored), float32, float16, bfloat16")
+    p.add_argument("--progress", action="store_true", help="show a progress bar over the inversion steps")
+    p.set_defaults(func=run)
+
+
+def _parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v != "")
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated integers, e.g. 3,4,6,7; got {text!r}") from None
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~groundiff_core.config.GroundingConfig` the command line asks for."""
+    from ..config import GroundingConfig
+
+    cfg = GroundingConfig.paper()
+    if args.steps is not None:
+        cfg = cfg.with_steps(args.steps)
+    if args.layers and args.middle_layers is not None:
+        raise ValueError("give --layers or --middle-layers, not both")
+    if args.layers:
+        cfg = cfg.with_layers(_parse_ints(args.layers, "--layers"))
+    if args.middle_layers is not None:
+        cfg = cfg.with_middle_layers(args.middle_layers)
+    if args.window and args.window_percent is not None:
+        raise ValueError("give --window or --window-percent, not both")
+    if args.window:
+        parts = args.window.split(":")
+        if len(parts) != 2:
+            raise ValueError(f"--window must be start:stop, e.g. 120:180; got {args.window!r}")
+        start, stop = _parse_ints(",".join(parts), "--window")
+        cfg = cfg.with_window(start, stop)
+    if args.window_percent is not None:
+        cfg = cfg.with_window_percent(args.window_percent)
+    if args.no_smooth:
+        cfg = replace(cfg, sigma_fraction=None)
+    if args.no_otsu:
+        cfg = replace(cfg, otsu=False)
+    return cfg
+
+
+def _device_and_dtype(device: str, dtype: str):
+    import torch
+
+    from ..loading import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    if dtype == "auto":  # half precision on an accelerator; on the CPU keep the stored precision
+        return dev, (torch.float16 if dev.type in ("cuda", "mps") else None)
+    return dev, resolve_dtype(dtype)
+
+
+def write_overlay(path: str | Path, image01, heatmaps) -> None:
+    """PNG with one panel per phrase: the image in gray, the heatmap on top (NaN = transparent)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    k = len(heatmaps.phrases)
+    h, w = image01.shape
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k * w / max(h, w) + 0.2, 3.6), squeeze=False)
+    for ax, phrase, m in zip(axes[0], heatmaps.phrases, heatmaps.heatmaps):
+        ax.imshow(image01, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(np.ma.masked_where(~(m > 0), m), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(phrase, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..grounder import Grounder
+    from ..image_io import load_image
+    from ..loading import load_model
+
+    cfg = config_from_args(args)
+    image = load_image(args.image)  # fail early on a bad image, before loading a model
+    device, dtype = _device_and_dtype(args.device, args.dtype)
+    model = load_model(args.model)
+    if model.device != device or (dtype is not None and model.dtype != dtype):
+        model.to(device=device, dtype=dtype)
+    result = Grounder(model, cfg, progress=args.progress).ground(image, args.phrase)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, result.heatmaps)
+    meta = {"image": str(args.image), "phrases": result.phrases, "shape": list(result.heatmaps.shape),
+            "model": model.identity(), "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
+            **{k: v for k, v in result.info.items() if k != "model"}}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    if args.overlay:
+        write_overlay(args.overlay, image, result)
+    print(f"wrote {out} ({len(result.phrases)} x {image.shape[0]} x {image.shape[1]})"
+          + (f" and {args.overlay}" if args.overlay else ""))
+    return 0
