@@ -69,6 +69,9 @@ class LDM:
         ``(-1, 1)`` for Stable Diffusion
     image_channels : grayscale images are repeated to this many channels (1 paper, 3 SD)
     name : a short identity recorded in results files
+    zero_padding : if True, the conditioning is zero at every position after the phrase's end token
+        (the phantom model is trained that way, so the phrase can only reach the image through its
+        own tokens; off for CLIP-conditioned models such as the paper's and Stable Diffusion)
     """
 
     unet: Any
@@ -82,6 +85,7 @@ class LDM:
     image_channels: int = 1
     name: str = "unnamed"
     info: dict = field(default_factory=dict)
+    zero_padding: bool = False
 
     def __post_init__(self) -> None:
         for m in (self.unet, self.vae, self.text_encoder):
@@ -100,9 +104,10 @@ class LDM:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "LDM":
         """Move every network (in place) and return ``self``."""
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         for m in (self.unet, self.vae, self.text_encoder):
-            if m is not None:
-                m.to(device=device, dtype=dtype)
+            if m is not None and kwargs:
+                m.to(**kwargs)
         return self
 
     @property
@@ -139,7 +144,16 @@ class LDM:
         ids = self.tokenize(phrases)["input_ids"].to(self.text_encoder.device)
         out = self.text_encoder(input_ids=ids)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if self.zero_padding:
+            hidden = hidden * self.content_mask(ids).unsqueeze(-1).to(hidden.dtype)
         return hidden.to(device=self.device, dtype=self.dtype)
+
+    def content_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[K, L]`` bool: True up to and including each row's first end token."""
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        is_eos = (input_ids == eos).int()
+        before = torch.cumsum(is_eos, dim=1) - is_eos  # end tokens strictly before each position
+        return before == 0
 
     def _to_model_range(self, x01: torch.Tensor) -> torch.Tensor:
         lo, hi = self.input_range
@@ -189,6 +203,7 @@ class LDM:
             "image_channels": self.image_channels,
             "scale_factor": self.scale_factor,
             "prediction_type": self.schedule.prediction_type,
+            "zero_padding": self.zero_padding,
             "parameters": int(n_params),
             **{k: v for k, v in self.info.items() if isinstance(v, (str, int, float, bool))},
         }

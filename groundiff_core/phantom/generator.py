@@ -233,7 +233,7 @@ def _draw_finding(rng, img, ana: _Anatomy, category: str, side: str, zone: str, 
         elif category in ("consolidation", "lung opacity", "pneumonia"):
             zy = lcy + _ZONE_Y[zone] * ry
             zx = lcx + lateral * rng.uniform(-0.15, 0.25) * rx
-            size = (0.55 + 0.15 * severity) * rx
+            size = (0.75 + 0.15 * severity) * rx
             if category == "consolidation":  # dense, homogeneous, sharp-edged lobar opacity
                 m = _ellipse(zx, zy, size * 1.1, size * 0.8, rng.uniform(-0.4, 0.4), soft=1.2) * lung
                 img += 0.30 * m
@@ -250,7 +250,7 @@ def _draw_finding(rng, img, ana: _Anatomy, category: str, side: str, zone: str, 
         elif category == "atelectasis":
             # plate-like horizontal band at the lung base
             by = lcy + ry * rng.uniform(0.35, 0.5)
-            m = _ellipse(lcx + lateral * 2, by, rx * (0.75 + 0.1 * severity), 2.2 + 0.6 * severity,
+            m = _ellipse(lcx + lateral * 2, by, rx * (0.75 + 0.1 * severity), 3.0 + 0.8 * severity,
                          rng.uniform(-0.15, 0.15), soft=1.0) * np.clip(lung * 1.6, 0, 1)
             img += 0.28 * m
         else:  # pragma: no cover - CATEGORIES is closed

@@ -65,7 +65,7 @@ def build_phantom(spec: PhantomSpec = PhantomSpec(), seed: int = 0, scale_factor
                              heads=spec.unet_heads, norm_groups=16, seed=seed + 2)
     ldm = LDM(unet=unet, vae=vae, tokenizer=tok, text_encoder=text,
               schedule=NoiseSchedule(), scale_factor=scale_factor, input_size=spec.image_size,
-              input_range=(0.0, 1.0), image_channels=1, name="phantom")
+              input_range=(0.0, 1.0), image_channels=1, name="phantom", zero_padding=True)
     for m in (unet, vae, text):  # training starts from here
         m.train()
         m.requires_grad_(True)
@@ -87,6 +87,7 @@ def save_phantom(ldm: LDM, out_dir: str | Path, extra: dict | None = None) -> Pa
         "input_size": ldm.input_size,
         "input_range": list(ldm.input_range),
         "image_channels": ldm.image_channels,
+        "zero_padding": ldm.zero_padding,
         **(extra or {}),
     }
     (out / "phantom.json").write_text(json.dumps(meta, indent=2))
@@ -123,6 +124,7 @@ def load_phantom(path: str | Path | None = None, device: str | torch.device | No
         schedule=NoiseSchedule(**meta["schedule"]), scale_factor=float(meta["scale_factor"]),
         input_size=int(meta["input_size"]), input_range=tuple(meta["input_range"]),
         image_channels=int(meta["image_channels"]), name=meta.get("name", "phantom"),
+        zero_padding=bool(meta.get("zero_padding", False)),
         info={"source": "phantom", "weights": str(root), "train_steps": meta.get("unet_steps", -1)},
     )
     if device is not None:

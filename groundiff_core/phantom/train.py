@@ -7,8 +7,10 @@ Three stages, each resumable from ``DIR/checkpoint.pt`` (an interrupted run lose
 2. ``encode``: the training set's latents (posterior means); the latent scale factor is set to
    ``1 / std`` so the scaled latents have unit variance.
 3. ``unet``: the UNet and the text encoder jointly, v-prediction with the paper's noise schedule.
-   Captions: 60% one finding's phrase (the sentences that are later grounded), 30% the whole report,
-   10% the empty string (the unconditional prompt used by the inversion).
+   Captions: 45% one finding's phrase (the sentences that are later grounded), 45% the whole report
+   (so each finding's words must be routed to its own region), 10% the empty string (the
+   unconditional prompt used by the inversion). The conditioning is zero after the end token
+   (``LDM.zero_padding``), so a phrase reaches the image only through its own tokens.
 
 Losses go to ``DIR/train_log.jsonl``; the final model is written in the shipped layout to
 ``DIR/model`` (and, with ``--install``, into the package's weights folder). Everything is seeded.
@@ -57,7 +59,7 @@ def caption(rng: np.random.Generator, phrases: list[str]) -> str:
     u = rng.random()
     if u < 0.1:
         return ""
-    if u < 0.7 or len(phrases) == 1:
+    if u < 0.55 or len(phrases) == 1:
         return phrases[rng.integers(len(phrases))]
     order = rng.permutation(len(phrases))
     return " . ".join(phrases[j] for j in order)
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--export-every", type=int, default=500, help="write DIR/model-STEP snapshots")
     ap.add_argument("--install", action="store_true", help="copy the final model into the package")
+    ap.add_argument("--init-vae", type=Path, help="start from this trained model's autoencoder and "
+                    "skip the autoencoder stage")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -106,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                       "opt_vae": opt_vae.state_dict(), "opt": opt.state_dict(), "ema": ema,
                       "state": state, "torch_rng": torch.get_rng_state()}, ck_path)
 
+    if args.init_vae is not None and state["stage"] == "vae":
+        from diffusers import AutoencoderKL
+
+        vae.load_state_dict(AutoencoderKL.from_pretrained(args.init_vae / "vae").float().state_dict())
+        state.update(stage="encode", step=0)
+        _log(out, stage="vae", init_from=str(args.init_vae))
     t_start = time.time() - state["wall"]
     print(f"generating {args.n_train} training phantoms", flush=True)
     images, phrases = make_dataset(args.n_train, SPLIT_SEEDS["train"] + args.seed * 1_000_000)
@@ -175,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         caps = [caption(rng, phrases[i]) for i in idx]
         ids = ldm.tokenize(caps)["input_ids"]
         cond = text(input_ids=ids).last_hidden_state
+        if ldm.zero_padding:
+            cond = cond * ldm.content_mask(ids).unsqueeze(-1).float()
         t = torch.from_numpy(rng.integers(0, T, args.unet_batch)).long()
         noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32))
         a = abar[t].view(-1, 1, 1, 1)
@@ -224,6 +236,7 @@ def _export(ldm, params, ema, path: Path, state: dict, args, spec: PhantomSpec) 
     ldm.scale_factor = state["scale_factor"]
     extra = {
         "seed": args.seed, "n_train": args.n_train, "vae_steps": args.vae_steps,
+        "vae_init": str(args.init_vae) if args.init_vae else None,
         "unet_steps": state["step"] if state["stage"] == "unet" else args.unet_steps,
         "unet_batch": args.unet_batch, "lr": args.lr, "threads": args.threads,
         "train_wall_seconds": round(state["wall"], 1),
