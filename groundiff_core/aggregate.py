@@ -24,10 +24,19 @@ def token_weights(token_counts: Sequence[int], max_tokens: int, selection: str =
 
     ``token_counts[k]`` is the length of phrase ``k`` tokenised with its start and end tokens.
     "phrase" selects positions ``1 .. n-2`` (the phrase's own tokens, the paper's choice);
-    "phrase+end" selects ``1 .. n-1``.
+    "phrase+end" selects ``1 .. n-1``; "token:i" selects the single position ``i`` (1 = the first
+    token after the start token), for per-token maps.
     """
+    if selection.startswith("token:"):
+        i = int(selection.split(":", 1)[1])
+        w = torch.zeros(len(token_counts), max_tokens, dtype=torch.float32)
+        for k, n in enumerate(token_counts):
+            if not 1 <= i <= n - 2:
+                raise ValueError(f"token position {i} is outside phrase {k}'s tokens 1..{n - 2}")
+            w[k, i] = 1.0
+        return w
     if selection not in ("phrase", "phrase+end"):
-        raise ValueError(f"token selection must be 'phrase' or 'phrase+end', got {selection!r}")
+        raise ValueError(f"token selection must be 'phrase', 'phrase+end' or 'token:i', got {selection!r}")
     w = torch.zeros(len(token_counts), max_tokens, dtype=torch.float32)
     for k, n in enumerate(token_counts):
         stop = n - 1 if selection == "phrase" else n

@@ -70,7 +70,8 @@ class GroundingConfig:
         ``n_middle_layers`` is used instead
     n_middle_layers : read the L middle layers (resolved against the model at ground time)
     tokens : "phrase" = tokens 1..len-2 of the tokenised phrase (between start and end tokens,
-        paper); "phrase+end" also includes the end token
+        paper); "phrase+end" also includes the end token; "token:i" reads the single token at
+        position i (1 = the first token after the start token), for per-token maps
     normalize : "minmax" = each step's map of each layer scaled to [0, 1] over space (paper); "none"
     resize : interpolation from a layer's native resolution to the model's input size ("bilinear")
     sigma_fraction : Gaussian sigma as a fraction of the input size (paper: 2.5 / 512); ``None`` or
@@ -98,7 +99,9 @@ class GroundingConfig:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {n!r}")
         _one_of("timestep_spacing", self.timestep_spacing, SPACINGS)
-        _one_of("tokens", self.tokens, TOKEN_SELECTIONS)
+        if not (isinstance(self.tokens, str) and self.tokens.startswith("token:")
+                and self.tokens[6:].isdigit() and int(self.tokens[6:]) >= 1):
+            _one_of("tokens", self.tokens, TOKEN_SELECTIONS)
         _one_of("normalize", self.normalize, NORMALISATIONS)
         _one_of("resize", self.resize, RESIZE_MODES)
         try:

@@ -43,6 +43,10 @@ text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the 
 output_dir = "book/notebooks/01_method_files"
 num_inference_steps = 300  # the paper's 300 (334 trailing steps); the window scales with it
 trajectory_fractions = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]  # where along the trajectory to decode
+generate_phrases = ["right pleural effusion", "left apical pneumothorax", "cardiomegaly",
+                    "consolidation in the left upper lung"]  # [] to skip the generation figure
+generate_steps = 50  # DDIM steps of the generation figure
+guidance = 3.0  # classifier-free guidance of the generation figure
 
 # %%
 from pathlib import Path
@@ -99,6 +103,30 @@ plt.show()
 # right is on the image's left). A method that ignores the text cannot tell these apart.
 
 # %% [markdown]
+# ## What the model draws
+#
+# The grounding method reads a *generative* model. Before reading its attention, a look at what it
+# has learned: images sampled from noise for a few phrases (deterministic DDIM with classifier-free
+# guidance, `groundiff_core.sampling.generate`; not part of the grounding method).
+
+# %%
+if generate_phrases:
+    from groundiff_core.sampling import generate
+
+    samples = generate(ldm, generate_phrases, num_steps=generate_steps, guidance_scale=guidance, seed=seed)
+    fig, axes = figures.grid(len(samples), ncols=min(len(samples), 4), size=2.6)
+    for ax, ph, im in zip(axes, generate_phrases, samples):
+        figures.show_image(ax, im, title=f"'{ph}'")
+        figures.side_labels(ax)
+    figures.savefig(fig, out, "generated")
+    plt.show()
+
+# %% [markdown]
+# **Figure 2.** One sample per phrase, from the same seed. Look at whether the finding appears, and
+# on the side the phrase names (R/L: the patient's right and left). The grounding below uses no
+# sampling at all: it inverts a real (here: phantom) image.
+
+# %% [markdown]
 # ## The inversion trajectory
 #
 # The latent is walked from the clean image (step -1) towards noise. With guidance 0 this
@@ -116,7 +144,7 @@ figures.savefig(fig, out, "trajectory")
 plt.show()
 
 # %% [markdown]
-# **Figure 2.** Decoded latents along the DDIM inversion (step index and timestep t). Look at how
+# **Figure 3.** Decoded latents along the DDIM inversion (step index and timestep t). Look at how
 # the anatomy dissolves into noise as t grows; the steps marked "window" are those whose attention
 # the paper reads: the middle of the trajectory, where the image is noisy enough for the text to
 # matter and still structured enough to be localised.
@@ -142,7 +170,7 @@ figures.savefig(fig, out, "per_layer")
 plt.show()
 
 # %% [markdown]
-# **Figure 3.** Token-averaged cross-attention of the phrase at each of the model's
+# **Figure 4.** Token-averaged cross-attention of the phrase at each of the model's
 # cross-attention layers (numbered in execution order: down blocks, middle, up blocks; native
 # resolution in brackets), at the middle step of the window. The layers the paper reads are
 # marked "read" in red: the deepest-resolution layers. Look at which layers put their mass on the
@@ -160,32 +188,39 @@ figures.savefig(fig, out, "per_step")
 plt.show()
 
 # %% [markdown]
-# **Figure 4.** The same phrase at one of the layers the paper reads (the middle one of them)
+# **Figure 5.** The same phrase at one of the layers the paper reads (the middle one of them)
 # across the trajectory. Early steps
 # (little noise) attend to edges and texture; late steps (mostly noise) lose the image. Look at the
 # steps inside the paper's window (red titles).
 
 # %% [markdown]
-# ## Per word
+# ## Per token
 #
-# The method averages the attention over the phrase's tokens. To see what each word contributes,
-# each word is grounded below *as a phrase of its own*, next to the full phrase (same inversion,
-# same layers and window). This is an approximation of the per-token maps: inside the full phrase a
-# word's text embedding also depends on the words before it.
+# The method averages the attention over the phrase's tokens (those between the start and end
+# tokens). Each token's own map comes from the same phrase, the same inversion settings, layers and
+# window, reading one token position at a time (`GroundingConfig(tokens="token:i")`); before
+# normalisation these maps average exactly to the phrase's map.
 
 # %%
-words = pair.phrase.split()
-word_maps = grounder.ground(image, [pair.phrase, *words])
-fig, axes = figures.grid(len(words) + 1, ncols=min(len(words) + 1, 6), size=2.2)
-for ax, ph, hm in zip(axes, word_maps.phrases, word_maps.heatmaps):
-    figures.overlay(ax, image, hm, pair.boxes, title=f"'{ph}'")
-figures.savefig(fig, out, "per_word")
+import dataclasses
+
+token_ids = ldm.tokenizer(pair.phrase)["input_ids"]
+tokens = ldm.tokenizer.convert_ids_to_tokens(token_ids)[1:-1]
+token_maps = [grounder.ground(image, [pair.phrase]).heatmaps[0]]
+for i in range(1, len(tokens) + 1):
+    g_tok = gd.Grounder(ldm, dataclasses.replace(config, tokens=f"token:{i}"))
+    token_maps.append(g_tok.ground(image, [pair.phrase]).heatmaps[0])
+titles = [f"'{pair.phrase}'"] + [f"token {i}: '{t.replace('</w>', '')}'" for i, t in enumerate(tokens, 1)]
+fig, axes = figures.grid(len(titles), ncols=min(len(titles), 6), size=2.2)
+for ax, title, hm in zip(axes, titles, token_maps):
+    figures.overlay(ax, image, hm, pair.boxes, title=title)
+figures.savefig(fig, out, "per_token")
 plt.show()
 
 # %% [markdown]
-# **Figure 5.** Final heatmaps of the full phrase (first panel) and of each of its words grounded
-# alone, with the phrase's ground-truth box. Look at which words carry the location (the finding's
-# name, or the side) and which light up everything.
+# **Figure 6.** Final heatmap of the whole phrase (first panel) and of each of its tokens read on
+# its own, with the phrase's ground-truth box. Look at which tokens carry the location (the
+# finding's name, or the side) and which light up everything.
 
 # %% [markdown]
 # ## Aggregation and post-processing
@@ -208,7 +243,7 @@ figures.savefig(fig, out, "postprocessing")
 plt.show()
 
 # %% [markdown]
-# **Figure 6.** From the averaged attention to the final heatmap, on the model's input grid (first
+# **Figure 7.** From the averaged attention to the final heatmap, on the model's input grid (first
 # three panels) and back on the original image (last panel; transparent where the centre crop cut
 # the image). The Gaussian removes the blockiness of the low-resolution attention; Otsu keeps only
 # the part above an automatic threshold, which is what the overlap metrics reward.
@@ -241,7 +276,7 @@ figures.savefig(fig, out, "final_overlays")
 plt.show()
 
 # %% [markdown]
-# **Figure 7.** Final heatmaps of every phrase of the image, each with its own ground-truth boxes:
+# **Figure 8.** Final heatmaps of every phrase of the image, each with its own ground-truth boxes:
 # the same image, the same inversion, different text. Look at whether each heatmap moves to its own
 # finding.
 

@@ -117,3 +117,40 @@ def test_inversion_step_matches_diffusers(prediction_type):
         out = torch.randn(2, 3, 8, 8, generator=gen, dtype=torch.float64)
         want = ref.step(out, ours.timestep(i), z).prev_sample
         torch.testing.assert_close(ours.step(z, out, i), want.to(torch.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_single_token_selection_reads_one_position_and_rejects_bad_positions():
+    from groundiff_core.aggregate import token_weights
+    from groundiff_core.config import GroundingConfig
+
+    w = token_weights([5, 4], 8, "token:2")
+    assert w[0].tolist() == [0, 0, 1, 0, 0, 0, 0, 0] and w[1, 2] == 1 and float(w.sum()) == 2
+    with pytest.raises(ValueError, match="outside phrase 1"):
+        token_weights([5, 4], 8, "token:3")
+    GroundingConfig(tokens="token:1")
+    with pytest.raises(ValueError):
+        GroundingConfig(tokens="token:0")
+    with pytest.raises(ValueError):
+        GroundingConfig(tokens="token:x")
+
+
+def test_per_token_maps_average_to_the_phrase_map_before_postprocessing():
+    """Raw maps are linear in the token weights: the mean of the per-token raw maps equals the raw
+    phrase map when per-map normalisation is off."""
+    import dataclasses
+
+    import numpy as np
+
+    from groundiff_core.architectures import tiny_ldm
+    from groundiff_core.config import GroundingConfig
+    from groundiff_core.grounder import Grounder
+
+    model = tiny_ldm()
+    cfg = dataclasses.replace(GroundingConfig.paper().with_steps(20), normalize="none", otsu=False,
+                              sigma_fraction=None)
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    phrase = "left pleural effusion"
+    whole = Grounder(model, cfg).ground(img, [phrase], return_raw=True).raw[0]
+    per = [Grounder(model, dataclasses.replace(cfg, tokens=f"token:{i}")).ground(img, [phrase], return_raw=True).raw[0]
+           for i in (1, 2, 3)]
+    np.testing.assert_allclose(np.mean(per, axis=0), whole, atol=1e-6)

@@ -1,0 +1,160 @@
+"""Evaluate the phantom LDM and write its model card: ``python -m groundiff_core.phantom.card``.
+
+Generates a phantom test set from the test split's seeds (never used in training), evaluates the
+cross-attention method with the paper's preset and the two text-blind baselines through the same
+runner as ``groundiff evaluate`` (resumable: rerun to continue), and writes ``evaluation.json`` and
+``MODEL_CARD.md`` next to the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+from .model import WEIGHTS_DIR
+
+TARGETS = {"auc": 0.85, "miou": 0.25, "cnr_abs": 1.0, "text_sensitivity": 0.80}
+
+
+def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path) -> dict[str, dict]:
+    """Evaluate ldm/random/centre on the phantom test split; return their summaries."""
+    from ..baselines import CentrePrior, RandomHeatmap
+    from ..config import GroundingConfig
+    from ..datasets import load_dataset
+    from ..evaluate import evaluate
+    from ..grounder import Grounder
+    from .generator import write_phantom_set
+    from .model import load_phantom
+
+    data = work / "testset"
+    csv = data / "annotations.csv"
+    if not csv.exists():
+        write_phantom_set(data, n_images, split="test")
+    pairs = load_dataset("phantom", csv, data)
+    methods = {
+        "ldm": Grounder(load_phantom(weights), GroundingConfig.paper()),
+        "random": RandomHeatmap(seed=0),
+        "centre": CentrePrior(),
+    }
+    out = {}
+    for name, method in methods.items():
+        folder = work / (name if shard is None else f"{name}-{shard.replace('/', 'of')}")
+        out[name] = evaluate(method, pairs, folder, dataset={"name": "phantom", "split": "test"},
+                             shard=shard, progress=True)
+    return out
+
+
+def _fmt(stat: dict | None) -> str:
+    if not stat or stat.get("mean", stat.get("value")) is None:
+        return "n/a"
+    v = stat.get("mean", stat.get("value"))
+    return f"{v:.3f} [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]"
+
+
+def write_card(summaries: dict[str, dict], weights: Path) -> Path:
+    meta = json.loads((weights / "phantom.json").read_text())
+    ldm = summaries["ldm"]
+    rows = []
+    for name, label in (("ldm", "cross-attention, paper preset"), ("centre", "centre prior"),
+                        ("random", "uniform random")):
+        s = summaries[name]["class_averaged"]
+        rows.append(f"| {label} | {_fmt(s['auc'])} | {_fmt(s['miou'])} | {_fmt(s['cnr_abs'])} | "
+                    f"{_fmt(summaries[name]['text_sensitivity'])} |")
+    reached = {
+        "auc": ldm["class_averaged"]["auc"]["mean"],
+        "miou": ldm["class_averaged"]["miou"]["mean"],
+        "cnr_abs": ldm["class_averaged"]["cnr_abs"]["mean"],
+        "text_sensitivity": ldm["text_sensitivity"]["value"],
+    }
+    verdict = "\n".join(
+        f"- {k}: {reached[k]:.3f} (target >= {t}) {'met' if reached[k] is not None and reached[k] >= t else 'NOT met'}"
+        for k, t in TARGETS.items())
+    per_class = "\n".join(
+        f"| {c} | {v['n_pairs']} | {_fmt(v['auc'])} | {_fmt(v['miou'])} | {_fmt(v['cnr_abs'])} |"
+        for c, v in sorted(ldm["per_class"].items()))
+    spec = meta.get("spec", {})
+    card = f"""# Phantom LDM — model card
+
+A small latent diffusion model trained by this project on its synthetic chest phantoms, so that the
+paper's zero-shot grounding method can be run offline, on CPU, in minutes. **It is a test bed, not a
+medical model**: it has never seen a real radiograph, and its numbers are not comparable with the
+paper's MS-CXR figures.
+
+## Model
+- Autoencoder: diffusers `AutoencoderKL`, channels {spec.get('vae_channels')}, no attention,
+  1 input channel, {spec.get('latent_channels')} latent channels, 4x downsampling (128 -> 32);
+  latent scale factor {meta['scale_factor']:.4f} (1 / std of the training latents).
+- UNet: diffusers `UNet2DConditionModel` in the paper's layout (3 levels, cross-attention at the two
+  deeper ones, 2 res blocks per level: 11 cross-attention layers; layers 3, 4, 6, 7 are the deepest,
+  8x8), channels {spec.get('unet_channels')}, heads {spec.get('unet_heads')}.
+- Text: a `CLIPTextModel` ({spec.get('text_layers')} layers, hidden {spec.get('text_hidden')}) trained
+  from scratch with the UNet, and a closed-vocabulary `CLIPTokenizer` (start/end tokens, 77-token
+  padding); the conditioning is zero after the end token (`zero_padding`).
+- Noise schedule: the paper's (1000 steps, scaled-linear betas 0.0015..0.0205), v-prediction;
+  input range [0, 1]; 128x128 input. Weights stored as float16 safetensors, loaded as float32.
+
+## Training
+- Data: {meta.get('n_train')} phantoms from the train split's seeds (`groundiff_core.phantom.generator`),
+  captions: one finding's phrase (45%), the whole report (45%), empty (10%).
+- Autoencoder: {meta.get('vae_steps')} steps (L1 + 1e-4 KL){' (taken from an earlier run: ' + str(meta.get('vae_init')) + ')' if meta.get('vae_init') else ''}.
+- UNet + text encoder: {meta.get('unet_steps')} steps, batch {meta.get('unet_batch')}, AdamW lr {meta.get('lr')}
+  (warm-up, cosine), EMA of the weights; seed {meta.get('seed')}.
+- Wall time {meta.get('train_wall_seconds', 0) / 60:.0f} min on {meta.get('hardware')} ({meta.get('threads')} thread),
+  torch {meta.get('torch')}. Command: `python -m groundiff_core.phantom.train --out DIR --lr {meta.get('lr')} --install`.
+
+## Evaluation
+`groundiff evaluate --model phantom --dataset phantom` with the paper's preset on {ldm['n_pairs']} image-phrase
+pairs of a phantom test set from seeds never used in training (`groundiff phantom --split test`),
+class-averaged (unweighted mean over the 8 categories), 95% bootstrap confidence intervals.
+Text sensitivity: share of comparisons, on images with another finding, in which the heatmap's
+AUC-ROC on its own phrase's boxes beats its AUC-ROC on the other finding's boxes.
+
+| method | AUC-ROC | mIoU | abs CNR | text sensitivity |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Targets of the project's issue:
+{verdict}
+
+Per class (cross-attention, paper preset):
+
+| category | pairs | AUC-ROC | mIoU | abs CNR |
+|---|---|---|---|---|
+{per_class}
+
+Evaluated on {platform.machine()}, {ldm.get('seconds_per_pair', float('nan')):.1f} s per pair.
+"""
+    path = weights / "MODEL_CARD.md"
+    path.write_text(card)
+    keep = {k: {"class_averaged": s["class_averaged"], "text_sensitivity": s["text_sensitivity"],
+                "n_pairs": s["n_pairs"], "per_class": s["per_class"]} for k, s in summaries.items()}
+    (weights / "evaluation.json").write_text(json.dumps(keep, indent=1, default=str))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--work", type=Path, required=True, help="folder for the test set and results")
+    ap.add_argument("--images", type=int, default=220, help="test phantoms (about 2 pairs each)")
+    ap.add_argument("--shard", help="i/n: evaluate only this shard (run n processes, then --merge)")
+    ap.add_argument("--merge", action="store_true", help="merge the shards' results and write the card")
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
+    a = ap.parse_args(argv)
+    if a.merge:
+        from ..evaluate import merge
+
+        summaries = {name: merge([a.work / f"{name}-{i}of{a.shards}" for i in range(a.shards)],
+                                 a.work / name) for name in ("ldm", "random", "centre")}
+    else:
+        summaries = run_evaluation(a.work, a.images, a.shard, a.weights)
+        if a.shard:
+            return 0
+    print(write_card(summaries, a.weights).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
