@@ -1,5 +1,5 @@
-"""Data plumbing shared by the book's notebooks: which pairs a notebook runs on, and where its
-results go. Keeps the notebooks to narrative and plots.
+"""Data plumbing shared by the book's notebooks: their common setup (:func:`setup_notebook`), which
+pairs a notebook runs on, and where its results go. Keeps the notebooks to narrative and plots.
 
 A notebook's ``parameters`` cell names a dataset either as a CSV (MS-CXR layout, VinDr-CXR or NIH,
 with an image root) or, by default, as ``None``/``"phantom"``: then the phantom test split
@@ -14,9 +14,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BookData", "KeepMaps", "load_book_data", "save_json", "side_of_phrase"]
+if TYPE_CHECKING:
+    from .model import LDM
+
+__all__ = ["BookData", "KeepMaps", "load_book_data", "save_json", "setup_notebook", "side_of_phrase"]
 
 PHANTOM_TEST_IMAGES = 200  # ~2 findings per image: about 400 image-phrase pairs
 
@@ -83,6 +86,37 @@ def load_book_data(dataset_csv: str | os.PathLike | None, images_root: str | os.
     selected = subset(pairs, n, seed=seed)
     desc.update(pairs=len(pairs), selected=len(selected), selection_seed=seed)
     return BookData(pairs=pairs, selected=selected, description=desc)
+
+
+def setup_notebook(output_dir: str | os.PathLike, *, seed: int, model: str | os.PathLike,
+                   device: Any = None, dtype: Any = None, text_encoder: str | os.PathLike | None = None,
+                   dataset_csv: str | os.PathLike | None = None, images_root: str | os.PathLike | None = None,
+                   n_pairs: int | None, dataset: str = "mscxr", split: str | None = None,
+                   phantom_images: int = PHANTOM_TEST_IMAGES,
+                   display_precision: int | None = 3) -> tuple[Path, BookData, "LDM"]:
+    """The common first steps of a notebook, from its ``parameters`` cell: ``(out, data, ldm)``.
+
+    In order: seeds torch's global generator with ``seed``; creates ``output_dir`` (``out``);
+    sets pandas' ``display.precision`` to ``display_precision`` (``None`` leaves it alone); resolves
+    the dataset parameters with :func:`load_book_data` (``data``, the phantom written under
+    ``out``); loads ``model`` with :func:`groundiff_core.load_model` on ``device``/``dtype``
+    (``ldm``).
+    """
+    import torch
+
+    from .loading import load_model
+
+    torch.manual_seed(seed)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if display_precision is not None:
+        import pandas as pd
+
+        pd.set_option("display.precision", display_precision)
+    data = load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed, dataset=dataset,
+                          split=split, phantom_images=phantom_images)
+    ldm = load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
+    return out, data, ldm
 
 
 def _clean(obj: Any) -> Any:

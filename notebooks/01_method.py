@@ -49,8 +49,6 @@ generate_steps = 50  # DDIM steps of the generation figure
 guidance = 3.0  # classifier-free guidance of the generation figure
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -63,22 +61,19 @@ from groundiff_core.datasets import group_by_image
 from groundiff_core.image_io import load_image
 from groundiff_core.trajectory import inversion_trajectory
 
-torch.manual_seed(seed)
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-
 # %% [markdown]
 # ## The pair
 
 # %%
-data = bookdata.load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed,
-                               dataset=dataset, split=split, phantom_images=phantom_images)
+out, data, ldm = bookdata.setup_notebook(
+    output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
+    dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
+    phantom_images=phantom_images, display_precision=None)
 by_image = group_by_image(data.pairs)
 candidates = [p for p in data.selected if len(by_image[p.image_path]) > 1] or data.selected
 pair = candidates[pair_index % len(candidates)]
 others = [q for q in by_image[pair.image_path] if q.phrase != pair.phrase]
 image = load_image(pair.image_path)
-ldm = gd.load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
 config = gd.GroundingConfig.paper().with_steps(num_inference_steps)
 grounder = gd.Grounder(ldm, config)
 layers = grounder.layers

@@ -45,12 +45,9 @@ captum_pairs = 0  # pairs for the Captum method (a nested subset of the same pai
 n_boot = 1000  # bootstrap resamples for the confidence intervals
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
@@ -59,18 +56,14 @@ from groundiff_core.attribution import make_method
 from groundiff_core.baselines import CentrePrior, RandomHeatmap
 from groundiff_core.evaluate import evaluate, summary_table
 
-torch.manual_seed(seed)
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-pd.set_option("display.precision", 3)
-
 # %% [markdown]
 # ## Data and model
 
 # %%
-data = bookdata.load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed,
-                               dataset=dataset, split=split, phantom_images=phantom_images)
-ldm = gd.load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
+out, data, ldm = bookdata.setup_notebook(
+    output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
+    dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
+    phantom_images=phantom_images)
 per_class = pd.Series([p.category for p in data.selected]).value_counts().sort_index()
 display(pd.DataFrame({"pairs selected": per_class}).T)
 print(f"dataset: {data.description}")

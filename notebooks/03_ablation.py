@@ -46,12 +46,9 @@ T_values = [5, 10, 20, 40, 60, 100]  # window widths, % of the steps, centred on
 paper_L, paper_T = 6, 20  # the paper's summary setting (marked in the figures)
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import display
 
 import groundiff_core as gd
@@ -61,15 +58,11 @@ from groundiff_core.datasets import group_by_image
 from groundiff_core.datasets.common import fit_boxes_to_image
 from groundiff_core.image_io import load_image
 
-torch.manual_seed(seed)
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-pd.set_option("display.precision", 3)
-
 # %%
-data = bookdata.load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed,
-                               dataset=dataset, split=split, phantom_images=phantom_images)
-ldm = gd.load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
+out, data, ldm = bookdata.setup_notebook(
+    output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
+    dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
+    phantom_images=phantom_images)
 config = gd.GroundingConfig.paper().with_steps(num_inference_steps)
 grounder = gd.Grounder(ldm, config)
 n_layers = len(grounder.layers)

@@ -36,12 +36,9 @@ worst_per_class = 1  # worst pairs shown per class
 prompt_pairs = 2  # pairs whose phrase is varied in the prompt-sensitivity study
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import display
 
 import groundiff_core as gd
@@ -50,15 +47,11 @@ from groundiff_core.datasets import group_by_image
 from groundiff_core.evaluate import evaluate, load_results
 from groundiff_core.image_io import load_image
 
-torch.manual_seed(seed)
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-pd.set_option("display.precision", 3)
-
 # %%
-data = bookdata.load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed,
-                               dataset=dataset, split=split, phantom_images=phantom_images)
-ldm = gd.load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
+out, data, ldm = bookdata.setup_notebook(
+    output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
+    dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
+    phantom_images=phantom_images)
 grounder = bookdata.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper()))
 summary = evaluate(grounder, data.pairs, out / "cross_attention", dataset=data.description,
                    n_pairs=n_pairs or None, seed=seed, progress=False)

@@ -51,12 +51,9 @@ shown_pairs = 3  # pairs shown side by side
 token_pairs = 2  # pairs whose phrase gets a per-word attribution
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
@@ -65,15 +62,11 @@ from groundiff_core.attribution import ObjectiveConfig, make_method, measure_cos
 from groundiff_core.evaluate import evaluate
 from groundiff_core.image_io import load_image
 
-torch.manual_seed(seed)
-out = Path(output_dir)
-out.mkdir(parents=True, exist_ok=True)
-pd.set_option("display.precision", 3)
-
 # %%
-data = bookdata.load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed,
-                               dataset=dataset, split=split, phantom_images=phantom_images)
-ldm = gd.load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
+out, data, ldm = bookdata.setup_notebook(
+    output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
+    dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
+    phantom_images=phantom_images)
 objective = ObjectiveConfig(n_draws=objective_draws, seed=seed)
 settings = {"integrated_gradients": {"n_steps": ig_steps}, "gradient_shap": {"n_samples": n_samples},
             "smoothgrad": {"n_samples": n_samples},

@@ -43,7 +43,7 @@ the reproduction.)
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Mapping
 
 import torch
@@ -51,6 +51,7 @@ from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
 
 from .errors import StateDictMismatchError, UnsupportedArchitectureError
+from .monai_args import MonaiArgs
 from .statedict import Entry, expected_shapes, fill, materialise, meta_model, set_groupnorm_eps
 
 __all__ = ["MonaiAutoencoderConfig", "MonaiAutoencoderKL", "convert_autoencoder", "autoencoder_state_for_diffusers",
@@ -85,7 +86,7 @@ class MonaiAutoencoderKL(AutoencoderKL):
 
 
 @dataclass(frozen=True)
-class MonaiAutoencoderConfig:
+class MonaiAutoencoderConfig(MonaiArgs):
     """The constructor arguments of MONAI's 2-D ``AutoencoderKL`` that shape its weights.
 
     Defaults are the paper's autoencoder (``autoencoder_def`` of the MONAI bundle
@@ -118,32 +119,11 @@ class MonaiAutoencoderConfig:
         """The paper's autoencoder: channels (64, 128, 128, 128), 2 res blocks, latent 3, no level attention."""
         return cls()
 
-    _ALIASES = {"num_channels": "channels"}
+    # How the MONAI / GenerativeModels constructor arguments are read (see :class:`.monai_args.MonaiArgs`).
+    _NETWORK = "AutoencoderKL"
+    _NOT_2D = "only 2-D autoencoders are supported"
     _IGNORED = ("_target_", "spatial_dims", "use_flash_attention", "use_checkpointing", "use_checkpoint",
                 "use_combined_linear")
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "MonaiAutoencoderConfig":
-        """From MONAI/GenerativeModels constructor arguments (e.g. a bundle's ``autoencoder_def``)."""
-        allowed = {f.name for f in fields(cls)}
-        kwargs = {}
-        for key, value in d.items():
-            key = cls._ALIASES.get(key, key)
-            if key == "spatial_dims" and int(value) != 2:
-                raise UnsupportedArchitectureError(f"only 2-D autoencoders are supported (spatial_dims={value})")
-            if key == "include_fc":
-                if not value:
-                    raise UnsupportedArchitectureError("include_fc=False (no attention output projection) is not supported")
-                continue
-            if key in cls._IGNORED:
-                continue
-            if key not in allowed:
-                raise ValueError(f"unknown AutoencoderKL argument {key!r}; known: {sorted(allowed)}")
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def validate(self) -> None:
         n = len(self.channels)

@@ -35,12 +35,13 @@ the MONAI core (>= 1.4) layout differ only in names (``attn*.to_out.0`` vs ``att
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 
 from .errors import StateDictMismatchError, UnsupportedArchitectureError
+from .monai_args import MonaiArgs
 from .statedict import Entry, expected_shapes, fill, materialise, meta_model, set_groupnorm_eps
 
 __all__ = ["MonaiUNetConfig", "convert_unet", "unet_state_for_diffusers", "detect_layout", "diffusers_to_monai_key"]
@@ -53,7 +54,7 @@ def _tuple(value, n: int, kind=int) -> tuple:
 
 
 @dataclass(frozen=True)
-class MonaiUNetConfig:
+class MonaiUNetConfig(MonaiArgs):
     """The constructor arguments of MONAI's 2-D ``DiffusionModelUNet`` that shape its weights.
 
     Defaults are the paper's model (the ``diffusion_def`` of the MONAI model zoo bundle
@@ -88,32 +89,10 @@ class MonaiUNetConfig:
         """The paper's UNet: channels (256, 512, 768), attention at levels 1-2, one head per layer."""
         return cls()
 
-    # Names of the MONAI / GenerativeModels constructor that carry no weights or are spelled differently.
-    _ALIASES = {"num_channels": "channels"}
+    # How the MONAI / GenerativeModels constructor arguments are read (see :class:`.monai_args.MonaiArgs`).
+    _NETWORK = "DiffusionModelUNet"
+    _NOT_2D = "only 2-D UNets can be grounded"
     _IGNORED = ("_target_", "spatial_dims", "use_flash_attention", "dropout_cattn", "use_combined_linear")
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "MonaiUNetConfig":
-        """From MONAI/GenerativeModels constructor arguments (e.g. a bundle's ``diffusion_def``)."""
-        allowed = {f.name for f in fields(cls)}
-        kwargs = {}
-        for key, value in d.items():
-            key = cls._ALIASES.get(key, key)
-            if key == "spatial_dims" and int(value) != 2:
-                raise UnsupportedArchitectureError(f"only 2-D UNets can be grounded (spatial_dims={value})")
-            if key == "include_fc":
-                if not value:
-                    raise UnsupportedArchitectureError("include_fc=False (no attention output projection) is not supported")
-                continue
-            if key in cls._IGNORED:
-                continue
-            if key not in allowed:
-                raise ValueError(f"unknown DiffusionModelUNet argument {key!r}; known: {sorted(allowed)}")
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def heads(self) -> tuple[int, ...]:
         """Attention heads per level (1 where a level has no attention)."""
