@@ -18,8 +18,16 @@ from .model import WEIGHTS_DIR
 TARGETS = {"auc": 0.85, "miou": 0.25, "cnr_abs": 1.0, "text_sensitivity": 0.80}
 
 
-def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path) -> dict[str, dict]:
-    """Evaluate ldm/random/centre on the phantom test split; return their summaries."""
+def alt_config(layers: tuple[int, ...]):
+    """The paper's preset reading other cross-attention layers (chosen on validation phantoms)."""
+    from ..config import GroundingConfig
+
+    return GroundingConfig.paper().with_layers(layers)
+
+
+def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path,
+                   alt_layers: tuple[int, ...] | None = None, alt_pairs: int | None = None) -> dict[str, dict]:
+    """Evaluate ldm/random/centre (and ``ldm-alt``) on the phantom test split; return the summaries."""
     from ..baselines import CentrePrior, RandomHeatmap
     from ..config import GroundingConfig
     from ..datasets import load_dataset
@@ -33,16 +41,19 @@ def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path) 
     if not csv.exists():
         write_phantom_set(data, n_images, split="test")
     pairs = load_dataset("phantom", csv, data)
+    model = load_phantom(weights)
     methods = {
-        "ldm": Grounder(load_phantom(weights), GroundingConfig.paper()),
-        "random": RandomHeatmap(seed=0),
-        "centre": CentrePrior(),
+        "ldm": (Grounder(model, GroundingConfig.paper()), None),
+        "random": (RandomHeatmap(seed=0), None),
+        "centre": (CentrePrior(), None),
     }
+    if alt_layers:
+        methods["ldm-alt"] = (Grounder(model, alt_config(alt_layers)), alt_pairs)
     out = {}
-    for name, method in methods.items():
+    for name, (method, n_pairs) in methods.items():
         folder = work / (name if shard is None else f"{name}-{shard.replace('/', 'of')}")
         out[name] = evaluate(method, pairs, folder, dataset={"name": "phantom", "split": "test"},
-                             shard=shard, progress=True)
+                             shard=shard, n_pairs=n_pairs, progress=True)
     return out
 
 
@@ -57,8 +68,13 @@ def write_card(summaries: dict[str, dict], weights: Path) -> Path:
     meta = json.loads((weights / "phantom.json").read_text())
     ldm = summaries["ldm"]
     rows = []
-    for name, label in (("ldm", "cross-attention, paper preset"), ("centre", "centre prior"),
-                        ("random", "uniform random")):
+    labels = [("ldm", "cross-attention, paper preset")]
+    if "ldm-alt" in summaries:
+        alt = summaries["ldm-alt"]["config"]["layers"] if "config" in summaries["ldm-alt"] else "other"
+        labels.append(("ldm-alt", f"cross-attention, paper preset but layers {tuple(alt)} "
+                                  f"({summaries['ldm-alt']['n_pairs']} pairs)"))
+    labels += [("centre", "centre prior"), ("random", "uniform random")]
+    for name, label in labels:
         s = summaries[name]["class_averaged"]
         rows.append(f"| {label} | {_fmt(s['auc'])} | {_fmt(s['miou'])} | {_fmt(s['cnr_abs'])} | "
                     f"{_fmt(summaries[name]['text_sensitivity'])} |")
@@ -142,14 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true", help="merge the shards' results and write the card")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
+    ap.add_argument("--alt-layers", help="also evaluate the paper's preset with these layers, e.g. 8,9,10 "
+                                         "(choose them on validation phantoms, never on the test set)")
+    ap.add_argument("--alt-pairs", type=int, help="pairs for the --alt-layers evaluation (default all)")
     a = ap.parse_args(argv)
+    alt = tuple(int(x) for x in a.alt_layers.split(",")) if a.alt_layers else None
+    names = ["ldm", "random", "centre"] + (["ldm-alt"] if alt else [])
     if a.merge:
         from ..evaluate import merge
 
         summaries = {name: merge([a.work / f"{name}-{i}of{a.shards}" for i in range(a.shards)],
-                                 a.work / name) for name in ("ldm", "random", "centre")}
+                                 a.work / name) for name in names}
     else:
-        summaries = run_evaluation(a.work, a.images, a.shard, a.weights)
+        summaries = run_evaluation(a.work, a.images, a.shard, a.weights, alt, a.alt_pairs)
         if a.shard:
             return 0
     print(write_card(summaries, a.weights).read_text())
