@@ -1,0 +1,79 @@
+"""The shipped phantom LDM: loads offline, has the paper's layout, fits the size budget, and grounds.
+
+The grounding check runs the paper's preset on a handful of fixed validation phantoms (seeds never
+used in training or in the model card's test set). Its thresholds sit well below what the shipped
+model reaches (see ``MODEL_CARD.md``) and well above what a random or broken model gives (AUC-ROC
+about 0.5), so the test is deterministic on CPU and still catches a broken model or engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import groundiff_core as gd
+from groundiff_core import metrics
+from groundiff_core.phantom.generator import SPLIT_SEEDS, make_phantom
+from groundiff_core.phantom.model import WEIGHTS_DIR
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return gd.load_model("phantom")
+
+
+def test_shipped_weights_fit_the_budget_and_have_a_model_card():
+    files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 20 * 1024 * 1024
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert not any(p.suffix in (".bin", ".pt", ".pth", ".pkl") for p in files)
+    card = (WEIGHTS_DIR / "MODEL_CARD.md").read_text()
+    assert "test bed" in card and "Evaluation" in card
+
+
+def test_phantom_has_the_papers_layout(phantom):
+    g = gd.Grounder(phantom, gd.GroundingConfig.paper())
+    assert len(g.layers) == 11
+    down = [layer.downsample for layer in g.layers]
+    assert phantom.input_size == 128 and phantom.input_range == (0.0, 1.0)
+    assert phantom.schedule.prediction_type == "v_prediction"
+    assert (phantom.schedule.beta_start, phantom.schedule.beta_end) == (0.0015, 0.0205)
+    assert phantom.zero_padding
+    assert all(down[i] == max(down) for i in (3, 4, 6, 7))  # the paper's layers are the deepest
+
+
+def test_latents_have_about_unit_variance(phantom):
+    imgs = np.stack([make_phantom(SPLIT_SEEDS["val"] + 100 + i).image for i in range(8)])
+    import torch
+
+    z = phantom.encode_image(torch.from_numpy(imgs)[:, None])
+    assert 0.6 < float(z.std()) < 1.5
+
+
+GROUNDING_SEEDS = [SPLIT_SEEDS["val"] + 500 + i for i in range(4)]
+
+
+def test_grounding_succeeds_on_fixed_pairs(phantom):
+    """All 11 layers with the paper's window and post-processing (the setting the model card chose on
+    validation phantoms; on this model the paper's four 8x8 layers are weak, see MODEL_CARD.md).
+    Measured on these pairs: AUC-ROC 0.71-0.91, mean 0.79; a random-weight model gives about 0.5."""
+    cfg = gd.GroundingConfig.paper().with_steps(100).with_middle_layers(11)  # window: steps 40..59
+    g = gd.Grounder(phantom, cfg)
+    aucs = []
+    for seed in GROUNDING_SEEDS:
+        ph = make_phantom(seed)
+        hm = g.ground(ph.image, [f.phrase for f in ph.findings])
+        assert hm.heatmaps.shape == (len(ph.findings), 128, 128)
+        assert np.isfinite(hm.heatmaps).all()
+        for k, f in enumerate(ph.findings):
+            assert hm.heatmaps[k].max() > hm.heatmaps[k].min()
+            aucs.append(metrics.auc_roc(hm.heatmaps[k], f.boxes))
+    assert np.mean(aucs) > 0.68, aucs
+    assert min(aucs) > 0.6, aucs
+
+
+def test_paper_preset_runs_on_the_phantom(phantom):
+    ph = make_phantom(GROUNDING_SEEDS[0])
+    hm = gd.Grounder(phantom, gd.GroundingConfig.paper().with_steps(100)).ground(
+        ph.image, [f.phrase for f in ph.findings])
+    assert np.isfinite(hm.heatmaps).all() and (hm.heatmaps >= 0).all() and (hm.heatmaps <= 1).all()
