@@ -21,7 +21,28 @@ import torch
 from .config import GroundingConfig
 from .model import NoiseSchedule
 
-__all__ = ["inversion_timesteps", "DDIMInversion"]
+__all__ = ["inversion_timesteps", "ddim_move", "DDIMInversion"]
+
+
+def ddim_move(z: torch.Tensor, model_output: torch.Tensor, abar_from: float, abar_to: float,
+              prediction_type: str) -> torch.Tensor:
+    """One deterministic DDIM move of ``z`` from noise level ``abar_from`` to ``abar_to``.
+
+    The model's output at ``z`` (epsilon or v) gives the predicted ``x0`` and noise; the latent is
+    re-noised to ``abar_to``. Towards noise (``abar_to < abar_from``) this is the inversion step, the
+    other way the sampling step. Computed in ``z``'s dtype.
+    """
+    s_from, n_from = abar_from ** 0.5, (1.0 - abar_from) ** 0.5
+    out = model_output.to(z.dtype)
+    if prediction_type == "epsilon":
+        eps = out
+        x0 = (z - n_from * eps) / s_from
+    elif prediction_type == "v_prediction":
+        x0 = s_from * z - n_from * out
+        eps = s_from * out + n_from * z
+    else:  # pragma: no cover - NoiseSchedule validates this
+        raise ValueError(f"unsupported prediction type {prediction_type!r}")
+    return abar_to ** 0.5 * x0 + (1.0 - abar_to) ** 0.5 * eps
 
 
 def inversion_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000,
@@ -71,15 +92,4 @@ class DDIMInversion:
 
     def step(self, z: torch.Tensor, model_output: torch.Tensor, i: int) -> torch.Tensor:
         """``z_{i+1}`` from ``z_i`` and the UNet's output at step ``i`` (computed in ``z``'s dtype)."""
-        a_prev, a_t = self._abar_prev[i], self._abar_t[i]
-        s_prev, n_prev = a_prev ** 0.5, (1.0 - a_prev) ** 0.5
-        out = model_output.to(z.dtype)
-        if self.prediction_type == "epsilon":
-            eps = out
-            x0 = (z - n_prev * eps) / s_prev
-        elif self.prediction_type == "v_prediction":
-            x0 = s_prev * z - n_prev * out
-            eps = s_prev * out + n_prev * z
-        else:  # pragma: no cover - NoiseSchedule validates this
-            raise ValueError(f"unsupported prediction type {self.prediction_type!r}")
-        return a_t ** 0.5 * x0 + (1.0 - a_t) ** 0.5 * eps
+        return ddim_move(z, model_output, self._abar_prev[i], self._abar_t[i], self.prediction_type)

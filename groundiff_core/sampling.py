@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .inversion import ddim_move
 from .model import LDM
 
 __all__ = ["generate"]
@@ -51,13 +52,6 @@ def generate(model: LDM, phrases: Sequence[str], num_steps: int = 50, guidance_s
         out = model.unet(torch.cat([z, z]), int(t), encoder_hidden_states=ctx).sample
         out_u, out_c = out.chunk(2)
         out = out_u + guidance_scale * (out_c - out_u)
-        a_t = float(abar[t])
-        a_prev = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-        if model.schedule.prediction_type == "v_prediction":
-            x0 = a_t ** 0.5 * z - (1 - a_t) ** 0.5 * out
-            eps = a_t ** 0.5 * out + (1 - a_t) ** 0.5 * z
-        else:
-            eps = out
-            x0 = (z - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
-        z = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+        a_next = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        z = ddim_move(z, out, float(abar[t]), a_next, model.schedule.prediction_type)
     return model.decode_latent(z)[:, 0].float().cpu().numpy()
