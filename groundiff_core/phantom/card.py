@@ -26,7 +26,8 @@ def alt_config(layers: tuple[int, ...]):
 
 
 def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path,
-                   alt_layers: tuple[int, ...] | None = None, alt_pairs: int | None = None) -> dict[str, dict]:
+                   alt_layers: tuple[int, ...] | None = None, alt_pairs: int | None = None,
+                   device: str | None = None, batch_images: int = 1) -> dict[str, dict]:
     """Evaluate ldm/random/centre (and ``ldm-alt``) on the phantom test split; return the summaries."""
     from ..baselines import CentrePrior, RandomHeatmap
     from ..config import GroundingConfig
@@ -41,19 +42,21 @@ def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path,
     if not csv.exists():
         write_phantom_set(data, n_images, split="test")
     pairs = load_dataset("phantom", csv, data)
-    model = load_phantom(weights)
+    model = load_phantom(weights, device=device)
     methods = {
-        "ldm": (Grounder(model, GroundingConfig.paper()), None),
+        "ldm": (Grounder(model, GroundingConfig.paper(), batch_size=batch_images), None),
         "random": (RandomHeatmap(seed=0), None),
         "centre": (CentrePrior(), None),
     }
     if alt_layers:
-        methods["ldm-alt"] = (Grounder(model, alt_config(alt_layers)), alt_pairs)
+        methods["ldm-alt"] = (Grounder(model, alt_config(alt_layers), batch_size=batch_images), alt_pairs)
     out = {}
     for name, (method, n_pairs) in methods.items():
         folder = work / (name if shard is None else f"{name}-{shard.replace('/', 'of')}")
         out[name] = evaluate(method, pairs, folder, dataset={"name": "phantom", "split": "test"},
-                             shard=shard, n_pairs=n_pairs, progress=True)
+                             shard=shard, n_pairs=n_pairs, progress=True,
+                             batch_images=batch_images if name.startswith("ldm") else 1,
+                             info={"device": str(model.device) if name.startswith("ldm") else "cpu"})
     return out
 
 
@@ -64,22 +67,39 @@ def _fmt(stat: dict | None) -> str:
     return f"{v:.3f} [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]"
 
 
-def _alt_note(summaries: dict[str, dict]) -> str:
+def _geometry(meta: dict) -> dict:
+    """Latent and attention-grid sizes of the model described by ``phantom.json``."""
+    spec = meta.get("spec", {})
+    size = int(meta.get("input_size", 128))
+    factor = 2 ** (len(spec.get("vae_channels", (16, 32, 32))) - 1)
+    latent = size // factor
+    return {"factor": factor, "latent": latent, "mid": latent // 2, "deep": latent // 4}
+
+
+def _alt_note(summaries: dict[str, dict], meta: dict) -> str:
     if "ldm-alt" not in summaries:
         return ""
     p, a = summaries["ldm"]["class_averaged"], summaries["ldm-alt"]["class_averaged"]
+    alt = summaries["ldm-alt"].get("config", {}).get("layers", "other")
     return f"""
-Why the paper's preset does worse on this model than reading all layers: the paper's layers 3, 4, 6
-and 7 are the UNet's deepest cross-attention layers. In the paper's model (64x64 latent) they see
-a 16x16 grid; in this CPU-sized model (32x32 latent) they see only 8x8, coarser than most phantom
-findings. On validation phantoms (never the test set), per-layer maps of this model showed the
-phrase-specific signal mostly in the 16x16 layers (0-2 and 8-10), so the second row reads all 11
-layers with the paper's window and post-processing: AUC-ROC {a['auc']['mean']:.3f} vs
+The second row reads other cross-attention layers ({alt}, chosen on validation phantoms, never on
+the test set) with the paper's window and post-processing: AUC-ROC {a['auc']['mean']:.3f} vs
 {p['auc']['mean']:.3f}, mIoU {a['miou']['mean']:.3f} vs {p['miou']['mean']:.3f}, abs CNR
 {a['cnr_abs']['mean']:.3f} vs {p['cnr_abs']['mean']:.3f}. The book's ablation notebook shows the
-whole L/T grid. A phantom model whose deepest attention is 16x16 (a 64x64 latent) would match the
-paper's geometry but costs about four times the CPU training time this project could spend.
+whole L/T grid.
 """
+
+
+def _command(meta: dict) -> str:
+    """The training command that reproduces the shipped model (from its recorded settings)."""
+    spec = meta.get("spec", {})
+    parts = ["python -m groundiff_core.phantom.train --out DIR", f"--lr {meta.get('lr')}",
+             f"--threads {meta.get('threads')}"]
+    for key in ("vae_channels", "unet_channels", "unet_heads"):
+        if key in spec:
+            parts.append(f"--{key.replace('_', '-')} {','.join(str(v) for v in spec[key])}")
+    parts.append(f"--unet-steps {meta.get('unet_steps')} --install")
+    return " ".join(parts)
 
 
 def write_card(summaries: dict[str, dict], weights: Path) -> Path:
@@ -109,6 +129,9 @@ def write_card(summaries: dict[str, dict], weights: Path) -> Path:
         f"| {c} | {v['n_pairs']} | {_fmt(v['auc'])} | {_fmt(v['miou'])} | {_fmt(v['cnr_abs'])} |"
         for c, v in sorted(ldm["per_class"].items()))
     spec = meta.get("spec", {})
+    geo = _geometry(meta)
+    where = ldm.get("info", {}).get("device") or "cpu"
+    trained_on = meta.get("hardware")
     card = f"""# Phantom LDM — model card
 
 A small latent diffusion model trained by this project on its synthetic chest phantoms, so that the
@@ -118,11 +141,12 @@ paper's MS-CXR figures.
 
 ## Model
 - Autoencoder: diffusers `AutoencoderKL`, channels {spec.get('vae_channels')}, no attention,
-  1 input channel, {spec.get('latent_channels')} latent channels, 4x downsampling (128 -> 32);
+  1 input channel, {spec.get('latent_channels')} latent channels, {geo['factor']}x downsampling ({meta['input_size']} -> {geo['latent']});
   latent scale factor {meta['scale_factor']:.4f} (1 / std of the training latents).
 - UNet: diffusers `UNet2DConditionModel` in the paper's layout (3 levels, cross-attention at the two
   deeper ones, 2 res blocks per level: 11 cross-attention layers; layers 3, 4, 6, 7 are the deepest,
-  8x8), channels {spec.get('unet_channels')}, heads {spec.get('unet_heads')}.
+  {geo['deep']}x{geo['deep']}, the others {geo['mid']}x{geo['mid']}), channels {spec.get('unet_channels')},
+  heads {spec.get('unet_heads')}.
 - Text: a `CLIPTextModel` ({spec.get('text_layers')} layers, hidden {spec.get('text_hidden')}) trained
   from scratch with the UNet, and a closed-vocabulary `CLIPTokenizer` (start/end tokens, 77-token
   padding); the conditioning is zero after the end token (`zero_padding`).
@@ -132,11 +156,11 @@ paper's MS-CXR figures.
 ## Training
 - Data: {meta.get('n_train')} phantoms from the train split's seeds (`groundiff_core.phantom.generator`),
   captions: one finding's phrase (45%), the whole report (45%), empty (10%).
-- Autoencoder: {meta.get('vae_steps')} steps (L1 + 1e-4 KL){' (taken from an earlier run: ' + str(meta.get('vae_init')) + ')' if meta.get('vae_init') else ''}.
+- Autoencoder: {meta.get('vae_steps')} steps, batch 16 (L1 + 1e-4 KL){' (taken from an earlier run: ' + str(meta.get('vae_init')) + ')' if meta.get('vae_init') else ''}.
 - UNet + text encoder: {meta.get('unet_steps')} steps, batch {meta.get('unet_batch')}, AdamW lr {meta.get('lr')}
   (warm-up, cosine), EMA of the weights; seed {meta.get('seed')}.
-- Wall time {meta.get('train_wall_seconds', 0) / 60:.0f} min (UNet stage; the autoencoder stage took about 11 min more) on {meta.get('hardware')} ({meta.get('threads')} thread),
-  torch {meta.get('torch')}. Command: `python -m groundiff_core.phantom.train --out DIR --lr {meta.get('lr')} --install`.
+- Wall time {meta.get('train_wall_seconds', 0) / 60:.0f} min in all on {trained_on} ({meta.get('threads')} threads),
+  torch {meta.get('torch')}. Command: `{_command(meta)}`.
 
 ## Evaluation
 `groundiff evaluate --model phantom --dataset phantom` with the paper's preset on {ldm['n_pairs']} image-phrase
@@ -152,14 +176,14 @@ AUC-ROC on its own phrase's boxes beats its AUC-ROC on the other finding's boxes
 Targets of the project's issue:
 {verdict}
 
-{_alt_note(summaries)}
+{_alt_note(summaries, meta)}
 Per class (cross-attention, paper preset):
 
 | category | pairs | AUC-ROC | mIoU | abs CNR |
 |---|---|---|---|---|
 {per_class}
 
-Evaluated on {platform.machine()}, {ldm.get('seconds_per_pair', float('nan')):.1f} s per pair.
+Evaluated on {where} ({ldm.get('versions', {}).get('processor') or platform.machine()}), {ldm.get('seconds_per_pair', float('nan')):.2f} s per pair.
 """
     path = weights / "MODEL_CARD.md"
     path.write_text(card)
@@ -180,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alt-layers", help="also evaluate the paper's preset with these layers, e.g. 8,9,10 "
                                          "(choose them on validation phantoms, never on the test set)")
     ap.add_argument("--alt-pairs", type=int, help="pairs for the --alt-layers evaluation (default all)")
+    ap.add_argument("--device", help="cpu (default) or cuda")
+    ap.add_argument("--batch-images", type=int, default=1, help="images per inversion batch (GPU throughput)")
     a = ap.parse_args(argv)
     alt = tuple(int(x) for x in a.alt_layers.split(",")) if a.alt_layers else None
     names = ["ldm", "random", "centre"] + (["ldm-alt"] if alt else [])
@@ -189,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries = {name: merge([a.work / f"{name}-{i}of{a.shards}" for i in range(a.shards)],
                                  a.work / name) for name in names}
     else:
-        summaries = run_evaluation(a.work, a.images, a.shard, a.weights, alt, a.alt_pairs)
+        summaries = run_evaluation(a.work, a.images, a.shard, a.weights, alt, a.alt_pairs, a.device,
+                                   a.batch_images)
         if a.shard:
             return 0
     print(write_card(summaries, a.weights).read_text())

@@ -1,4 +1,7 @@
-"""Train the phantom LDM on CPU: ``python -m groundiff_core.phantom.train --out DIR``.
+"""Train the phantom LDM: ``python -m groundiff_core.phantom.train --out DIR``.
+
+The recipe is sized for two CPU cores (about an hour with the defaults); ``--device cuda`` runs the
+same recipe on a GPU (same seeds, not bit-identical to a CPU run).
 
 Three stages, each resumable from ``DIR/checkpoint.pt`` (an interrupted run loses at most
 ``--save-every`` steps; rerun the same command to continue):
@@ -45,14 +48,29 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def make_dataset(n: int, seed0: int) -> tuple[np.ndarray, list[list[str]]]:
-    """Images ``[n, 1, S, S]`` float32 and, per image, the list of its findings' phrases."""
-    imgs, phrases = [], []
-    for i in range(n):
-        ph = make_phantom(seed0 + i)
-        imgs.append(ph.image[None])
-        phrases.append([f.phrase for f in ph.findings])
-    return np.stack(imgs).astype(np.float32), phrases
+def _draw(seed: int) -> tuple[np.ndarray, list[str]]:
+    ph = make_phantom(seed)
+    return ph.image[None], [f.phrase for f in ph.findings]
+
+
+def make_dataset(n: int, seed0: int, workers: int = 1) -> tuple[np.ndarray, list[list[str]]]:
+    """Images ``[n, 1, S, S]`` float32 and, per image, the list of its findings' phrases.
+
+    Each phantom depends on its seed alone, so ``workers`` processes give the same data set.
+    """
+    seeds = range(seed0, seed0 + n)
+    if workers > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(workers) as pool:
+            drawn = pool.map(_draw, seeds, chunksize=64)
+    else:
+        drawn = [_draw(s) for s in seeds]
+    return np.stack([d[0] for d in drawn]).astype(np.float32), [d[1] for d in drawn]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
 
 
 def caption(rng: np.random.Generator, phrases: list[str]) -> str:
@@ -76,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="processes drawing the training phantoms")
+    ap.add_argument("--device", default="cpu", help="cpu (the recipe's target) or cuda")
+    default = PhantomSpec()
+    ap.add_argument("--vae-channels", type=_ints, default=default.vae_channels,
+                    help="autoencoder widths; len - 1 halvings (default %(default)s)")
+    ap.add_argument("--unet-channels", type=_ints, default=default.unet_channels)
+    ap.add_argument("--unet-heads", type=_ints, default=default.unet_heads)
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--export-every", type=int, default=500, help="write DIR/model-STEP snapshots")
     ap.add_argument("--install", action="store_true", help="copy the final model into the package")
@@ -87,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    spec = PhantomSpec()
+    spec = PhantomSpec(vae_channels=args.vae_channels, unet_channels=args.unet_channels,
+                       unet_heads=args.unet_heads)
+    dev = torch.device(args.device)
     ldm = build_phantom(spec, seed=args.seed)
+    ldm.to(dev)
     vae, unet, text = ldm.vae, ldm.unet, ldm.text_encoder
     ck_path = out / "checkpoint.pt"
     state = {"stage": "vae", "step": 0, "scale_factor": 1.0, "wall": 0.0}
@@ -97,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     ema = [p.detach().clone() for p in params]
     if ck_path.exists():
-        ck = torch.load(ck_path, weights_only=False)  # our own file, written below
+        ck = torch.load(ck_path, weights_only=False, map_location=dev)  # our own file, written below
         vae.load_state_dict(ck["vae"]); unet.load_state_dict(ck["unet"]); text.load_state_dict(ck["text"])
         opt_vae.load_state_dict(ck["opt_vae"]); opt.load_state_dict(ck["opt"])
         ema = ck["ema"]
         state = ck["state"]
-        torch.set_rng_state(ck["torch_rng"])
+        torch.set_rng_state(ck["torch_rng"].cpu())
         print(f"resumed at stage {state['stage']} step {state['step']}", flush=True)
 
     def checkpoint() -> None:
@@ -114,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         from diffusers import AutoencoderKL
 
         vae.load_state_dict(AutoencoderKL.from_pretrained(args.init_vae / "vae").float().state_dict())
+        vae.to(dev)
         state.update(stage="encode", step=0)
         _log(out, stage="vae", init_from=str(args.init_vae))
     t_start = time.time() - state["wall"]
     print(f"generating {args.n_train} training phantoms", flush=True)
-    images, phrases = make_dataset(args.n_train, SPLIT_SEEDS["train"] + args.seed * 1_000_000)
-    images_t = torch.from_numpy(images)
+    images, phrases = make_dataset(args.n_train, SPLIT_SEEDS["train"] + args.seed * 1_000_000, args.workers)
+    images_t = torch.from_numpy(images).to(dev)
 
     # ---------------------------------------------------------------- stage 1: autoencoder
     if state["stage"] == "vae":
@@ -130,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             for g in opt_vae.param_groups:
                 g["lr"] = lr
             idx = rng.integers(0, len(images), args.vae_batch)
-            x = images_t[idx]
+            x = images_t[torch.from_numpy(idx).to(dev)]
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample()).sample
             l1 = (rec - x).abs().mean()
@@ -158,17 +187,17 @@ def main(argv: list[str] | None = None) -> int:
                              for i in range(0, len(images_t), 64)])
         std = float(lat.std())
         state["scale_factor"] = 1.0 / std
-        torch.save(lat, lat_path)
+        torch.save(lat.cpu(), lat_path)
         _log(out, stage="encode", latent_std=std, scale_factor=state["scale_factor"])
         print(f"latents {tuple(lat.shape)} std={std:.4f} -> scale factor {state['scale_factor']:.4f}", flush=True)
         if state["stage"] == "encode":
             state.update(stage="unet", step=0)
         checkpoint()
-    latents = torch.load(lat_path) * state["scale_factor"]
+    latents = torch.load(lat_path).to(dev) * state["scale_factor"]
 
     # ---------------------------------------------------------------- stage 3: UNet + text encoder
     ldm.scale_factor = state["scale_factor"]
-    abar = ldm.schedule.alphas_cumprod().float()
+    abar = ldm.schedule.alphas_cumprod().float().to(dev)
     T = ldm.schedule.num_train_timesteps
     unet.train(); text.train()
     vae.eval()
@@ -181,14 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.integers(0, len(latents), args.unet_batch)
-        z0 = latents[idx]
+        z0 = latents[torch.from_numpy(idx).to(dev)]
         caps = [caption(rng, phrases[i]) for i in idx]
-        ids = ldm.tokenize(caps)["input_ids"]
+        ids = ldm.tokenize(caps)["input_ids"].to(dev)
         cond = text(input_ids=ids).last_hidden_state
         if ldm.zero_padding:
             cond = cond * ldm.content_mask(ids).unsqueeze(-1).float()
-        t = torch.from_numpy(rng.integers(0, T, args.unet_batch)).long()
-        noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32))
+        t = torch.from_numpy(rng.integers(0, T, args.unet_batch)).long().to(dev)
+        noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(dev)
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         v = a.sqrt() * noise - (1 - a).sqrt() * z0
@@ -240,7 +269,9 @@ def _export(ldm, params, ema, path: Path, state: dict, args, spec: PhantomSpec) 
         "unet_steps": state["step"] if state["stage"] == "unet" else args.unet_steps,
         "unet_batch": args.unet_batch, "lr": args.lr, "threads": args.threads,
         "train_wall_seconds": round(state["wall"], 1),
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "hardware": (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                     else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"),
+        "device": args.device,
         "torch": torch.__version__,
         "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items()},
     }
