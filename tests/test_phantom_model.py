@@ -40,6 +40,8 @@ def test_phantom_has_the_papers_layout(phantom):
     assert (phantom.schedule.beta_start, phantom.schedule.beta_end) == (0.0015, 0.0205)
     assert phantom.zero_padding
     assert all(down[i] == max(down) for i in (3, 4, 6, 7))  # the paper's layers are the deepest
+    # ... and, as in the paper's model, they see a 16x16 grid (latent 64x64)
+    assert phantom.latent_size == 64 and phantom.latent_size // max(down) == 16
 
 
 def test_latents_have_about_unit_variance(phantom):
@@ -54,12 +56,14 @@ GROUNDING_SEEDS = [SPLIT_SEEDS["val"] + 500 + i for i in range(4)]
 
 
 def test_grounding_succeeds_on_fixed_pairs(phantom):
-    """All 11 layers with the paper's window and post-processing (the setting the model card chose on
-    validation phantoms; on this model the paper's four 8x8 layers are weak, see MODEL_CARD.md).
-    Measured on these pairs: AUC-ROC 0.71-0.91, mean 0.79; a random-weight model gives about 0.5."""
-    cfg = gd.GroundingConfig.paper().with_steps(100).with_middle_layers(11)  # window: steps 40..59
-    g = gd.Grounder(phantom, cfg)
-    aucs = []
+    """The paper's preset (100 steps, window steps 36..53) on four validation phantoms, eight pairs.
+
+    Measured on these pairs: AUC-ROC 0.75-0.87, mean 0.82; the phrase's own boxes beat the image's
+    other finding in 7 of 10 comparisons. A random-weight model gives an AUC-ROC of about 0.5, and a
+    text-blind one cannot tell the findings of one image apart.
+    """
+    g = gd.Grounder(phantom, gd.GroundingConfig.paper().with_steps(100))
+    aucs, wins = [], []
     for seed in GROUNDING_SEEDS:
         ph = make_phantom(seed)
         hm = g.ground(ph.image, [f.phrase for f in ph.findings])
@@ -67,12 +71,18 @@ def test_grounding_succeeds_on_fixed_pairs(phantom):
         assert np.isfinite(hm.heatmaps).all()
         for k, f in enumerate(ph.findings):
             assert hm.heatmaps[k].max() > hm.heatmaps[k].min()
-            aucs.append(metrics.auc_roc(hm.heatmaps[k], f.boxes))
-    assert np.mean(aucs) > 0.68, aucs
+            own = metrics.auc_roc(hm.heatmaps[k], f.boxes)
+            aucs.append(own)
+            wins += [own > metrics.auc_roc(hm.heatmaps[k], o.boxes)
+                     for j, o in enumerate(ph.findings) if j != k]
+        if len(ph.findings) > 1:  # each phrase gets its own map
+            assert np.abs(hm.heatmaps[0] - hm.heatmaps[1]).max() > 0.1
+    assert np.mean(aucs) > 0.72, aucs
     assert min(aucs) > 0.6, aucs
+    assert np.mean(wins) >= 0.6, wins
 
 
-def test_paper_preset_runs_on_the_phantom(phantom):
+def test_paper_preset_maps_are_normalised(phantom):
     ph = make_phantom(GROUNDING_SEEDS[0])
     hm = gd.Grounder(phantom, gd.GroundingConfig.paper().with_steps(100)).ground(
         ph.image, [f.phrase for f in ph.findings])
