@@ -22,35 +22,53 @@ def split_words(text: str) -> list[str]:
 
 
 def word_tokenizer(words: Iterable[str], model_max_length: int = 77):
-    """A ``CLIPTokenizer`` in which each of ``words`` (after :func:`split_words`) is a single token."""
-    from transformers import CLIPTokenizer
+    """A ``CLIPTokenizer`` in which each of ``words`` (after :func:`split_words`) is a single token.
 
-    from tokenizers import Tokenizer, models, trainers
+    Deterministic: the same words always give the same token ids (see :func:`_learn_merges`).
+    """
+    from transformers import CLIPTokenizer
 
     bos, eos = "<|startoftext|>", "<|endoftext|>"
     pieces = sorted({p for w in words for p in split_words(w)})
-    # Learn byte-pair merges on the vocabulary itself, with room for every word: applying the learned
-    # merges to a vocabulary word then reproduces it as one token (BPE replays its training order).
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token=eos))
     alphabet = sorted({c for p in pieces for c in p})
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000, min_frequency=0, special_tokens=[bos, eos], end_of_word_suffix="</w>",
-        initial_alphabet=alphabet, show_progress=False,
-    )
-    bpe.train_from_iterator(pieces, trainer=trainer)
-    state = bpe.model
-    vocab = dict(bpe.get_vocab())
-    import os
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        state.save(d)
-        with open(os.path.join(d, "merges.txt"), encoding="utf-8") as f:
-            merges = [tuple(line.split()) for line in f.read().splitlines()
-                      if line and not line.startswith("#version")]
+    merges = _learn_merges(pieces)
+    tokens = [bos, eos] + alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     tok = CLIPTokenizer(vocab=vocab, merges=merges)
     tok.model_max_length = model_max_length
     return tok
+
+
+def _learn_merges(pieces: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges learned on ``pieces`` until each piece is one symbol.
+
+    Classic BPE training (most frequent adjacent pair first), with ties broken by the pair's text so
+    the result never depends on hashing order. Replaying the merges in order on a training piece
+    repeats its training history, so every piece ends as a single token.
+    """
+    from collections import Counter
+
+    words = [tuple(p[:-1]) + (p[-1] + "</w>",) for p in pieces]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts = Counter(pair for w in words if len(w) > 1 for pair in zip(w, w[1:]))
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        words = [_merge(w, best) for w in words]
+
+
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
 
 
 def small_text_encoder(vocab_size: int, hidden_size: int = 64, layers: int = 2, heads: int = 4,

@@ -112,3 +112,14 @@ def test_cli_writes_a_set(tmp_path):
     assert main(["phantom", "--out", str(tmp_path), "--n", "3", "--seed", "42"]) == 0
     assert (tmp_path / "annotations.csv").exists()
     assert len(list((tmp_path / "images").glob("*.png"))) == 3
+
+
+def test_word_tokenizer_is_deterministic_and_keeps_each_word_whole():
+    """The tokenizer is rebuilt for every training run, so its ids must not depend on hashing order."""
+    words = vocabulary()
+    a, b = word_tokenizer(words), word_tokenizer(list(reversed(words)))
+    assert a.get_vocab() == b.get_vocab()
+    for w in {p for x in words for p in split_words(x)}:
+        assert len(a(w, add_special_tokens=False)["input_ids"]) == 1, w
+    ids = a("left pleural effusion")["input_ids"]
+    assert ids[0] == a.bos_token_id and ids[-1] == a.eos_token_id
