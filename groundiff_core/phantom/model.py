@@ -10,7 +10,7 @@ Why a 64x64 latent: it gives the UNet the paper's attention geometry. The paper'
 input, 8x autoencoder) reads layers 3, 4, 6, 7 on a 16x16 grid and the others on 32x32; so does this
 one. An earlier 32x32-latent phantom model put the paper's layers on an 8x8 grid, coarser than most
 findings, and the paper's preset grounded poorly on it. The UNet is narrow (16/32/64 channels) so
-that the 4x larger grid still trains in about an hour on two CPU cores.
+that the 4x larger grid still trains in 72 minutes on two CPU cores.
 
 Why a text encoder trained here rather than a frozen pretrained one: no pretrained CLIP weights can
 be installed offline from a package registry, and a frozen general-purpose encoder would not know

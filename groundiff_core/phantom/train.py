@@ -1,7 +1,7 @@
 """Train the phantom LDM: ``python -m groundiff_core.phantom.train --out DIR``.
 
-The recipe is sized for two CPU cores (about an hour with the defaults); ``--device cuda`` runs the
-same recipe on a GPU (same seeds, not bit-identical to a CPU run).
+The defaults are the shipped model's recipe, sized for two CPU cores (72 min there); ``--device cuda``
+runs the same recipe on a GPU (same seeds, not bit-identical to a CPU run).
 
 Three stages, each resumable from ``DIR/checkpoint.pt`` (an interrupted run loses at most
 ``--save-every`` steps; rerun the same command to continue):
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--unet-steps", type=int, default=2000)
     ap.add_argument("--unet-batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="processes drawing the training phantoms")
     ap.add_argument("--device", default="cpu", help="cpu (the recipe's target) or cuda")
     default = PhantomSpec()
