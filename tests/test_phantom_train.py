@@ -28,3 +28,17 @@ def test_train_resume_and_export(tmp_path):
 def test_missing_weights_say_how_to_get_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="phantom model not found.*phantom.train"):
         load_phantom(tmp_path)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--unet-channels", "16,32"], "need 3 values"),
+    (["--unet-channels", "16,30,64"], "multiples of 16"),
+    (["--unet-heads", "1,3,4"], "divide into its heads"),
+    (["--vae-channels", "12,32"], "multiples of 8"),
+])
+def test_bad_architecture_is_refused_with_a_clear_message(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        train(["--out", str(tmp_path / "run")] + flags)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before any work

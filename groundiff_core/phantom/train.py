@@ -48,29 +48,32 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _draw(seed: int) -> tuple[np.ndarray, list[str]]:
-    ph = make_phantom(seed)
-    return ph.image[None], [f.phrase for f in ph.findings]
-
-
-def make_dataset(n: int, seed0: int, workers: int = 1) -> tuple[np.ndarray, list[list[str]]]:
-    """Images ``[n, 1, S, S]`` float32 and, per image, the list of its findings' phrases.
-
-    Each phantom depends on its seed alone, so ``workers`` processes give the same data set.
-    """
-    seeds = range(seed0, seed0 + n)
-    if workers > 1:
-        from multiprocessing import get_context
-
-        with get_context("spawn").Pool(workers) as pool:
-            drawn = pool.map(_draw, seeds, chunksize=64)
-    else:
-        drawn = [_draw(s) for s in seeds]
-    return np.stack([d[0] for d in drawn]).astype(np.float32), [d[1] for d in drawn]
+def make_dataset(n: int, seed0: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Images ``[n, 1, S, S]`` float32 and, per image, the list of its findings' phrases."""
+    imgs, phrases = [], []
+    for i in range(n):
+        ph = make_phantom(seed0 + i)
+        imgs.append(ph.image[None])
+        phrases.append([f.phrase for f in ph.findings])
+    return np.stack(imgs).astype(np.float32), phrases
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
+
+
+def _check_architecture(vae: tuple[int, ...], unet: tuple[int, ...], heads: tuple[int, ...]) -> str | None:
+    """Why these widths cannot make a phantom model in the paper's layout (None if they can)."""
+    if len(unet) != 3 or len(heads) != 3:
+        return (f"--unet-channels and --unet-heads need 3 values (the paper's 3 UNet levels), got "
+                f"{len(unet)} and {len(heads)}")
+    if any(c % 16 for c in unet):
+        return f"--unet-channels must be multiples of 16 (group norm), got {unet}"
+    if any(h < 1 or c % h for c, h in zip(unet, heads)):
+        return f"each UNet level's channels must divide into its heads, got {unet} / {heads}"
+    if not vae or any(c % 8 for c in vae):
+        return f"--vae-channels must be multiples of 8 (group norm), got {vae}"
+    return None
 
 
 def caption(rng: np.random.Generator, phrases: list[str]) -> str:
@@ -94,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=1, help="processes drawing the training phantoms")
     ap.add_argument("--device", default="cpu", help="cpu (the recipe's target) or cuda")
     default = PhantomSpec()
     ap.add_argument("--vae-channels", type=_ints, default=default.vae_channels,
@@ -107,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init-vae", type=Path, help="start from this trained model's autoencoder and "
                     "skip the autoencoder stage")
     args = ap.parse_args(argv)
+    problem = _check_architecture(args.vae_channels, args.unet_channels, args.unet_heads)
+    if problem:
+        ap.error(problem)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA device is available here")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(out, stage="vae", init_from=str(args.init_vae))
     t_start = time.time() - state["wall"]
     print(f"generating {args.n_train} training phantoms", flush=True)
-    images, phrases = make_dataset(args.n_train, SPLIT_SEEDS["train"] + args.seed * 1_000_000, args.workers)
+    images, phrases = make_dataset(args.n_train, SPLIT_SEEDS["train"] + args.seed * 1_000_000)
     images_t = torch.from_numpy(images).to(dev)
 
     # ---------------------------------------------------------------- stage 1: autoencoder
