@@ -87,3 +87,19 @@ def test_paper_preset_maps_are_normalised(phantom):
     hm = gd.Grounder(phantom, gd.GroundingConfig.paper().with_steps(100)).ground(
         ph.image, [f.phrase for f in ph.findings])
     assert np.isfinite(hm.heatmaps).all() and (hm.heatmaps >= 0).all() and (hm.heatmaps <= 1).all()
+
+
+def test_model_card_states_the_shipped_geometry_and_command(tmp_path):
+    """The card is written from the model's own phantom.json, so it cannot describe another model."""
+    import json
+    import shutil
+
+    from groundiff_core.phantom.card import write_card
+
+    shutil.copy(WEIGHTS_DIR / "phantom.json", tmp_path / "phantom.json")
+    summaries = json.loads((WEIGHTS_DIR / "evaluation.json").read_text())
+    card = write_card(summaries, tmp_path).read_text()
+    assert "2x downsampling (128 -> 64)" in card
+    assert "layers 3, 4, 6, 7 are the deepest,\n  16x16" in card
+    assert "--unet-channels 16,32,64" in card and "--vae-channels 16,32" in card
+    assert json.loads((tmp_path / "evaluation.json").read_text())["ldm"]["n_pairs"] >= 400

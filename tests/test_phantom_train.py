@@ -42,3 +42,12 @@ def test_bad_architecture_is_refused_with_a_clear_message(tmp_path, capsys, flag
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_cuda_without_a_gpu_is_refused(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        train(["--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert "no CUDA device" in capsys.readouterr().err

@@ -69,11 +69,13 @@ def _fmt(stat: dict | None) -> str:
 
 def _geometry(meta: dict) -> dict:
     """Latent and attention-grid sizes of the model described by ``phantom.json``."""
+    from .model import PhantomSpec
+
     spec = meta.get("spec", {})
-    size = int(meta.get("input_size", 128))
-    factor = 2 ** (len(spec.get("vae_channels", (16, 32, 32))) - 1)
-    latent = size // factor
-    return {"factor": factor, "latent": latent, "mid": latent // 2, "deep": latent // 4}
+    latent = PhantomSpec(image_size=int(meta.get("input_size", 128)),
+                         vae_channels=tuple(spec.get("vae_channels", PhantomSpec.vae_channels))).latent_size
+    return {"factor": int(meta.get("input_size", 128)) // latent, "latent": latent,
+            "mid": latent // 2, "deep": latent // 4}
 
 
 def _alt_note(summaries: dict[str, dict], meta: dict) -> str:
