@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .conventions import check_conventions
+
 __all__ = ["token_weights", "minmax", "resize_maps", "MapAccumulator", "gaussian_smooth", "otsu_mask",
            "postprocess"]
 
@@ -111,12 +113,19 @@ def gaussian_smooth(maps: np.ndarray, sigma_px: float) -> np.ndarray:
     return np.stack([gaussian_filter(m, sigma=sigma_px) for m in maps])
 
 
-def otsu_mask(m: np.ndarray) -> np.ndarray:
-    """Boolean ``m > otsu_threshold(m)`` of one map (256 bins); all False for a constant map."""
-    from skimage.filters import threshold_otsu
+def otsu_mask(m: np.ndarray, conventions: str = "paper") -> np.ndarray:
+    """Boolean ``m > threshold`` of one map, Otsu's threshold on 256 bins; all False for a constant map.
+
+    "paper": scikit-image's ``threshold_multiotsu(m, classes=2)``, as the authors' code;
+    "strict": ``threshold_otsu(m)``. Both maximise the between-class variance of the same histogram
+    but index its bins differently, so the threshold can differ by one bin.
+    """
+    from skimage.filters import threshold_multiotsu, threshold_otsu
 
     if not np.isfinite(m).all() or m.max() == m.min():
         return np.zeros(m.shape, dtype=bool)
+    if check_conventions(conventions) == "paper":
+        return m > threshold_multiotsu(m, classes=2)[0]
     return m > threshold_otsu(m)
 
 
@@ -125,12 +134,14 @@ def _minmax_np(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def postprocess(raw: np.ndarray, sigma_px: float, otsu: bool = True) -> np.ndarray:
+def postprocess(raw: np.ndarray, sigma_px: float, otsu: bool = True,
+                conventions: str = "paper") -> np.ndarray:
     """Paper's step 7 on ``[K, S, S]`` maps: Gaussian (sigma in pixels), min-max to [0, 1], then,
-    with ``otsu``, the map times its Otsu mask (values above the threshold keep their strength).
+    with ``otsu``, the map times its Otsu mask (values above the threshold keep their strength;
+    ``conventions`` picks the Otsu variant, see :func:`otsu_mask`).
     Returns float32 ``[K, S, S]`` in [0, 1]."""
     smooth = gaussian_smooth(raw, sigma_px)
     out = np.stack([_minmax_np(m) for m in smooth])
     if otsu:
-        out = np.stack([m * otsu_mask(m) for m in out])
+        out = np.stack([m * otsu_mask(m, conventions) for m in out])
     return out.astype(np.float32)

@@ -27,6 +27,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Sequence
 
+from .conventions import check_conventions
+
 __all__ = ["GroundingConfig", "middle_layers", "window_from_percent", "SPACINGS", "TOKEN_SELECTIONS"]
 
 SPACINGS = ("trailing", "leading", "linspace")
@@ -79,6 +81,8 @@ class GroundingConfig:
     otsu : multiply the (smoothed, min-max normalised) map by its Otsu mask (paper: True)
     guidance_scale : classifier-free guidance of the inversion (paper: 0, the trajectory follows the
         unconditional branch only and one trajectory serves every phrase of an image)
+    conventions : "paper" (default) or "strict": the resize rounding, the back-projection to the
+        original grid and the Otsu variant (see :mod:`groundiff_core.conventions`)
     """
 
     num_inference_steps: int = 300
@@ -92,6 +96,7 @@ class GroundingConfig:
     sigma_fraction: float | None = 2.5 / 512
     otsu: bool = True
     guidance_scale: float = 0.0
+    conventions: str = "paper"
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -128,6 +133,7 @@ class GroundingConfig:
             raise ValueError(f"sigma_fraction must be >= 0 or None, got {self.sigma_fraction}")
         if not math.isfinite(self.guidance_scale):
             raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}")
+        check_conventions(self.conventions)
 
     # ------------------------------------------------------------------ presets and helpers
     @classmethod

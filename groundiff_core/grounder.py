@@ -183,7 +183,8 @@ class Recording:
         import json
 
         arrays = {f"layer_{k}": v.float().cpu().numpy() for k, v in self.maps.items()}
-        meta = {"phrases": self.phrases, "geometry": [self.geometry.height, self.geometry.width, self.geometry.size],
+        g = self.geometry
+        meta = {"phrases": self.phrases, "geometry": [g.height, g.width, g.size, g.conventions],
                 "steps": list(self.steps), "config": self.config.to_dict(), "input_size": self.input_size,
                 "n_layers": self.n_layers, "info": self.info}
         np.savez_compressed(path, timesteps=self.timesteps, meta=np.array(json.dumps(meta)), **arrays)
@@ -207,11 +208,12 @@ def _finish(acc: MapAccumulator, cfg: GroundingConfig, size: int, geometries: Se
             phrases_per_image: Sequence[Sequence[str]], return_raw: bool, info: dict) -> list[Heatmaps]:
     """Accumulated maps of all rows -> post-processed :class:`Heatmaps` per image."""
     raw = acc.mean(size, cfg.resize).cpu().double().numpy()  # [R, S, S]
-    final = postprocess(raw, cfg.sigma_pixels(size), cfg.otsu)
+    final = postprocess(raw, cfg.sigma_pixels(size), cfg.otsu, cfg.conventions)
     raw = raw.astype(np.float32)
     out, r = [], 0
     for geom, phrases in zip(geometries, phrases_per_image):
         k = len(phrases)
+        geom = replace(geom, conventions=cfg.conventions)  # a recording re-read under other conventions
         out.append(Heatmaps(heatmaps=geom.to_original(final[r:r + k]), phrases=list(phrases), geometry=geom,
                             raw=raw[r:r + k].copy() if return_raw else None, model_maps=final[r:r + k].copy(),
                             info=dict(info)))
@@ -372,7 +374,7 @@ class Grounder:
             if isinstance(phrases, str):
                 phrases = [phrases]
             counts += self.check_phrases(phrases)
-            x, geom = prepare_image(load_image(image), self.model.input_size)
+            x, geom = prepare_image(load_image(image), self.model.input_size, self.config.conventions)
             xs.append(x)
             geoms.append(geom)
             lists.append(list(phrases))

@@ -1,22 +1,29 @@
 """Localisation metrics of the paper, as pure functions of one heatmap and its ground-truth boxes.
 
-Conventions (shared by every function here):
+Every function takes ``conventions``: ``"paper"`` (default) computes each metric exactly as the
+authors' evaluation did; ``"strict"`` is the cleaner variant this project used first. The table in
+:mod:`groundiff_core.conventions` lists every difference; the per-function docstrings say how each
+metric is computed under both.
 
-* ``heatmap`` is a 2-D array ``[H, W]`` of floats. ``NaN`` pixels are *ignored*: they belong to
-  neither the ground truth nor the background (the grounder puts NaN where the model never looked,
-  the margins cropped away by the centre crop).
+Shared conventions:
+
+* ``heatmap`` is a 2-D array ``[H, W]`` of floats on the original image grid. ``NaN`` pixels are
+  where the model never looked (the margins cut away by the centre crop): never predicted positive,
+  never part of a CNR region.
 * ``boxes`` is ``[N, 4]`` (or a list of 4-tuples) of ``(x, y, w, h)`` in the heatmap's pixels,
   ``x`` along columns, ``y`` along rows, origin at the top-left corner of the top-left pixel.
   A box covers the pixels whose index lies in ``[round(x), round(x + w))`` x
   ``[round(y), round(y + h))`` (half-up rounding, clipped to the grid): for integer boxes this is
-  exactly ``heatmap[y:y+h, x:x+w]``. Boxes that touch or cross the border are clipped.
+  exactly ``heatmap[y:y+h, x:x+w]``, rows ``y .. y+h-1`` and columns ``x .. x+w-1``.
 * The ground truth (GT) of a phrase is the union of its boxes (MS-CXR gives several boxes for one
   phrase when a finding is in several places).
 
-Undefined cases return ``NaN`` (never raise), so that a summary can count them:
+Degenerate cases never raise. Under ``"paper"`` they score what the authors' code scored (a
+degenerate AUC is 0.5, a NaN CNR is 0, an IoU with an empty union is 0), so they enter the class
+means. Under ``"strict"`` they return ``NaN``, so that a summary can count them:
 
 ========================  ======================================================================
-case                      result
+case (``"strict"``)       result
 ========================  ======================================================================
 all-NaN heatmap           every metric NaN
 GT empty on valid pixels  every metric NaN (e.g. the box lies wholly in the NaN margin)
@@ -34,6 +41,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
+from .conventions import check_conventions
 
 __all__ = [
     "MIOU_THRESHOLDS",
@@ -109,13 +118,15 @@ class HeatmapScorer:
     The evaluation runner scores each heatmap against its own boxes and against the other
     findings' boxes of the same image; on a 3000 x 2500 radiograph sorting the values dominates,
     so it is done once here: the valid values are grouped into distinct levels (sorted), and every
-    metric is then computed from per-level counts of GT and background pixels in linear time.
-    The module-level functions (:func:`miou`, :func:`auc_roc`, ...) are thin wrappers with the
-    same results.
+    metric except the paper's CNR is then computed from per-level counts of GT and background
+    pixels in linear time. The module-level functions (:func:`miou`, :func:`auc_roc`, ...) are thin
+    wrappers with the same results. ``conventions`` ("paper" or "strict") applies to every method.
     """
 
-    def __init__(self, heatmap):
+    def __init__(self, heatmap, conventions: str = "paper"):
         native = np.asarray(heatmap)
+        self.conventions = check_conventions(conventions)
+        self.paper = self.conventions == "paper"
         self.heatmap = _as_heatmap(native)
         self.shape = self.heatmap.shape
         self.ok = ~np.isnan(self.heatmap)
@@ -147,16 +158,25 @@ class HeatmapScorer:
         pos = np.bincount(inv[gt], minlength=len(u))
         return u, pos, total - pos
 
+    def _degenerate(self, paper_value: float) -> float:
+        return paper_value if self.paper else float("nan")
+
     # ---------------------------------------------------------------- metrics
     def miou(self, boxes, thresholds: Sequence[float] = MIOU_THRESHOLDS) -> float:
         """See :func:`miou`."""
         if len(thresholds) == 0:
             raise ValueError("miou needs at least one threshold")
+        # "paper": the GT is the full boxes on the grid, margin pixels included; NaN pixels are
+        # never predicted, so only the size of the GT changes
+        n_full = int(box_mask(self.shape, boxes).sum()) if self.paper else None
         gt = self.gt(boxes)
         if gt is None:
-            return float("nan")
+            if not self.paper:
+                return float("nan")
+            # nothing of the GT is valid: the prediction never meets it, IoU 0 (0 / 0 also 0)
+            return 0.0
         u, pos, neg = self._counts(gt)
-        n_gt = int(pos.sum())
+        n_gt = n_full if self.paper else int(pos.sum())
         # pixels above each threshold: suffix sums over the levels strictly greater than t
         pos_above = np.concatenate([np.cumsum(pos[::-1])[::-1], [0]])
         all_above = np.concatenate([np.cumsum((pos + neg)[::-1])[::-1], [0]])
@@ -164,7 +184,8 @@ class HeatmapScorer:
         for t in thresholds:
             i = np.searchsorted(u, t, side="right")
             inter, pred = int(pos_above[i]), int(all_above[i])
-            ious.append(inter / (pred + n_gt - inter))
+            union = pred + n_gt - inter
+            ious.append(inter / union if union else 0.0)
         return float(np.mean(ious))
 
     def roc_points(self, boxes, thresholds: Sequence[float] = BINNED_AUC_THRESHOLDS) -> np.ndarray:
@@ -184,9 +205,29 @@ class HeatmapScorer:
             out[k] = neg_from[i] / n_neg, pos_from[i] / n_pos
         return out
 
+    def _binned_auc_paper(self, boxes, thresholds: Sequence[float]) -> float:
+        """torcheval's ``binary_binned_auroc``: TP/FP counts of ``value >= t`` per threshold, from
+        the highest threshold down, after a (0, 0) point; trapezoids normalised by the counts at the
+        lowest threshold; 0.5 when either count is 0. NaN pixels are never ``>= t``."""
+        gt = self.gt(boxes)
+        if gt is None:
+            return 0.5
+        u, pos, neg = self._counts(gt)
+        pos_from = np.concatenate([np.cumsum(pos[::-1])[::-1], [0]])
+        neg_from = np.concatenate([np.cumsum(neg[::-1])[::-1], [0]])
+        idx = [np.searchsorted(u, t, side="left") for t in sorted(thresholds, reverse=True)]
+        tp = np.concatenate([[0.0], pos_from[idx].astype(np.float64)])
+        fp = np.concatenate([[0.0], neg_from[idx].astype(np.float64)])
+        factor = tp[-1] * fp[-1]
+        if factor == 0:
+            return 0.5
+        return float(np.sum(np.diff(fp) * (tp[1:] + tp[:-1]) / 2.0) / factor)
+
     def auc(self, boxes, binned: bool = False,
             thresholds: Sequence[float] = BINNED_AUC_THRESHOLDS) -> float:
         """See :func:`auc_roc`."""
+        if binned and self.paper:
+            return self._binned_auc_paper(boxes, thresholds)
         if binned:
             pts = self.roc_points(boxes, thresholds)
             if np.isnan(pts).any():
@@ -196,19 +237,26 @@ class HeatmapScorer:
             return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
         gt = self.gt(boxes)
         if gt is None:
-            return float("nan")
+            return self._degenerate(0.5)
         _, pos, neg = self._counts(gt)
         n_pos, n_neg = float(pos.sum()), float(neg.sum())
         if n_neg == 0:
-            return float("nan")
+            return self._degenerate(0.5)
         # Mann-Whitney: each GT pixel beats the background pixels on lower levels, ties count 1/2
         neg_below = np.cumsum(neg) - neg
         wins = np.dot(pos.astype(np.float64), neg_below + 0.5 * neg)
         return float(wins / (n_pos * n_neg))
 
     def cnr_per_box(self, boxes) -> np.ndarray:
-        """Signed CNR of each box ``[N]`` (NaN where a box has no valid pixel or no outside)."""
+        """Signed CNR of each box ``[N]``, in the boxes' order.
+
+        "paper": on a running copy of the map (see :func:`cnr`), a NaN result is 0;
+        "strict": each box against every other valid pixel, NaN where a box has no valid pixel or
+        nothing valid is outside it.
+        """
         b = _as_boxes(boxes)
+        if self.paper:
+            return self._cnr_running_copy(b)
         out = np.full(len(b), np.nan)
         if self.values.size == 0:
             return out
@@ -231,19 +279,44 @@ class HeatmapScorer:
                 out[i] = diff / denom
         return out
 
+    def _cnr_running_copy(self, b: np.ndarray) -> np.ndarray:
+        """The authors' CNR: per box, "in" is the box's valid pixels of a running copy, "out" every
+        valid pixel left in it AFTER the box is blanked; then the box stays blanked (NaN) for the
+        boxes that follow. Population variances, NaN ignored; a NaN result (0 / 0, an empty region)
+        counts 0."""
+        out = np.zeros(len(b))
+        alive = self.ok.copy()  # valid pixels of the running copy
+        h, w = self.shape
+        for i, (x, y, bw, bh) in enumerate(b):
+            x0, x1 = np.clip(_round_half_up([x, x + bw]), 0, w)
+            y0, y1 = np.clip(_round_half_up([y, y + bh]), 0, h)
+            region = np.zeros(self.shape, dtype=bool)
+            region[y0:y1, x0:x1] = True
+            inside = self.heatmap[region & alive]
+            alive &= ~region
+            outside = self.heatmap[alive]
+            if inside.size == 0 or outside.size == 0:
+                continue  # nanmean of nothing is NaN, and a NaN CNR counts 0
+            m_in, m_out = inside.mean(), outside.mean()
+            v_in, v_out = np.mean((inside - m_in) ** 2), np.mean((outside - m_out) ** 2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                c = (m_in - m_out) / np.sqrt(v_in + v_out)
+            out[i] = 0.0 if np.isnan(c) else c
+        return out
+
     def cnr(self, boxes, absolute: bool = True) -> float:
         """See :func:`cnr`."""
         per_box = self.cnr_per_box(boxes)
         per_box = per_box[~np.isnan(per_box)]
         if per_box.size == 0:
-            return float("nan")
+            return self._degenerate(0.0)
         return float(np.mean(np.abs(per_box) if absolute else per_box))
 
     def pointing(self, boxes) -> float:
         """See :func:`pointing_game`."""
         gt = self.gt(boxes)
         if gt is None:
-            return float("nan")
+            return self._degenerate(0.0)
         _, pos, neg = self._counts(gt)
         return float(pos[-1] / (pos[-1] + neg[-1]))
 
@@ -251,93 +324,106 @@ class HeatmapScorer:
         """See :func:`all_metrics`."""
         per_box = self.cnr_per_box(boxes)
         per_box = per_box[~np.isnan(per_box)]
+        empty = self._degenerate(0.0)
         return {
             "miou": self.miou(boxes),
             "auc": self.auc(boxes),
             "auc_binned": self.auc(boxes, binned=True),
-            "cnr_abs": float(np.mean(np.abs(per_box))) if per_box.size else float("nan"),
-            "cnr_signed": float(np.mean(per_box)) if per_box.size else float("nan"),
+            "cnr_abs": float(np.mean(np.abs(per_box))) if per_box.size else empty,
+            "cnr_signed": float(np.mean(per_box)) if per_box.size else empty,
             "pointing": self.pointing(boxes),
         }
 
 
 # ---------------------------------------------------------------------------------------- mIoU
-def iou_at(heatmap, boxes, threshold: float) -> float:
-    """IoU between ``heatmap > threshold`` and the GT, on valid (non-NaN) pixels."""
-    return HeatmapScorer(heatmap).miou(boxes, thresholds=(threshold,))
+def iou_at(heatmap, boxes, threshold: float, conventions: str = "paper") -> float:
+    """IoU between ``heatmap > threshold`` and the GT (see :func:`miou` for the GT's extent)."""
+    return HeatmapScorer(heatmap, conventions).miou(boxes, thresholds=(threshold,))
 
 
-def miou(heatmap, boxes, thresholds: Sequence[float] = MIOU_THRESHOLDS) -> float:
+def miou(heatmap, boxes, thresholds: Sequence[float] = MIOU_THRESHOLDS,
+         conventions: str = "paper") -> float:
     """Mean over ``thresholds`` of the IoU of ``heatmap > t`` with the GT (the paper's mIoU).
 
-    The union is never empty when the GT has a valid pixel, so the mean is over all thresholds.
+    The prediction ``heatmap > t`` is false on NaN pixels. "paper": the GT is the full boxes on the
+    grid, margin pixels included, so a box reaching into the NaN margin lowers the IoU (the model
+    never saw that part); an empty union scores 0. "strict": the GT is restricted to valid pixels;
+    NaN when the GT has no valid pixel.
     """
-    return HeatmapScorer(heatmap).miou(boxes, thresholds)
+    return HeatmapScorer(heatmap, conventions).miou(boxes, thresholds)
 
 
 # ---------------------------------------------------------------------------------------- AUC-ROC
 def roc_points(heatmap, boxes, thresholds: Sequence[float] = BINNED_AUC_THRESHOLDS) -> np.ndarray:
     """ROC points ``[T, 2]`` of (FPR, TPR) for the rule "positive iff value >= t", one per threshold.
 
-    Rows follow ``thresholds`` in the order given. NaN rows if the GT has no positive or no negative.
+    Valid pixels only; rows follow ``thresholds`` in the order given. NaN rows if the GT has no
+    positive or no negative.
     """
-    return HeatmapScorer(heatmap).roc_points(boxes, thresholds)
+    return HeatmapScorer(heatmap, "strict").roc_points(boxes, thresholds)
 
 
 def auc_roc(heatmap, boxes, binned: bool = False,
-            thresholds: Sequence[float] = BINNED_AUC_THRESHOLDS) -> float:
+            thresholds: Sequence[float] = BINNED_AUC_THRESHOLDS, conventions: str = "paper") -> float:
     """Area under the ROC curve of the heatmap's values against the GT mask (valid pixels only).
 
     ``binned=False``: the exact AUC, i.e. the probability that a random GT pixel scores higher than
     a random background pixel, ties counting one half (the Mann-Whitney statistic; equal to
     ``sklearn.metrics.roc_auc_score(gt, values)``).
 
-    ``binned=True``: the paper's 5-threshold AUROC, defined as torchmetrics'
-    ``BinaryAUROC(thresholds=5)`` computes it. For each ``t`` in ``thresholds`` (default 0, 0.25,
-    0.5, 0.75, 1.0) a pixel is predicted positive iff ``value >= t``, giving one (FPR, TPR) point
-    per threshold. The area is the trapezoidal integral of TPR over FPR through those points
-    sorted by FPR (ties by TPR), with NO extra (0, 0) anchor: for a map in [0, 1] the point at
-    t = 0 is (1, 1), and the point at t = 1 is (0, 0) only when no background pixel reaches 1;
-    otherwise the segment from (0, 0) to it is not counted (exactly as in torchmetrics). Values
-    outside [0, 1] are used as they are (torchmetrics would apply a sigmoid to such "logits").
+    ``binned=True``: the paper's 5-threshold AUROC. For each ``t`` in ``thresholds`` (default 0,
+    0.25, 0.5, 0.75, 1.0) a pixel is predicted positive iff ``value >= t`` (never for NaN).
 
-    Returns NaN when the GT has no valid pixel or covers every valid pixel (no negatives).
+    * "paper": as torcheval's ``binary_binned_auroc(threshold=5)``: the true- and false-positive
+      counts from the highest threshold down, after a (0, 0) point, integrated with trapezoids and
+      divided by the product of the counts at the lowest threshold.
+    * "strict": as torchmetrics' ``BinaryAUROC(thresholds=5)``: one (FPR, TPR) point per threshold
+      (rates over the valid positives and negatives), sorted by FPR, trapezoids with NO (0, 0)
+      anchor. The two agree unless a background pixel reaches the top threshold.
+
+    Degenerate GT (no valid positive or no valid negative): 0.5 under "paper" (as torcheval),
+    NaN under "strict".
     """
-    return HeatmapScorer(heatmap).auc(boxes, binned, thresholds)
+    return HeatmapScorer(heatmap, conventions).auc(boxes, binned, thresholds)
 
 
 # ---------------------------------------------------------------------------------------- CNR
-def cnr(heatmap, boxes, absolute: bool = True) -> float:
+def cnr(heatmap, boxes, absolute: bool = True, conventions: str = "paper") -> float:
     """Contrast-to-noise ratio, per box then averaged over boxes (the paper's CNR).
 
-    For each box: ``(mean_in - mean_out) / sqrt(var_in + var_out)`` where "in" is the box and "out"
-    every other valid pixel of the image (other boxes of the same phrase included), NaN pixels
-    ignored, population variances. ``absolute=True`` takes ``|.|`` of each box's CNR before the mean
-    (the paper's |CNR|); ``absolute=False`` keeps the sign (positive = brighter inside).
+    For each box: ``(mean_in - mean_out) / sqrt(var_in + var_out)``, NaN pixels ignored, population
+    variances. ``absolute=True`` takes ``|.|`` of each box's CNR before the mean (the paper's
+    |CNR|); ``absolute=False`` keeps the sign (positive = brighter inside).
 
-    Boxes with no valid pixel inside, or nothing valid outside, are left out of the mean; NaN if no
-    box is left. A constant heatmap gives 0.0. If both regions are constant with different means
-    the box's CNR is +-inf (perfect separation).
+    * "paper": the boxes are scored in order on a running copy of the map: "in" is the box's pixels
+      of the copy, then the box is set to NaN in the copy, and "out" is every valid pixel left. So a
+      later box's "out" excludes all earlier boxes and its "in" excludes its overlap with them. A
+      NaN result (0 / 0, an empty region) counts 0.
+    * "strict": each box independently against every other valid pixel of the image (other boxes of
+      the same phrase included). Boxes with no valid pixel inside, or nothing valid outside, are
+      left out of the mean; NaN if no box is left; a constant heatmap gives 0.0.
+
+    If both regions are constant with different means the box's CNR is +-inf (perfect separation).
     """
-    return HeatmapScorer(heatmap).cnr(boxes, absolute)
+    return HeatmapScorer(heatmap, conventions).cnr(boxes, absolute)
 
 
 # ---------------------------------------------------------------------------------------- pointing
-def pointing_game(heatmap, boxes) -> float:
+def pointing_game(heatmap, boxes, conventions: str = "paper") -> float:
     """Pointing game: does the heatmap's maximum fall inside the GT? 1.0 hit, 0.0 miss.
 
     When several valid pixels share the maximum, the score is the share of them inside the GT (the
     expected hit rate of picking one at random), so a flat map is not rewarded for ties.
-    NaN for an all-NaN heatmap or a GT with no valid pixel.
+    For an all-NaN heatmap or a GT with no valid pixel: 0.0 ("paper"), NaN ("strict").
     """
-    return HeatmapScorer(heatmap).pointing(boxes)
+    return HeatmapScorer(heatmap, conventions).pointing(boxes)
 
 
 # ---------------------------------------------------------------------------------------- bundle
-def all_metrics(heatmap, boxes) -> dict[str, float]:
+def all_metrics(heatmap, boxes, conventions: str = "paper") -> dict[str, float]:
     """Every metric of one pair, as the evaluation runner records them.
 
     Keys: ``miou``, ``auc`` (exact), ``auc_binned`` (paper's 5 thresholds), ``cnr_abs`` (|CNR|),
     ``cnr_signed`` and ``pointing``.
     """
-    return HeatmapScorer(heatmap).all(boxes)
+    return HeatmapScorer(heatmap, conventions).all(boxes)

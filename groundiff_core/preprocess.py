@@ -1,9 +1,16 @@
-"""The paper's image preprocessing and its exact inverse.
+"""The paper's image preprocessing and its back-projection to the original image grid.
 
-Forward (image -> model grid): resize the shorter side to the model's input size ``S`` (bilinear),
-then take the ``S x S`` centre crop. Inverse (model-grid map -> original grid): nearest-neighbour
-resize of the ``S x S`` map to the resized-then-cropped region of the original image, NaN outside it
-(the cropped margins), so metrics on the original grid ignore what the model never saw.
+Forward (image -> model grid): resize the shorter side to the model's input size ``S`` (bilinear,
+no antialiasing), then take the ``S x S`` centre crop, starting at ``(L - S) // 2`` of the resized
+longer side ``L``. Back (model-grid map -> original grid): nearest-neighbour resize of the
+``S x S`` map to the shorter side, placed on the original grid with NaN in the margins the crop cut
+away, so metrics on the original grid ignore what the model never saw.
+
+Two conventions (:mod:`groundiff_core.conventions`) decide the rounding: ``"paper"`` (default, as
+the authors' evaluation computed it) truncates ``L`` and splits the NaN margin ``m`` as
+``floor(m/2)`` before and ``ceil(m/2)`` after; ``"strict"`` rounds ``L`` and places the map at the
+crop's exact offset mapped back to original pixels. On a 3056 x 2544 image the two put the first
+valid row at 256 and 253.
 
 Coordinates: boxes are ``(x, y, w, h)`` in pixels of the grid they belong to, ``x`` along columns.
 """
@@ -16,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .conventions import check_conventions
+
 __all__ = ["CropGeometry", "prepare_image"]
 
 
@@ -24,13 +33,18 @@ class CropGeometry:
     """How an ``height x width`` image maps onto the model's ``size x size`` input.
 
     The shorter side becomes ``size``; along the longer side the centre ``size`` pixels of the
-    resized image are kept. In original pixels the kept region is ``[top, top + crop_h)`` x
-    ``[left, left + crop_w)`` where ``crop_h``/``crop_w`` equal the shorter side.
+    resized image are kept. In original pixels the heatmap is placed on ``[top, top + crop_h)`` x
+    ``[left, left + crop_w)`` where ``crop_h``/``crop_w`` equal the shorter side; ``conventions``
+    decides the rounding of the resized longer side and of that placement (module docstring).
     """
 
     height: int
     width: int
     size: int
+    conventions: str = "paper"
+
+    def __post_init__(self) -> None:
+        check_conventions(self.conventions)
 
     @property
     def short(self) -> int:
@@ -38,11 +52,14 @@ class CropGeometry:
 
     @property
     def resized_hw(self) -> tuple[int, int]:
-        """Shape after resizing the shorter side to ``size`` (the longer side rounded)."""
-        s = self.size / self.short
+        """Shape after resizing the shorter side to ``size``: the longer side is
+        ``int(size * long / short)`` (truncated, "paper") or rounded ("strict")."""
+        long = max(self.height, self.width)
+        exact = self.size * long / self.short
+        new_long = int(exact) if self.conventions == "paper" else int(round(exact))
         if self.height <= self.width:
-            return self.size, int(round(self.width * s))
-        return int(round(self.height * s)), self.size
+            return self.size, new_long
+        return new_long, self.size
 
     @property
     def crop_offset_resized(self) -> tuple[int, int]:
@@ -52,7 +69,15 @@ class CropGeometry:
 
     @property
     def region(self) -> tuple[int, int, int, int]:
-        """(top, left, crop_h, crop_w): the part of the ORIGINAL image the model sees."""
+        """(top, left, crop_h, crop_w): where the back-projected map lies on the ORIGINAL grid.
+
+        "paper": the margin ``m = long - short`` is split ``floor(m/2)`` before, ``ceil(m/2)`` after;
+        "strict": the crop's offset in the resized image mapped back (rounded) to original pixels.
+        """
+        if self.conventions == "paper":
+            m = max(self.height, self.width) - self.short
+            top, left = (m // 2, 0) if self.height > self.width else (0, m // 2)
+            return top, left, self.short, self.short
         top_r, left_r = self.crop_offset_resized
         scale = self.short / self.size
         top = int(round(top_r * scale))
@@ -71,7 +96,7 @@ class CropGeometry:
     def to_original(self, maps: np.ndarray) -> np.ndarray:
         """Put ``[..., size, size]`` maps back on the original grid: ``[..., height, width]``.
 
-        Nearest-neighbour resize to the shorter side, NaN in the cropped margins.
+        Nearest-neighbour resize to the shorter side, placed at :attr:`region`, NaN elsewhere.
         """
         maps = np.asarray(maps, dtype=np.float32)
         lead = maps.shape[:-2]
@@ -94,10 +119,29 @@ class CropGeometry:
         return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)
 
 
-def prepare_image(image01: np.ndarray | torch.Tensor, size: int) -> tuple[torch.Tensor, CropGeometry]:
+    def boxes_in_crop(self, boxes: np.ndarray) -> np.ndarray:
+        """Which boxes ``[N, 4]`` (x, y, w, h, original pixels) keep an area inside the crop, ``[N]`` bool.
+
+        A box survives when its extent, mapped to the resized image, overlaps the ``size`` pixels the
+        centre crop keeps (positive overlap along both axes): the paper's rule for dropping boxes
+        that vanish after the resize + centre crop.
+        """
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        rh, rw = self.resized_hw
+        top, left = self.crop_offset_resized
+        sy, sx = rh / self.height, rw / self.width
+        y0 = np.maximum(b[:, 1] * sy, top)
+        y1 = np.minimum((b[:, 1] + b[:, 3]) * sy, top + self.size)
+        x0 = np.maximum(b[:, 0] * sx, left)
+        x1 = np.minimum((b[:, 0] + b[:, 2]) * sx, left + self.size)
+        return (y1 > y0) & (x1 > x0)
+
+
+def prepare_image(image01: np.ndarray | torch.Tensor, size: int,
+                  conventions: str = "paper") -> tuple[torch.Tensor, CropGeometry]:
     """A ``[H, W]`` float image in ``[0, 1]`` -> model input ``[1, 1, size, size]`` and its geometry."""
     t = torch.as_tensor(np.asarray(image01, dtype=np.float32))
     if t.ndim != 2:
         raise ValueError(f"prepare_image expects a 2-D grayscale image, got shape {tuple(t.shape)}")
-    geom = CropGeometry(int(t.shape[0]), int(t.shape[1]), int(size))
+    geom = CropGeometry(int(t.shape[0]), int(t.shape[1]), int(size), conventions)
     return geom.to_model(t[None, None]).clamp(0, 1), geom

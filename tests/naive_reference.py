@@ -1,7 +1,7 @@
 """A deliberately naive implementation of the paper's Algorithm 1, for tests and benchmarks only.
 
 Written straight from METHOD.md and independently of the engine (it imports nothing from
-``groundiff_core`` except the model bundle and the lead's crop geometry): one phrase at a time, every
+``groundiff_core``; its preprocessing and back-projection are ``paper_reference``'s): one phrase at a time, every
 step of the schedule, both prompts ``["", phrase]`` stacked in every UNet call, every
 cross-attention probability tensor of every layer and step stored (on the CPU), and everything
 aggregated at the end. Slow and memory-hungry on purpose: it is the yardstick.
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
-from skimage.filters import threshold_otsu
+from skimage.filters import threshold_multiotsu
 
-from groundiff_core.preprocess import prepare_image
+from paper_reference import back_project, preprocess
 
 
 class StoringProcessor:
@@ -60,7 +60,7 @@ def naive_ground(model, image01: np.ndarray, phrase: str, *, num_inference_steps
     """Heatmap ``[H, W]`` (original grid) and raw mean map ``[S, S]`` of one phrase, the slow way."""
     unet = model.unet
     size = model.input_size
-    x, geom = prepare_image(image01, size)
+    x = preprocess(np.asarray(image01, dtype=np.float32), size).clamp(0, 1).to(model.device)
     z = model.encode_image(x).to(torch.promote_types(model.dtype, torch.float32))
     context = model.encode_text(["", phrase])
     abar = model.schedule.alphas_cumprod()
@@ -104,8 +104,8 @@ def naive_ground(model, image01: np.ndarray, phrase: str, *, num_inference_steps
     raw = torch.stack(maps).mean(dim=0).numpy().astype(np.float64)
     smooth = gaussian_filter(raw, sigma=sigma_fraction * size) if sigma_fraction else raw.copy()
     smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
-    final = smooth * (smooth > threshold_otsu(smooth)) if otsu else smooth
-    heat = geom.to_original(final[None].astype(np.float32))[0]
+    final = smooth * (smooth > threshold_multiotsu(smooth, classes=2)[0]) if otsu else smooth
+    heat = back_project(final.astype(np.float32), *np.asarray(image01).shape)
     if return_stored:
         return heat, raw.astype(np.float32), stored
     return heat, raw.astype(np.float32)

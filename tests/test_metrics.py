@@ -1,4 +1,7 @@
-"""The paper's metrics: hand-computed cases, scikit-learn agreement, and every defined edge case."""
+"""The metrics under the "strict" conventions: hand-computed cases, scikit-learn agreement, and every
+defined edge case (the values the project computed before the paper's conventions became the
+default; the paper's conventions are tested against an independent reference in
+test_metrics_paper.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,22 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from groundiff_core import metrics as M
+import functools
+
+from groundiff_core import metrics as _metrics
+
+_TAKES_CONVENTIONS = {"iou_at", "miou", "auc_roc", "cnr", "pointing_game", "all_metrics", "HeatmapScorer"}
+
+
+class _Strict:
+    """``groundiff_core.metrics`` with ``conventions="strict"`` wherever a function takes it."""
+
+    def __getattr__(self, name):
+        f = getattr(_metrics, name)
+        return functools.partial(f, conventions="strict") if name in _TAKES_CONVENTIONS else f
+
+
+M = _Strict()
 
 
 # ------------------------------------------------------------------------------ box masks
