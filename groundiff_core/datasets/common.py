@@ -25,6 +25,7 @@ __all__ = [
     "fit_boxes_to_image",
     "group_by_image",
     "subset",
+    "PairList",
     "IMAGE_SUFFIXES",
 ]
 
@@ -65,6 +66,19 @@ class GroundingPair:
     def __repr__(self) -> str:
         return (f"GroundingPair({self.pair_id!r}, phrase={self.phrase!r}, category={self.category!r}, "
                 f"boxes={len(self.boxes)}, image={str(self.image_path)!r})")
+
+
+class PairList(list):
+    """A loader's pairs (a plain ``list`` of :class:`GroundingPair`) plus what it had to drop.
+
+    ``dropped`` holds one dict per annotated pair left with no usable box (``pair_id``,
+    ``image_path``, ``phrase``, ``category``, ``rows``: where in the CSV, ``reason``), so that the
+    evaluation runner can list them in its summary instead of only warning at load time.
+    """
+
+    def __init__(self, pairs: Iterable[GroundingPair] = (), dropped: Iterable[dict] = ()) -> None:
+        super().__init__(pairs)
+        self.dropped: list[dict] = list(dropped)
 
 
 # ------------------------------------------------------------------------------------------ CSV
@@ -243,13 +257,25 @@ def pairs_from_rows(rows: Sequence[dict], source: str) -> list[dict]:
     return list(merged.values())
 
 
-def build_pairs(merged: Sequence[dict], source: str, make) -> list[GroundingPair]:
+def _box_problem(box: Sequence[float], image_size: tuple[int, int] | None) -> str:
+    """Why a box was dropped, in words: not a number, no area, or outside the image."""
+    x, y, w, h = box
+    if not np.isfinite([x, y, w, h]).all():
+        return "non-numeric coordinates"
+    if w <= 0 or h <= 0:
+        return "zero area"
+    H, W = image_size if image_size is not None else (None, None)
+    return f"outside the {W}x{H} image"
+
+
+def build_pairs(merged: Sequence[dict], source: str, make) -> PairList:
     """Clean each merged entry's boxes (warning once per CSV) and turn it into a pair via ``make``.
 
-    ``make(entry, boxes) -> GroundingPair``. Entries left with no box are skipped with a warning.
+    ``make(entry, boxes) -> GroundingPair``. Entries left with no box are skipped with a warning
+    and listed, with the reason, in the result's ``dropped`` (see :class:`PairList`).
     """
     all_dropped, all_clipped, empty = [], [], []
-    out = []
+    out, gone = [], []
     for m in merged:
         boxes, dropped, clipped = clean_boxes(np.asarray(m["boxes"], dtype=np.float64),
                                               m.get("image_size"), m["where"])
@@ -257,6 +283,12 @@ def build_pairs(merged: Sequence[dict], source: str, make) -> list[GroundingPair
         all_clipped += clipped
         if len(boxes) == 0:
             empty.append(m["where"][0])
+            p = make(m, np.zeros((0, 4)))
+            why = [f"{w}: {_box_problem(b, m.get('image_size'))}"
+                   for w, b in zip(m["where"], np.asarray(m["boxes"], dtype=np.float64).reshape(-1, 4))]
+            gone.append({"pair_id": p.pair_id, "image_path": str(p.image_path), "phrase": p.phrase,
+                         "category": p.category, "rows": list(m["where"]),
+                         "reason": "no usable box (" + "; ".join(why) + ")"})
             continue
         out.append(make(m, boxes))
     warn_box_fixes(source, all_dropped, all_clipped)
@@ -267,4 +299,4 @@ def build_pairs(merged: Sequence[dict], source: str, make) -> list[GroundingPair
     dup = sorted(i for i, c in counts.items() if c > 1)
     if dup:
         raise ValueError(f"{source}: duplicate pair ids {dup[:5]}")
-    return out
+    return PairList(out, gone)
