@@ -18,6 +18,7 @@ as RGB have equal channels.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,36 @@ def _load_file(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return _from_pil(im)
+    except Image.DecompressionBombError:
+        raise ValueError(f"refusing image file {path}: its header claims {_claimed_size(path)}, more than "
+                         f"Pillow's safety limit of {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a corrupt file or a "
+                         "decompression bomb)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot read image file {path}: not a valid image Pillow can open "
                          f"(PNG, JPEG, TIFF, ...) or the file is corrupt ({e})") from None
+
+
+_HEADER_LOCK = threading.Lock()
+
+
+def _claimed_size(path: Path) -> str:
+    """``"W x H pixels"`` as the file's header states it, read without decoding any pixel data.
+
+    Pillow refuses to open such a file at all, so its check is switched off for the duration of this
+    header-only read (under a lock: the limit is a module global).
+    """
+    from PIL import Image
+
+    with _HEADER_LOCK:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except Exception:  # the size is only for the message; the caller's error stands regardless
+            return "an oversized image"
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    return f"{w} x {h} pixels"
 
 
 def _load_dicom(path: Path) -> np.ndarray:

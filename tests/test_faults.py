@@ -51,3 +51,125 @@ def test_multi_line_messages_become_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cmd, "run", boom)
     rc, err = run_cli(capsys, ["phantom", "--out", "x"])
     assert_user_error(rc, err, "phantom", "first part; second part")
+
+
+# ------------------------------------------------------------------ images
+def _png_header_claiming(path, width: int, height: int):
+    """A PNG whose header claims ``width x height`` pixels (with almost no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_a_clear_value_error(tmp_path):
+    from groundiff_core.image_io import load_image
+
+    bomb = _png_header_claiming(tmp_path / "bomb.png", 100_000, 100_000)
+    with pytest.raises(ValueError, match=r"bomb\.png.*100000 x 100000 pixels"):
+        load_image(bomb)
+
+
+def test_decompression_bomb_on_the_command_line(tmp_path, capsys):
+    bomb = _png_header_claiming(tmp_path / "bomb.png", 100_000, 100_000)
+    rc, err = run_cli(capsys, ["ground", "--model", "tiny", "--image", str(bomb), "--phrase", "edema",
+                               "--out", str(tmp_path / "m.npy"), "--device", "cpu"])
+    assert_user_error(rc, err, "ground", "bomb.png", "100000 x 100000")
+
+
+# ------------------------------------------------------------------ model folders
+def _corrupt(kind: str, root):
+    import json
+
+    if kind == "truncated safetensors":
+        f = root / "unet" / "diffusion_pytorch_model.safetensors"
+        f.write_bytes(f.read_bytes()[:4000])
+        return "unet", "corrupt or truncated"
+    if kind == "size mismatch":
+        f = root / "vae" / "config.json"
+        cfg = json.loads(f.read_text())
+        cfg["latent_channels"] = 8
+        f.write_text(json.dumps(cfg))
+        return "vae", "do not fit its config.json"
+    if kind == "garbage pickle":
+        (root / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+        (root / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x02garbage")
+        return "unet", "diffusion_pytorch_model.bin"
+    if kind == "text encoder mismatch":
+        f = root / "text_encoder" / "config.json"
+        cfg = json.loads(f.read_text())
+        cfg["intermediate_size"] = 24
+        f.write_text(json.dumps(cfg))
+        return "text_encoder", "do not fit its config.json"
+    if kind == "broken model_index.json":
+        (root / "model_index.json").write_text("{not json")
+        return "model_index.json", "not valid JSON"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated safetensors", "size mismatch", "garbage pickle",
+                                  "text encoder mismatch", "broken model_index.json"])
+def test_corrupt_diffusers_folders_name_the_folder(tmp_path, capsys, png, kind):
+    from test_loading_support import write_sd_dir
+
+    root = tmp_path / "sd"
+    write_sd_dir(root)
+    part, needle = _corrupt(kind, root)
+    capsys.readouterr()  # the fixture's own save messages
+    rc, err = run_cli(capsys, ["ground", "--model", str(root), "--image", str(png), "--phrase", "edema",
+                               "--out", str(tmp_path / "m.npy"), "--device", "cpu"])
+    assert_user_error(rc, err, "ground", str(root / part), needle)
+
+
+# ------------------------------------------------------------------ devices and outputs
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "mps"])
+def test_unavailable_device_is_refused_before_any_work(tmp_path, capsys, monkeypatch, png, device):
+    import torch
+
+    import groundiff_core.loading as loading
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    rc, err = run_cli(capsys, ["ground", "--model", "tiny", "--image", str(png), "--phrase", "edema",
+                               "--out", str(tmp_path / "m.npy"), "--device", device])
+    assert_user_error(rc, err, "ground", f"device '{device}' is not available")
+
+
+def test_out_with_a_wrong_extension_is_refused_before_any_work(tmp_path, capsys, png):
+    rc, err = run_cli(capsys, ["ground", "--model", "no-such-model", "--image", str(png), "--phrase", "edema",
+                               "--out", str(tmp_path / "res.txt")])
+    assert_user_error(rc, err, "ground", "res.txt", ".npy")
+    assert not list(tmp_path.glob("res.txt*"))
+
+
+def test_overlay_with_an_unknown_extension_is_refused_before_any_work(tmp_path, capsys, png):
+    rc, err = run_cli(capsys, ["ground", "--model", "no-such-model", "--image", str(png), "--phrase", "edema",
+                               "--out", str(tmp_path / "m.npy"), "--overlay", str(tmp_path / "o.txt")])
+    assert_user_error(rc, err, "ground", "o.txt", ".png")
+
+
+def test_ground_writes_and_prints_exactly_the_named_files(tmp_path, capsys, png):
+    out = tmp_path / "maps.NPY"
+    rc = main(["ground", "--model", "tiny", "--image", str(png), "--phrase", "edema", "--out", str(out),
+               "--steps", "10", "--device", "cpu", "--no-progress"])
+    printed = capsys.readouterr()
+    assert rc == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cxr.png", "maps.NPY", "maps.json"]
+    assert f"wrote {out} " in printed.out and str(tmp_path / "maps.json") in printed.out
+    assert np.load(out).shape == (1, 40, 48)
+    assert printed.err == ""
+
+
+def test_phantom_ground_is_quiet_with_no_progress(tmp_path, capfd, png):
+    rc = main(["ground", "--model", "phantom", "--image", str(png), "--phrase", "pleural effusion",
+               "--out", str(tmp_path / "m.npy"), "--steps", "4", "--device", "cpu", "--no-progress"])
+    captured = capfd.readouterr()
+    assert rc == 0
+    assert captured.err == "", captured.err  # no "accelerate not found", no loading or inversion bars

@@ -38,8 +38,38 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto",
                    help="auto (float16 on an accelerator, else as stored), float32, float16, bfloat16")
-    p.add_argument("--progress", action="store_true", help="show a progress bar over the inversion steps")
+    bars = p.add_mutually_exclusive_group()
+    bars.add_argument("--progress", action="store_true", help="show a progress bar over the inversion steps")
+    bars.add_argument("--no-progress", action="store_true",
+                      help="no progress bar at all (the default shows none either; loading never shows one)")
     p.set_defaults(func=run)
+
+
+def check_outputs(out: str, overlay: str | None) -> tuple[Path, Path | None]:
+    """The ``--out`` and ``--overlay`` paths, refused before any work if they cannot be written as named.
+
+    ``--out`` must end in ``.npy`` (NumPy would otherwise append it, writing a file other than the one
+    named); ``--overlay`` must have an image extension matplotlib can write. Neither may be a folder.
+    """
+    out_path = Path(out)
+    if out_path.suffix.lower() != ".npy":
+        raise ValueError(f"--out {out}: the maps are written as a NumPy array, so the name must end in .npy "
+                         f"(e.g. {out_path.with_suffix('.npy').name})")
+    paths = [("--out", out_path)]
+    overlay_path = None
+    if overlay:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        overlay_path = Path(overlay)
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if overlay_path.suffix.lower().lstrip(".") not in kinds:
+            raise ValueError(f"--overlay {overlay}: unknown image extension {overlay_path.suffix or '(none)'!r}; "
+                             f"use one of {', '.join('.' + k for k in sorted(kinds))}")
+        paths.append(("--overlay", overlay_path))
+    for flag, path in paths:
+        if path.is_dir():
+            raise ValueError(f"{flag} {path} is a folder; name the file to write")
+    return out_path, overlay_path
 
 
 def _parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -118,22 +148,26 @@ def run(args: argparse.Namespace) -> int:
     from ..image_io import load_image
     from ..loading import load_model
 
+    # every option is checked before any work: settings, output names, device, then the image
     cfg = config_from_args(args)
-    image = load_image(args.image)  # fail early on a bad image, before loading a model
+    out, overlay = check_outputs(args.out, args.overlay)
     device, dtype = _device_and_dtype(args.device, args.dtype)
+    image = load_image(args.image)  # fail early on a bad image, before loading a model
     model = load_model(args.model)
     if model.device != device or (dtype is not None and model.dtype != dtype):
         model.to(device=device, dtype=dtype)
-    result = Grounder(model, cfg, progress=args.progress).ground(image, args.phrase)
-    out = Path(args.out)
+    result = Grounder(model, cfg, progress=args.progress and not args.no_progress).ground(image, args.phrase)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, result.heatmaps)
+    with open(out, "wb") as f:  # a file object: numpy writes exactly this name
+        np.save(f, result.heatmaps)
     meta = {"image": str(args.image), "phrases": result.phrases, "shape": list(result.heatmaps.shape),
             "model": model.identity(), "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
             **{k: v for k, v in result.info.items() if k != "model"}}
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    if args.overlay:
-        write_overlay(args.overlay, image, result)
-    print(f"wrote {out} ({len(result.phrases)} x {image.shape[0]} x {image.shape[1]})"
-          + (f" and {args.overlay}" if args.overlay else ""))
+    meta_path = out.with_suffix(".json")
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    if overlay is not None:
+        overlay.parent.mkdir(parents=True, exist_ok=True)
+        write_overlay(overlay, image, result)
+    print(f"wrote {out} ({len(result.phrases)} x {image.shape[0]} x {image.shape[1]}) and {meta_path}"
+          + (f" and {overlay}" if overlay is not None else ""))
     return 0

@@ -27,8 +27,8 @@ import torch
 from ..model import LDM
 from .errors import MissingWeightsError, StateDictMismatchError, UnsafeCheckpointError, UnsupportedArchitectureError
 
-__all__ = ["load_model", "resolve_device", "resolve_dtype", "MissingWeightsError", "StateDictMismatchError",
-           "UnsafeCheckpointError", "UnsupportedArchitectureError", "SOURCES"]
+__all__ = ["load_model", "resolve_device", "resolve_dtype", "check_device_available", "MissingWeightsError",
+           "StateDictMismatchError", "UnsafeCheckpointError", "UnsupportedArchitectureError", "SOURCES"]
 
 SOURCES = ("phantom", "tiny", "paper", "<folder with model_index.json>",
            "<folder with autoencoder.pth + diffusion_model.pth>", "<owner/name on the Hugging Face Hub>")
@@ -49,9 +49,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'") from None
+    check_device_available(dev)
+    return dev
+
+
+def check_device_available(device: torch.device) -> None:
+    """Refuse, before any work, a CUDA or MPS device this machine does not have (named in the message)."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {str(device)!r} is not available: {why}; use 'cpu' or 'auto'")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(device)!r} is not available: this machine has {count} CUDA device(s) "
+                             f"(cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {str(device)!r} is not available: no Apple MPS backend on this machine; "
+                             "use 'cpu' or 'auto'")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -171,8 +190,11 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None,
     """
     if not isinstance(source, (str, Path)) or not str(source):
         raise ValueError(f"model source must be a name or a path, got {source!r}; sources: {', '.join(SOURCES)}")
+    from ..quiet import quiet_libraries
+
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    model = _dispatch(source, text_encoder, allow_download, overrides)
+    with quiet_libraries():
+        model = _dispatch(source, text_encoder, allow_download, overrides)
     if dev is not None or dt is not None:
         model.to(device=dev, dtype=dt)
     return model

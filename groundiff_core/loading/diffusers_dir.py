@@ -13,11 +13,14 @@ from ``unet.sample_size`` times the VAE's downsampling; SD autoencoders take 3 c
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ..model import LDM, NoiseSchedule
+from .errors import StateDictMismatchError
 
-__all__ = ["is_diffusers_dir", "load_diffusers_dir", "DIFFUSERS_OVERRIDES"]
+__all__ = ["is_diffusers_dir", "load_diffusers_dir", "component_errors", "DIFFUSERS_OVERRIDES"]
 
 DIFFUSERS_OVERRIDES = ("input_size", "scale_factor", "input_range", "image_channels", "prediction_type",
                        "name", "variant")
@@ -49,14 +52,51 @@ def _component(root: Path, index: dict, name: str, required: bool, variant: str 
     if cls is None:
         raise ValueError(f"{root}: component {name!r} names class {library}.{cls_name}, which this "
                          f"{library} version does not have")
-    try:
+    with component_errors(f"{name!r} ({library}.{cls_name})", folder):
         if library == "diffusers":
             from .statedict import load_saved
 
             return load_saved(cls, folder, variant)
         return cls.from_pretrained(folder, local_files_only=True)
-    except OSError as e:
-        raise FileNotFoundError(f"could not load {name!r} ({library}.{cls_name}) from {folder}: {e}") from None
+
+
+@contextmanager
+def component_errors(what: str, folder: Path) -> Iterator[None]:
+    """Turn the ways a component folder fails to load into one-line errors naming the folder.
+
+    A missing file stays a ``FileNotFoundError``; weights that do not fit ``config.json`` (torch's
+    multi-line "size mismatch" report) become :class:`StateDictMismatchError` quoting the first
+    mismatch; a corrupt safetensors or pickle file, or an unreadable JSON or tokenizer file, becomes a
+    ``ValueError``. Each message names ``folder`` and, where torch or safetensors says it, the tensor.
+    """
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except StateDictMismatchError:
+        raise
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"could not load {what} from {folder}: {_first_line(e)}") from None
+    except (SafetensorError, pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(f"could not load {what} from {folder}: a weights file there is corrupt or "
+                         f"truncated ({type(e).__name__}: {_first_line(e)})") from None
+    except RuntimeError as e:
+        text = str(e)
+        mismatch = next((ln.strip() for ln in text.splitlines() if "size mismatch" in ln), None)
+        if mismatch or "mismatched_sizes" in text or "state_dict" in text:
+            raise StateDictMismatchError(
+                f"could not load {what} from {folder}: its weights do not fit its config.json"
+                + (f" ({mismatch})" if mismatch else "")) from None
+        raise ValueError(f"could not load {what} from {folder}: {_first_line(e)}") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"could not load {what} from {folder}: {_first_line(e)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def read_schedule(root: Path, prediction_type: str | None = None) -> NoiseSchedule:
@@ -64,7 +104,10 @@ def read_schedule(root: Path, prediction_type: str | None = None) -> NoiseSchedu
     path = root / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the noise schedule (betas, prediction type) is read from it")
-    cfg = json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
     if cfg.get("trained_betas") is not None:
         raise ValueError(f"{path}: explicit trained_betas are not supported (only linear/scaled_linear schedules)")
     if cfg.get("rescale_betas_zero_snr"):
@@ -89,7 +132,12 @@ def load_diffusers_dir(root: str | Path, *, input_size: int | None = None, scale
     from diffusers import UNet2DConditionModel
 
     root = Path(root).expanduser()
-    index = json.loads((root / "model_index.json").read_text())
+    try:
+        index = json.loads((root / "model_index.json").read_text())
+    except ValueError as e:
+        raise ValueError(f"{root / 'model_index.json'} is not valid JSON ({e})") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{root / 'model_index.json'} is not a JSON object of components")
     unet = _component(root, index, "unet", True, variant)
     if not isinstance(unet, UNet2DConditionModel):
         raise ValueError(f"{root}: the UNet is a {type(unet).__name__}; grounding needs a UNet2DConditionModel "

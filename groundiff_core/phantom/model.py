@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 
 from ..architectures import paper_layout_unet, small_vae
+from ..loading.diffusers_dir import component_errors
 from ..model import LDM, NoiseSchedule
+from ..quiet import quiet_libraries
 from ..text import small_text_encoder, word_tokenizer
 from .generator import SIZE, vocabulary
 
@@ -120,11 +122,18 @@ def load_phantom(path: str | Path | None = None, device: str | torch.device | No
             f"phantom model not found: {meta_file} is missing. The weights ship inside the package "
             "(groundiff_core/phantom/weights); retrain them with `python -m groundiff_core.phantom.train`."
         )
-    meta = json.loads(meta_file.read_text())
-    unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype, local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype, local_files_only=True)
-    text = CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=dtype, local_files_only=True)
-    tok = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as e:
+        raise ValueError(f"{meta_file} is not valid JSON ({e})") from None
+    parts = {}
+    with quiet_libraries():
+        for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel),
+                          ("tokenizer", CLIPTokenizer)):
+            kwargs = {} if name == "tokenizer" else {"torch_dtype": dtype}
+            with component_errors(f"the phantom's {name}", root / name):
+                parts[name] = cls.from_pretrained(root / name, local_files_only=True, **kwargs)
+    unet, vae, text, tok = parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"]
     ldm = LDM(
         unet=unet, vae=vae, tokenizer=tok, text_encoder=text,
         schedule=NoiseSchedule(**meta["schedule"]), scale_factor=float(meta["scale_factor"]),
