@@ -2,10 +2,16 @@
 
 Files in the output folder ``DIR``:
 
-* ``run.json`` - what is being evaluated (method and model identity, config, dataset, shard): a
-  rerun with the same ``DIR`` resumes only if this matches, otherwise it is refused;
+* ``run.json`` - what is being evaluated, as content fingerprints, never paths (method, config,
+  the model's weights, the annotations, shard): a rerun with the same ``DIR`` resumes only if the
+  method, config, weights, dataset name and shard match, otherwise it is refused; it also lists
+  every session (start, end, status: finished, interrupted, failed, or killed when a later start
+  finds it never ended), with the paths used, as information;
 * ``results.jsonl`` - one JSON line per pair, appended and flushed as soon as its image is done,
-  so an interrupted run loses at most the image (or batch of images) in progress. ``status`` is
+  so an interrupted run loses at most the image (or batch of images) in progress. Each row carries
+  the pair's content ``key`` (phrase, category, boxes, annotated size, the image file's SHA-256 and
+  the other findings of the same image): a rerun recomputes exactly the pairs whose key changed,
+  so edited annotations or images never leave stale rows. ``status`` is
   ``"ok"`` or ``"skipped"`` (with ``reason``: missing/unreadable image, no box inside the image);
   skipped pairs are retried by a rerun. An ``ok`` row holds ``pair_id, image_path, phrase,
   category, image_hw, boxes`` (as scored: original pixels, fitted to the image read), the metrics
@@ -15,6 +21,9 @@ Files in the output folder ``DIR``:
   boxes had to be rescaled or clipped. Non-finite numbers are written as ``null``;
 * ``summary.json`` / ``summary.csv`` - overall, per-class and class-averaged metrics with bootstrap
   95% confidence intervals, the text-sensitivity figure, skipped images, versions and times.
+
+Writes go through :mod:`groundiff_core.fileio`: whole files are replaced atomically and a lock
+on ``DIR`` refuses a second concurrent writer.
 
 Pairs are grouped by image: ``method.ground(image, phrases)`` is called once per image with all its
 phrases (one DDIM inversion serves them all). The method may be anything with that verb
@@ -35,18 +44,23 @@ import json
 import math
 import os
 import platform
+import socket
 import sys
 import time
 import warnings
 import zlib
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from . import metrics as M
+from .conventions import CONVENTIONS, check_conventions
+from .preprocess import CropGeometry
 from .datasets.common import GroundingPair, fit_boxes_to_image, group_by_image, subset
+from .fileio import atomic_write, folder_lock
 
 __all__ = [
     "METRICS",
@@ -56,13 +70,17 @@ __all__ = [
     "write_summary",
     "merge",
     "method_identity",
+    "run_identity",
+    "check_options",
     "parse_shard",
 ]
 
 #: Per-pair metrics recorded and summarised (keys of :func:`groundiff_core.metrics.all_metrics`).
 METRICS = ("miou", "auc", "auc_binned", "cnr_abs", "cnr_signed", "pointing")
+#: The paper model's input size: the centre crop assumed for methods that have no model.
+PAPER_INPUT_SIZE = 512
 RESULTS, RUN, SUMMARY_JSON, SUMMARY_CSV = "results.jsonl", "run.json", "summary.json", "summary.csv"
-FORMAT = 1
+FORMAT = 2  # 2: content identity (weights and annotation fingerprints, no paths), keyed rows
 
 
 # ============================================================================ identity & JSON
@@ -111,11 +129,103 @@ def method_identity(method: Any) -> dict:
     return _jsonable(ident)
 
 
-def _pairs_digest(pairs: Sequence[GroundingPair]) -> str:
-    h = hashlib.sha1()
-    for p in pairs:
-        h.update(p.pair_id.encode("utf-8") + b"\0")
-    return h.hexdigest()[:16]
+def _sha(obj: Any) -> str:
+    """SHA-256 (hex) of an object's canonical JSON."""
+    text = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _weights_sha256(model: Any) -> str:
+    """SHA-256 of every tensor (name, dtype, shape and bytes) of the model's networks."""
+    import torch
+
+    h = hashlib.sha256()
+    for part in ("unet", "vae", "text_encoder"):
+        net = getattr(model, part, None)
+        if net is None:
+            continue
+        for name, t in net.state_dict().items():
+            t = t.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"{part}.{name}|{t.dtype}|{t.numel()}\n".encode("utf-8"))
+            h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _model_content(model: Any) -> dict:
+    """The model as content: architecture facts, schedule, weights and vocabulary fingerprints.
+
+    What ``model.identity()`` takes from ``model.info`` (source, paths, cache) and the display
+    name (a diffusers folder's name) are left out: moving or renaming the weights changes neither.
+    """
+    ident = dict(model.identity()) if callable(getattr(model, "identity", None)) else {}
+    info = getattr(model, "info", None) or {}
+    out = {k: v for k, v in ident.items() if k not in info and k != "name"}
+    schedule = getattr(model, "schedule", None)
+    if schedule is not None:
+        out["schedule"] = schedule
+    out["weights_sha256"] = _weights_sha256(model)
+    vocab = getattr(getattr(model, "tokenizer", None), "get_vocab", None)
+    if callable(vocab):
+        out["vocabulary_sha256"] = _sha(sorted(vocab().items()))
+    return _jsonable(out)
+
+
+def _without_paths(obj: Any) -> Any:
+    """A copy without the entries whose value is a filesystem path (a string with a separator)."""
+    if isinstance(obj, dict):
+        return {k: _without_paths(v) for k, v in obj.items()
+                if not (isinstance(v, str) and ("/" in v or "\\" in v))}
+    if isinstance(obj, list):
+        return [_without_paths(v) for v in obj]
+    return obj
+
+
+def _annotation(p: GroundingPair) -> dict:
+    return {"pair_id": p.pair_id, "phrase": p.phrase, "category": p.category,
+            "boxes": p.boxes.tolist(), "image_size": p.image_size}
+
+
+def run_identity(method: Any, pairs: Sequence[GroundingPair], dataset: dict | None,
+                 shard: tuple[int, int] | None) -> dict:
+    """What an evaluation folder holds, as content: never a path, so a run can move.
+
+    ``method``: :func:`method_identity` with its ``model`` replaced by fingerprints of the weights
+    (when the method exposes its model) or stripped of paths; ``dataset``: the caller's
+    description; ``data``: the number of pairs and a SHA-256 of their annotations; ``shard``.
+    """
+    ident = method_identity(method)
+    model = getattr(method, "model", None)
+    if model is not None and hasattr(model, "unet"):
+        ident["model"] = _model_content(model)
+    ident = _without_paths(ident)
+    return {"method": ident, "dataset": _without_paths(_jsonable(dataset or {})),
+            "data": {"pairs": len(pairs), "sha256": _sha([_annotation(p) for p in pairs])},
+            "shard": list(shard) if shard is not None else None}
+
+
+def _file_sha256(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, or None when it cannot be read (the runner then skips it)."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _pair_keys(selected: Sequence[GroundingPair], by_image_all: dict) -> dict[str, str]:
+    """Content key of each selected pair: everything its result row is computed from.
+
+    Its annotation, the image file's SHA-256 and the annotations of the other pairs of the same
+    image (the text-sensitivity check scores the heatmap on their boxes).
+    """
+    keys: dict[str, str] = {}
+    for path, grp in group_by_image(selected).items():
+        image = _file_sha256(path)
+        siblings = [_annotation(q) for q in by_image_all[path]]
+        for p in grp:
+            keys[p.pair_id] = _sha({"pair": _annotation(p), "image_sha256": image,
+                                    "others": [a for a in siblings if a["pair_id"] != p.pair_id]})[:24]
+    return keys
 
 
 def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -146,6 +256,16 @@ def versions() -> dict:
     return v
 
 
+def check_options(*, n_boot: int = 1000, batch_images: int = 1, n_pairs: int | None = None) -> None:
+    """Refuse bad counts before any work starts (a bad bootstrap count would fail only at the end)."""
+    for name, value, low in (("bootstrap resamples (n_boot)", n_boot, 1),
+                             ("batch_images", batch_images, 1), ("n_pairs", n_pairs, 1)):
+        if value is None and name == "n_pairs":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def parse_shard(text: str | Sequence[int] | None) -> tuple[int, int]:
     """``"i/n"`` (0-based ``i``) -> ``(i, n)``; None -> ``(0, 1)``."""
     if text is None:
@@ -168,8 +288,11 @@ def _read_jsonl(path: Path, repair: bool = False) -> list[dict]:
 
     A torn last line (a crash in the middle of a write) is dropped with a warning; with ``repair``
     it is also cut from the file (and a missing final newline added) so that appending is safe.
-    A corrupt line anywhere else is an error: that is not an interrupted write.
+    A corrupt line anywhere else is an error: that is not an interrupted write. So is a line that
+    is valid JSON but not a result row (an object with a string ``pair_id`` and ``status``).
     """
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a file; an evaluation folder keeps its results there")
     if not path.is_file():
         return []
     raw = path.read_bytes()
@@ -179,15 +302,15 @@ def _read_jsonl(path: Path, repair: bool = False) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            rows.append(_as_row(json.loads(line), path, i))
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise ValueError(f"{path}: line {i} is not valid JSON (and not an interrupted last "
                              "write); fix or remove it") from None
     if tail.strip():
         try:
-            rows.append(json.loads(tail))
+            rows.append(_as_row(json.loads(tail), path, len(complete) + 1))
             fix = b"\n"
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             warnings.warn(f"{path}: dropped a torn last line (an interrupted write)", UserWarning,
                           stacklevel=3)
             fix = None
@@ -201,11 +324,24 @@ def _read_jsonl(path: Path, repair: bool = False) -> list[dict]:
     return rows
 
 
+def _as_row(obj: Any, path: Path, line: int) -> dict:
+    if not (isinstance(obj, dict) and isinstance(obj.get("pair_id"), str)
+            and isinstance(obj.get("status"), str)):
+        raise ValueError(f"{path}: line {line} is not a result row (expected a JSON object with "
+                         "'pair_id' and 'status'); fix or remove it")
+    return obj
+
+
 def _latest(rows: Iterable[dict]) -> dict[str, dict]:
-    """One row per pair id: the last ``ok`` row if any, else the last row."""
+    """One row per pair id, among the rows of its latest content ``key`` (the key of its last
+    row): the last ``ok`` one if any, else the last one. Rows of an older key are stale."""
+    rows = list(rows)
+    last_key = {r["pair_id"]: r.get("key") for r in rows}
     out: dict[str, dict] = {}
     for r in rows:
         pid = r["pair_id"]
+        if r.get("key") != last_key[pid]:
+            continue
         if r.get("status") == "ok" or out.get(pid, {}).get("status") != "ok":
             out[pid] = r
     return out
@@ -217,33 +353,122 @@ def load_results(out_dir: str | os.PathLike) -> list[dict]:
 
 
 # ============================================================================ the runner
-def _check_run(out_dir: Path, identity: dict, info: dict) -> dict:
-    """Create ``run.json`` or check that an existing one describes the same evaluation."""
-    run_path = out_dir / RUN
-    if run_path.is_file():
-        run = json.loads(run_path.read_text(encoding="utf-8"))
-        old = run.get("identity")
-        if old != identity:
-            diff = _diff_paths(old, identity)
-            raise ValueError(
-                f"{out_dir} holds an evaluation of a different configuration; it differs in "
-                f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}. Resume only with the "
-                "same model, method, config, dataset and shard, or choose another output folder."
-            )
-        return run
-    if (out_dir / RESULTS).is_file():
-        raise ValueError(f"{out_dir} has a {RESULTS} but no {RUN}: not a groundiff evaluation "
-                         "folder (or a damaged one); choose another output folder")
-    run = {"format": FORMAT, "identity": identity, "info": _jsonable(info),
-           "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sessions": []}
-    _write_json(run_path, run)
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _out_folder(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` created if needed; a clear error when it names an existing file."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is an existing file, not a folder; choose a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _read_run(path: Path) -> dict:
+    """A ``run.json``, with an error naming the file when it is unreadable or not one."""
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable run file ({type(e).__name__}: {e}); restore "
+                         "it or choose another output folder") from None
+    if not isinstance(run, dict) or not isinstance(run.get("identity"), dict):
+        raise ValueError(f"{path} is not a groundiff run file (no 'identity' object); restore it "
+                         "or choose another output folder")
+    if run.get("format") != FORMAT:
+        raise ValueError(f"{path} was written by another groundiff version (run format "
+                         f"{run.get('format')!r}; this one reads {FORMAT}); use another output folder")
+    if not isinstance(run.get("sessions"), list):
+        run["sessions"] = []
     return run
 
 
+def _describe_run(run: dict) -> str:
+    """``run.json`` in words, for refusals: what the folder already holds."""
+    ident = run["identity"]
+    method = ident.get("method", {})
+    what = f"method {method.get('method', '?')!r}"
+    model = (run.get("method_info") or {}).get("model") or {}
+    if model.get("name"):
+        what += f" with model {model['name']!r}"
+    data = ident.get("dataset", {})
+    if data.get("name"):
+        what += f" on {data['name']!r}" + (f" ({data['split']})" if data.get("split") else "")
+    if run.get("merged_from") is not None:
+        return f"a merge of {len(run['merged_from'])} shard folder(s) of {what}"
+    shard = ident.get("shard")
+    tail = f", shard {shard[0]}/{shard[1]}" if shard and shard[1] > 1 else ""
+    return f"an evaluation of {what}{tail}, created {run.get('created', '?')}"
+
+
+def _open_run(out: Path, identity: dict, method_info: dict, info: dict) -> dict:
+    """The folder's ``run.json`` if it describes this evaluation, a new one if there is none.
+
+    Refused: a merged folder, or one of another method, config, model weights, dataset or shard.
+    Changed annotations are accepted (their fingerprint is updated; changed pairs are recomputed).
+    """
+    path = out / RUN
+    if path.is_file():
+        run = _read_run(path)
+        old = run["identity"]
+        if run.get("merged_from") is not None:
+            raise ValueError(f"{out} holds {_describe_run(run)}; evaluating into it would mix "
+                             "with the merged results: choose another output folder")
+        a = {k: v for k, v in old.items() if k != "data"}
+        b = {k: v for k, v in identity.items() if k != "data"}
+        if a != b:
+            diff = _diff_paths(a, b)
+            raise ValueError(
+                f"{out} holds {_describe_run(run)}: a different configuration; it differs in "
+                f"{', '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}. Resume only with the "
+                "same model weights, method, config, dataset and shard, or choose another output folder."
+            )
+        run.update(identity=identity, method_info=method_info, info=_jsonable(info))
+        return run
+    if (out / RESULTS).exists():
+        raise ValueError(f"{out} has a {RESULTS} but no {RUN}: not a groundiff evaluation "
+                         "folder (or a damaged one); refusing to write into it: choose another "
+                         "output folder")
+    return {"format": FORMAT, "identity": identity, "method_info": method_info,
+            "info": _jsonable(info), "created": _now(), "sessions": []}
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+@contextmanager
+def _session(out: Path, run: dict, rows: Sequence[dict], kind: str, **facts: Any) -> Iterator[dict]:
+    """Record one session in ``run.json``: written at the start (status "running") and the end.
+
+    A session still "running" at the next start (the folder lock is held, so its process is gone)
+    was killed: it is marked so, with the rows it wrote counted from the results file.
+    """
+    sessions = run["sessions"]
+    for s in sessions:
+        if isinstance(s, dict) and s.get("status") == "running":
+            s["status"] = "killed"
+            s["pairs_done"] = sum(1 for r in rows if r.get("session") == s.get("n"))
+    n = 1 + max((s.get("n", 0) for s in sessions if isinstance(s, dict)), default=0)
+    session = {"n": n, "kind": kind, "started": _now(), "status": "running",
+               "host": socket.gethostname(), "pid": os.getpid(), **_jsonable(facts)}
+    sessions.append(session)
+    _write_json(out / RUN, run)
+    started = time.time()
+    try:
+        yield session
+        session["status"] = "finished"
+    except KeyboardInterrupt:
+        session["status"] = "interrupted"
+        raise
+    except BaseException as e:
+        session["status"] = f"failed ({type(e).__name__})"
+        raise
+    finally:
+        session["ended"] = _now()
+        session["wall_s"] = round(time.time() - started, 3)
+        _write_json(out / RUN, run)
 
 
 def _shard_images(pairs: Sequence[GroundingPair], shard: tuple[int, int]) -> list[GroundingPair]:
@@ -261,21 +486,50 @@ def _load(path: Path) -> np.ndarray:
     return load_image(path)
 
 
+def _boxes_for(conventions: str, boxes: np.ndarray, hw: tuple[int, int],
+               crop_size: int) -> tuple[np.ndarray, list[str]]:
+    """The boxes a pair is scored with: under the paper's conventions a box none of whose pixels
+    survives the model's resize + centre crop (``crop_size``) is dropped, with a note."""
+    if conventions != "paper" or len(boxes) == 0:
+        return boxes, []
+    keep = CropGeometry(hw[0], hw[1], crop_size).boxes_in_crop(boxes)
+    if keep.all():
+        return boxes, []
+    return boxes[keep], ["dropped (no pixel inside the model's centre crop): "
+                         + ", ".join(f"box {i}" for i in np.flatnonzero(~keep))]
+
+
 def _pair_row(pair: GroundingPair, heatmap: np.ndarray, hw: tuple[int, int],
-              image_pairs: Sequence[GroundingPair]) -> dict:
-    """Metrics of one pair, plus the same heatmap's AUC on each other pair of the image."""
-    boxes, notes = fit_boxes_to_image(pair, *hw)
+              image_pairs: Sequence[GroundingPair], conventions: str = "paper",
+              crop_size: int = PAPER_INPUT_SIZE) -> dict:
+    """Metrics of one pair, plus the same heatmap's AUC on each other pair of the image.
+
+    The metrics follow ``conventions``; ``alternative`` holds the same heatmap scored under the
+    other conventions (so a table can show both without grounding twice). A pair left without
+    boxes is skipped: none inside the image, or (paper) none inside the model's centre crop.
+    """
+    fitted, notes = fit_boxes_to_image(pair, *hw)
+    boxes, crop_notes = _boxes_for(conventions, fitted, hw, crop_size)
     row: dict[str, Any] = {"pair_id": pair.pair_id, "image_path": str(pair.image_path),
                            "phrase": pair.phrase, "category": pair.category,
-                           "image_hw": list(hw), "boxes": boxes.round(3).tolist()}
-    if notes:
-        row["box_notes"] = notes
-    if len(boxes) == 0:
+                           "image_hw": list(hw), "boxes": boxes.round(3).tolist(),
+                           "conventions": conventions}
+    if notes or crop_notes:
+        row["box_notes"] = notes + crop_notes
+    if len(fitted) == 0:
         row.update(status="skipped", reason="no box inside the image")
         return row
+    if len(boxes) == 0:
+        row.update(status="skipped", reason="no box inside the model's centre crop")
+        return row
     row["status"] = "ok"
-    scorer = M.HeatmapScorer(heatmap)  # sorted once, then scored against every box set below
+    scorer = M.HeatmapScorer(heatmap, conventions)  # sorted once, then scored against every box set
     row.update(scorer.all(boxes))
+    other = next(c for c in CONVENTIONS if c != conventions)
+    other_boxes, _ = _boxes_for(other, fitted, hw, crop_size)
+    if len(other_boxes):
+        row["alternative"] = {"conventions": other,
+                              **M.HeatmapScorer(heatmap, other).all(other_boxes)}
     own = M.box_mask(hw, boxes)
     others = []
     for q in image_pairs:
@@ -296,7 +550,8 @@ def _pair_row(pair: GroundingPair, heatmap: np.ndarray, hw: tuple[int, int],
 def evaluate(method: Any, pairs: Sequence[GroundingPair], out_dir: str | os.PathLike, *,
              dataset: dict | None = None, n_pairs: int | None = None,
              shard: str | tuple[int, int] | None = None, seed: int = 0, n_boot: int = 1000,
-             batch_images: int = 1, progress: bool = True, info: dict | None = None) -> dict:
+             batch_images: int = 1, progress: bool = True, info: dict | None = None,
+             conventions: str = "paper", dropped: Sequence[dict] | None = None) -> dict:
     """Evaluate ``method`` on ``pairs``, resumably, in ``out_dir``; return the summary.
 
     Parameters
@@ -316,52 +571,84 @@ def evaluate(method: Any, pairs: Sequence[GroundingPair], out_dir: str | os.Path
     batch_images : images per ``method.ground_batch`` call where the method has one (accelerator
         throughput); results are written after each batch. 1 (default): ``ground`` per image
     info : extra facts recorded in ``run.json`` and the summary (not part of the identity)
+    conventions : "paper" (default: the metrics and box handling exactly as the authors'
+        evaluation computed them) or "strict"; see :mod:`groundiff_core.conventions`. Part of the
+        run's identity and recorded in the summary. (The grounder's own back-projection follows its
+        config's ``conventions``.)
+    dropped : pairs the loader dropped (no usable box), listed in the summary with their reason;
+        default: ``pairs.dropped`` of a loader's :class:`~groundiff_core.datasets.common.PairList`
 
-    The summary covers exactly the pairs selected by this call (``n_pairs`` and ``shard``).
+    The summary covers exactly the pairs selected by this call (``n_pairs`` and ``shard``); its
+    ``changed`` lists the pairs recomputed because their content key changed since their last row.
+    Another process writing ``out_dir`` at the same time is refused (:mod:`groundiff_core.fileio`).
     """
     if not callable(getattr(method, "ground", None)):
         raise TypeError(f"{type(method).__name__} has no .ground(image, phrases) method")
-    if int(batch_images) < 1:
-        raise ValueError(f"batch_images must be >= 1, got {batch_images}")
+    conventions = check_conventions(conventions)
+    crop_size = _crop_size(method)
+    check_options(n_boot=n_boot, batch_images=batch_images, n_pairs=n_pairs)
+    dropped = list(getattr(pairs, "dropped", ()) if dropped is None else dropped)
     pairs = list(pairs)
     ids = [p.pair_id for p in pairs]
     if len(set(ids)) != len(ids):
         raise ValueError("pair ids must be unique within a dataset")
     shard = parse_shard(shard)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    identity = {"method": method_identity(method),
-                "dataset": _jsonable({**(dataset or {}), "pairs": len(pairs),
-                                      "pairs_sha1": _pairs_digest(pairs)}),
-                "shard": list(shard)}
-    run = _check_run(out, identity, info or {})
+    out = _out_folder(out_dir)
+    identity = run_identity(method, pairs, dataset, shard)
+    identity["scoring"] = {"conventions": conventions, "crop_size": crop_size}
+    with folder_lock(out, "evaluate"):
+        run = _open_run(out, identity, method_identity(method), info or {})
+        run["dropped"] = _jsonable(dropped)
+        old_rows = _read_jsonl(out / RESULTS, repair=True)
+        selected = _shard_images(subset(pairs, n_pairs, seed=seed), shard)
+        by_image_all = group_by_image(pairs)
+        keys = _pair_keys(selected, by_image_all)
+        latest = _latest(old_rows)
+        done = {pid for pid, r in latest.items()
+                if r.get("status") == "ok" and r.get("key") == keys.get(pid)}
+        changed = [p.pair_id for p in selected if p.pair_id not in done
+                   and latest.get(p.pair_id, {}).get("status") == "ok"]
+        todo = [(path, grp) for path, grp in group_by_image(selected).items()
+                if any(p.pair_id not in done for p in grp)]
+        n_todo = sum(p.pair_id not in done for _, grp in todo for p in grp)
+        with _session(out, run, old_rows, "evaluate", pairs_todo=n_todo, changed=len(changed),
+                      pairs_done=0, info=info or {}) as session:
+            _run_pairs(method, todo, done, keys, by_image_all, out, session, batch_images,
+                       progress and n_todo > 0, identity["method"].get("method", ""),
+                       (conventions, crop_size))
 
-    selected = _shard_images(subset(pairs, n_pairs, seed=seed), shard)
-    by_image_all = group_by_image(pairs)
-    done = {pid for pid, r in _latest(_read_jsonl(out / RESULTS, repair=True)).items()
-            if r.get("status") == "ok"}
-    todo = [(path, grp) for path, grp in group_by_image(selected).items()
-            if any(p.pair_id not in done for p in grp)]
-    n_todo = sum(p.pair_id not in done for _, grp in todo for p in grp)
+        rows = [r for pid, r in _latest(_read_jsonl(out / RESULTS)).items() if pid in keys]
+        stale = len(selected) - sum(r.get("key") == keys[r["pair_id"]] for r in rows)
+        if stale:  # cannot happen unless the file was edited while running
+            raise RuntimeError(f"{stale} selected pairs have no current row in {out / RESULTS}")
+        summary = summarize(rows, n_boot=n_boot, seed=seed)
+        summary.update(_run_facts(run, identity, shard, n_pairs, len(selected)))
+        summary["changed"] = {"n_pairs": len(changed), "pair_ids": changed}
+        summary["dropped"] = {"n_pairs": len(dropped), "pairs": dropped}
+        write_summary(summary, out)
+    _warn_box_notes(rows)
+    return summary
 
-    started = time.time()
-    session = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "pairs_done": 0, "wall_s": 0.0}
-    run["sessions"].append(session)
+
+def _run_pairs(method: Any, todo: Sequence[tuple[Path, list]], done: set, keys: dict,
+               by_image_all: dict, out: Path, session: dict, batch_images: int, progress: bool,
+               label: str, scoring: tuple) -> None:
+    """Ground the pending pairs of ``todo`` and append their rows (with key and session number)."""
     use_batch = batch_images > 1 and callable(getattr(method, "ground_batch", None))
     step = batch_images if use_batch else 1
     bar = None
-    if progress and n_todo:
+    if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=n_todo, unit="pair", desc=f"evaluate {identity['method'].get('method', '')}",
+        bar = tqdm(total=session["pairs_todo"], unit="pair", desc=f"evaluate {label}",
                    dynamic_ncols=True)
     try:
         with open(out / RESULTS, "a", encoding="utf-8") as fh:
             for c0 in range(0, len(todo), step):
                 chunk = [(path, grp, [p for p in grp if p.pair_id not in done])
                          for path, grp in todo[c0:c0 + step]]
-                for rows in _evaluate_images(method, chunk, by_image_all, use_batch):
+                for rows in _evaluate_images(method, chunk, by_image_all, use_batch, *scoring):
                     for row in rows:
+                        row.update(key=keys[row["pair_id"]], session=session["n"])
                         fh.write(json.dumps(_jsonable(row)) + "\n")
                         fh.flush()
                         os.fsync(fh.fileno())
@@ -371,18 +658,6 @@ def evaluate(method: Any, pairs: Sequence[GroundingPair], out_dir: str | os.Path
     finally:
         if bar is not None:
             bar.close()
-        session["wall_s"] = round(time.time() - started, 3)
-        _write_json(out / RUN, run)
-
-    wanted = {p.pair_id for p in selected}
-    rows = [r for r in load_results(out) if r["pair_id"] in wanted]
-    if len(rows) != len(selected):  # cannot happen unless the file was edited while running
-        raise RuntimeError(f"{len(selected) - len(rows)} selected pairs have no row in {out / RESULTS}")
-    summary = summarize(rows, n_boot=n_boot, seed=seed)
-    summary.update(_run_facts(run, identity, shard, n_pairs, len(selected)))
-    write_summary(summary, out)
-    _warn_box_notes(rows)
-    return summary
 
 
 def _skip_rows(path: Path, pending: Sequence[GroundingPair], reason: str) -> list[dict]:
@@ -390,19 +665,34 @@ def _skip_rows(path: Path, pending: Sequence[GroundingPair], reason: str) -> lis
              "phrase": p.phrase, "category": p.category} for p in pending]
 
 
+def _crop_size(method: Any) -> int:
+    """The input size of the method's model (the centre crop that decides which boxes it can see);
+    the paper's 512 for methods without a model (the baselines score the same pairs as the LDM)."""
+    model = getattr(method, "model", None)
+    size = getattr(model, "input_size", None) or getattr(method, "input_size", None)
+    return int(size) if size else PAPER_INPUT_SIZE
+
+
 def _evaluate_images(method: Any, chunk: Sequence[tuple[Path, list, list]],
-                     by_image_all: dict, use_batch: bool) -> Iterable[list[dict]]:
+                     by_image_all: dict, use_batch: bool, conventions: str = "paper",
+                     crop_size: int = PAPER_INPUT_SIZE) -> Iterable[list[dict]]:
     """Rows of the pending pairs of each image of ``chunk`` (one list per image, in order).
 
     Images that cannot be read give "skipped" rows. Every phrase of an image's selected pairs is
     grounded (not only the pending ones), so a resumed image sees exactly the call of an
     uninterrupted run. With ``use_batch`` the readable images go to ``method.ground_batch`` at once.
     """
+    from PIL import Image
+
+    # the project's loaders raise ValueError/OSError; PIL adds DecompressionBombError (a header
+    # claiming a huge image) and the odd SyntaxError from a corrupt file
+    errors = (OSError, ValueError, ImportError, RuntimeError, MemoryError, SyntaxError,
+              Image.DecompressionBombError)
     readable = []
     for path, grp, pending in chunk:
         try:
             image = _load(path)
-        except (OSError, ValueError, ImportError, RuntimeError) as e:
+        except errors as e:
             reason = "missing image file" if isinstance(e, FileNotFoundError) else \
                 f"unreadable image ({type(e).__name__}: {e})"
             yield _skip_rows(path, pending, reason)
@@ -426,7 +716,7 @@ def _evaluate_images(method: Any, chunk: Sequence[tuple[Path, list, list]],
         index = {ph: k for k, ph in enumerate(phrases)}
         rows = []
         for p in pending:
-            row = _pair_row(p, maps[index[p.phrase]], hw, by_image_all[path])
+            row = _pair_row(p, maps[index[p.phrase]], hw, by_image_all[path], conventions, crop_size)
             row["seconds"] = round(seconds / len(phrases), 4)
             row["image_seconds"] = round(seconds, 4)
             rows.append(row)
@@ -436,17 +726,19 @@ def _evaluate_images(method: Any, chunk: Sequence[tuple[Path, list, list]],
 def _warn_box_notes(rows: Sequence[dict]) -> None:
     noted = [r["pair_id"] for r in rows if r.get("box_notes")]
     if noted:
-        warnings.warn(f"{len(noted)} pair(s) had boxes rescaled or clipped to the image read "
+        warnings.warn(f"{len(noted)} pair(s) had boxes rescaled or clipped to the image read, "
+                      f"or dropped outside the model's centre crop "
                       f"(see 'box_notes' in {RESULTS}), e.g. {noted[:3]}", UserWarning, stacklevel=3)
 
 
 def _run_facts(run: dict, identity: dict, shard: tuple[int, int] | None, n_pairs: int | None,
                n_selected: int) -> dict:
-    sessions = run.get("sessions", [])
+    sessions = [s for s in run.get("sessions", []) + run.get("shard_sessions", [])
+                if isinstance(s, dict)]
     return {
         "identity": identity,
         "config": identity["method"].get("config"),
-        "model": identity["method"].get("model"),
+        "model": (run.get("method_info") or {}).get("model", identity["method"].get("model")),
         "info": run.get("info", {}),
         "selection": {"n_pairs": n_pairs, "shard": list(shard) if shard else None,
                       "n_selected": n_selected},
@@ -533,8 +825,27 @@ def _text_sensitivity(ok: Sequence[dict], max_overlap: float, n_boot: int, conf:
             "n_comparisons": n_cmp, "max_gt_iou": max_overlap}
 
 
+def _as_scored_under(rows: Sequence[dict], conventions: str | None) -> tuple[list[dict], str | None]:
+    """Rows with their metrics under ``conventions`` (each row holds its run's metrics and, in
+    ``alternative``, the other conventions' ones); rows scored under neither are left out.
+    Returns the rows and the conventions they are scored under (None if mixed or unknown)."""
+    if conventions is None:
+        seen = {r.get("conventions", "strict") for r in rows if r.get("status") == "ok"}
+        return list(rows), seen.pop() if len(seen) == 1 else None
+    check_conventions(conventions)
+    out = []
+    for r in rows:
+        if r.get("status") != "ok" or r.get("conventions", "strict") == conventions:
+            out.append(r)
+        elif (r.get("alternative") or {}).get("conventions") == conventions:
+            alt = {k: v for k, v in r["alternative"].items() if k in METRICS}
+            out.append({**r, **alt, "conventions": conventions})
+    return out, conventions
+
+
 def summarize(results: Sequence[dict], *, n_boot: int = 1000, seed: int = 0,
-              confidence: float = 0.95, text_max_overlap: float = 0.5) -> dict:
+              confidence: float = 0.95, text_max_overlap: float = 0.5,
+              conventions: str | None = None) -> dict:
     """Summary statistics of per-pair result rows (as in ``results.jsonl``).
 
     Returns a JSON-able dict with:
@@ -552,11 +863,16 @@ def summarize(results: Sequence[dict], *, n_boot: int = 1000, seed: int = 0,
     Metrics: ``miou``, ``auc`` (exact), ``auc_binned`` (paper's 5 thresholds), ``cnr_abs``
     (|CNR|), ``cnr_signed``, ``pointing``. Rows are deduplicated by ``pair_id`` and sorted by it
     first, so the result does not depend on row order (shards merged in any order agree).
+
+    ``conventions``: None summarises the metrics as the run computed them; "paper" or "strict"
+    summarises the same heatmaps scored under those conventions (every row also holds the other
+    conventions' metrics), so one run gives both tables. The summary's ``conventions`` says which.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     # sorted by pair id: the figures do not depend on the order in which pairs were finished
     rows = sorted(_latest(results).values(), key=lambda r: r["pair_id"])
+    rows, scored_under = _as_scored_under(rows, conventions)
     ok = [r for r in rows if r.get("status") == "ok"]
     skipped = [r for r in rows if r.get("status") != "ok"]
     categories = sorted({r["category"] for r in ok})
@@ -589,6 +905,7 @@ def summarize(results: Sequence[dict], *, n_boot: int = 1000, seed: int = 0,
         "n_images": len({r.get("image_path") for r in ok}),
         "categories": categories,
         "metrics": list(METRICS),
+        "conventions": scored_under,
         "overall": overall,
         "per_class": per_class,
         "class_averaged": class_averaged,
@@ -629,7 +946,7 @@ def write_summary(summary: dict, out_dir: str | os.PathLike) -> None:
     for r in rows:
         w.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v)
                     for k, v in r.items()})
-    (out / SUMMARY_CSV).write_text(buf.getvalue(), encoding="utf-8")
+    atomic_write(out / SUMMARY_CSV, buf.getvalue())
 
 
 # ============================================================================ shards
@@ -637,28 +954,36 @@ def merge(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, n_bo
           seed: int = 0) -> dict:
     """Combine the folders of a sharded evaluation into ``out_dir``; return the merged summary.
 
-    The folders must share one identity apart from the shard. Missing shards are warned about
-    (the summary then covers only the shards given). ``out_dir`` gets a merged ``results.jsonl``,
-    ``run.json`` (``merged_from``) and the summary files.
+    The folders must share one identity apart from the shard (content fingerprints: shards run
+    on other machines, from other paths, merge). Missing shards are warned about (the summary then
+    covers only the shards given). ``out_dir`` gets a merged ``results.jsonl``, ``run.json``
+    (``merged_from``) and the summary files, each replaced atomically. ``out_dir`` must be new,
+    empty of results, or an earlier merge of the same evaluation: any other run there is refused,
+    never overwritten.
     """
+    check_options(n_boot=n_boot)
     dirs = [Path(d) for d in dirs]
-    out = Path(out_dir)
     if not dirs:
         raise ValueError("merge needs at least one evaluation folder")
-    if any(d.resolve() == out.resolve() for d in dirs):
-        raise ValueError("the merge output folder must not be one of the folders merged")
-    runs = []
     for d in dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"shard folder not found: {d}")
         if not (d / RUN).is_file():
             raise FileNotFoundError(f"{d} is not an evaluation folder (no {RUN})")
-        runs.append(json.loads((d / RUN).read_text(encoding="utf-8")))
+    out = Path(out_dir)
+    if any(d.resolve() == out.resolve() for d in dirs):
+        raise ValueError(f"the merge output folder {out} must not be one of the folders merged")
+    runs = [_read_run(d / RUN) for d in dirs]
+    for d, r in zip(dirs, runs):
+        if r.get("merged_from") is not None:
+            raise ValueError(f"{d} holds {_describe_run(r)}, not one shard; merge the shard folders")
     base = {k: v for k, v in runs[0]["identity"].items() if k != "shard"}
     for d, r in zip(dirs[1:], runs[1:]):
         other = {k: v for k, v in r["identity"].items() if k != "shard"}
         if other != base:
             raise ValueError(f"{d} is an evaluation of a different configuration than {dirs[0]} "
                              f"(differs in {', '.join(_diff_paths(base, other)[:8])})")
-    shards = sorted({tuple(r["identity"].get("shard", (0, 1))) for r in runs})
+    shards = sorted({tuple(r["identity"].get("shard") or (0, 1)) for r in runs})
     ns = {n for _, n in shards}
     if len(ns) == 1:
         n = ns.pop()
@@ -670,19 +995,39 @@ def merge(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, n_bo
     for d in dirs:
         rows += _read_jsonl(d / RESULTS)
     latest = list(_latest(rows).values())
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / RESULTS, "w", encoding="utf-8") as fh:
-        for r in latest:
-            fh.write(json.dumps(r) + "\n")
+    dropped = list({(e.get("pair_id"), e.get("reason")): e for r in runs
+                    for e in r.get("dropped", []) if isinstance(e, dict)}.values())
     identity = {**base, "shard": None}
-    run = {"format": FORMAT, "identity": identity, "info": runs[0].get("info", {}),
-           "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "merged_from": [str(d) for d in dirs], "shards": [list(s) for s in shards],
-           "sessions": [s for r in runs for s in r.get("sessions", [])]}
-    _write_json(out / RUN, run)
-    summary = summarize(latest, n_boot=n_boot, seed=seed)
-    summary.update(_run_facts(run, identity, None, None, len(latest)))
-    summary["merged_from"] = run["merged_from"]
-    summary["shards"] = run["shards"]
-    write_summary(summary, out)
+    out = _out_folder(out)
+    with folder_lock(out, "merge"):
+        run = _merge_run(out, base)
+        run.update(identity=identity, method_info=runs[0].get("method_info", {}),
+                   info=runs[0].get("info", {}), merged_from=[str(d) for d in dirs],
+                   shards=[list(s) for s in shards], dropped=dropped,
+                   shard_sessions=[{**s, "shard": r["identity"].get("shard")} for r in runs
+                                   for s in r.get("sessions", []) if isinstance(s, dict)])
+        with _session(out, run, [], "merge", merged_from=run["merged_from"]):
+            atomic_write(out / RESULTS, "".join(json.dumps(r) + "\n" for r in latest))
+            summary = summarize(latest, n_boot=n_boot, seed=seed)
+            summary.update(_run_facts(run, identity, None, None, len(latest)))
+            summary["merged_from"] = run["merged_from"]
+            summary["shards"] = run["shards"]
+            summary["changed"] = {"n_pairs": 0, "pair_ids": []}
+            summary["dropped"] = {"n_pairs": len(dropped), "pairs": dropped}
+            write_summary(summary, out)
     return summary
+
+
+def _merge_run(out: Path, base: dict) -> dict:
+    """The merge folder's ``run.json`` to update: a new one, or its earlier merge of ``base``."""
+    if (out / RUN).is_file():
+        old = _read_run(out / RUN)
+        same = {k: v for k, v in old["identity"].items() if k != "shard"} == base
+        if old.get("merged_from") is None or not same:
+            raise ValueError(f"{out} holds {_describe_run(old)}; merging into it would overwrite "
+                             "it: choose another output folder")
+        return old
+    if (out / RESULTS).exists():
+        raise ValueError(f"{out} has a {RESULTS} but no {RUN}; refusing to overwrite it: choose "
+                         "another output folder")
+    return {"format": FORMAT, "created": _now(), "sessions": []}

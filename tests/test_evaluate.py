@@ -160,8 +160,12 @@ def test_resume_refuses_another_configuration(tiny_grounder, data, tmp_path):
         ev.evaluate(CentrePrior(), pairs, out, progress=False)
     with pytest.raises(ValueError, match=r"method\.seed"):
         ev.evaluate(RandomHeatmap(seed=1), pairs, out, progress=False)
-    with pytest.raises(ValueError, match=r"dataset\.pairs"):
-        ev.evaluate(RandomHeatmap(seed=0), pairs[:3], out, progress=False)
+    with pytest.raises(ValueError, match=r"dataset\.name"):
+        ev.evaluate(RandomHeatmap(seed=0), pairs, out, dataset={"name": "vindr"}, progress=False)
+    # other annotations are not another configuration: the pairs whose content changed are
+    # recomputed (here b2's consolidation, whose image lost its other finding), the rest kept
+    fewer = ev.evaluate(RandomHeatmap(seed=0), pairs[:3], out, progress=False, n_boot=10)
+    assert fewer["n_pairs"] == 3 and fewer["changed"]["pair_ids"] == [pairs[2].pair_id]
 
     out2 = tmp_path / "ldm"
     ev.evaluate(tiny_grounder, pairs[:1], out2, progress=False, n_boot=10)

@@ -14,7 +14,9 @@ A rerun with the same ``--out`` resumes where the last one stopped.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 METHODS = ("ldm", "random", "centre")
@@ -37,6 +39,8 @@ def register(subparsers) -> None:
                    help="combine the folders of a sharded run into --out (no grounding)")
     p.add_argument("--model", help="model source for --method ldm: 'phantom', 'tiny', or a path "
                    "(see groundiff doctor)")
+    p.add_argument("--text-encoder", metavar="DIR", help="for MONAI models: the Stable Diffusion 2.1 base folder "
+                   "holding text_encoder/ and tokenizer/, if they are not inside the model folder")
     p.add_argument("--dataset", choices=("mscxr", "vindr", "nih", "phantom"),
                    help="annotation layout of --csv ('phantom' = MS-CXR layout from groundiff phantom)")
     p.add_argument("--csv", type=Path, help="annotation CSV")
@@ -47,6 +51,10 @@ def register(subparsers) -> None:
                    help="ldm = the paper's cross-attention grounding (default); random / centre = "
                    "reference baselines")
     p.add_argument("--preset", choices=PRESETS, default="paper", help="grounding settings (default: paper)")
+    p.add_argument("--conventions", choices=("paper", "strict"), default="paper",
+                   help="paper (default): metrics, resize and back-projection exactly as the authors' "
+                   "evaluation computed them; strict: ground truth on valid pixels only, independent "
+                   "CNR per box, NaN for undefined values, the exact crop inverse")
     p.add_argument("--steps", type=int, help="inference steps instead of the preset's (the window "
                    "keeps its place as a share of the steps; for quick runs)")
     p.add_argument("--n-pairs", type=int, help="evaluate a seeded random subset of N pairs")
@@ -57,7 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-images", type=int, default=1, metavar="B",
                    help="images per inversion batch for --method ldm (accelerator throughput; default 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (neither the evaluation's nor the model loading's)")
     p.set_defaults(func=run)
 
 
@@ -77,8 +86,8 @@ def build_method(args: argparse.Namespace):
     """The grounding method the options ask for."""
     from groundiff_core.baselines import CentrePrior, RandomHeatmap
 
-    if args.method != "ldm" and (args.model or args.steps):
-        raise ValueError(f"--model and --steps apply to --method ldm, not {args.method!r}")
+    if args.method != "ldm" and (args.model or args.steps or args.text_encoder):
+        raise ValueError(f"--model, --text-encoder and --steps apply to --method ldm, not {args.method!r}")
     if args.method == "random":
         return RandomHeatmap(seed=args.seed)
     if args.method == "centre":
@@ -89,21 +98,62 @@ def build_method(args: argparse.Namespace):
     from groundiff_core.grounder import Grounder
     from groundiff_core.loading import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, text_encoder=args.text_encoder)
     model.to(_device(args.device))
     config = {"paper": GroundingConfig.paper}[args.preset]()
     if args.steps is not None:
         config = config.with_steps(args.steps)
+    config = replace(config, conventions=args.conventions)
     return Grounder(model, config)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad option values before any work (a bad --bootstrap used to fail after the run)."""
+    for flag, value in (("--bootstrap", args.bootstrap), ("--batch-images", args.batch_images),
+                        ("--n-pairs", args.n_pairs)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is an existing file; evaluate writes a folder there")
+    if args.merge:
+        for d in args.merge:
+            if not d.is_dir():
+                raise FileNotFoundError(f"--merge: shard folder not found: {d}")
+
+
+def _silence_progress_bars() -> None:
+    """``--no-progress``: turn off the model libraries' bars too, for this process."""
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm read after this point and child processes
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+
+
+def _require_results(summary: dict, hint: str) -> int:
+    """0, or a clear error when nothing was evaluated (every pair skipped or dropped)."""
+    if summary["n_pairs"]:
+        return 0
+    sk, dr = summary["skipped"], summary.get("dropped", {"n_pairs": 0, "pairs": []})
+    why = ""
+    if sk["images"]:
+        first = sk["images"][0]
+        why = f"; e.g. {first['reason']}: {first['image_path']}"
+    elif dr["pairs"]:
+        why = f"; e.g. {dr['pairs'][0]['reason']}"
+    raise ValueError(f"evaluated no pair: {sk['n_pairs']} skipped, {dr['n_pairs']} dropped at load "
+                     f"time{why}; {hint}")
 
 
 def run(args: argparse.Namespace) -> int:
     from groundiff_core import evaluate as ev
 
+    check_args(args)
     if args.merge:
         summary = ev.merge(args.merge, args.out, n_boot=args.bootstrap, seed=args.seed)
         _report(summary, args.out)
-        return 0
+        return _require_results(summary, "check the shard folders")
     missing = [f"--{n}" for n in ("dataset", "csv") if getattr(args, n) is None]
     if missing:
         raise ValueError(f"evaluate needs {' and '.join(missing)} (or --merge DIR...)")
@@ -113,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     pairs = load_dataset(args.dataset, args.csv, args.images, split=args.split)
     if not pairs:
         raise ValueError(f"{args.csv}: no image-phrase pairs to evaluate")
+    if args.no_progress and args.method == "ldm":
+        _silence_progress_bars()
     method = build_method(args)
     info = {"csv": str(args.csv.resolve()), "images": str(args.images.resolve()) if args.images else None,
             "command": " ".join(["groundiff", *sys.argv[1:]])}
@@ -121,9 +173,10 @@ def run(args: argparse.Namespace) -> int:
         dataset={"name": args.dataset, "split": args.split},
         n_pairs=args.n_pairs, shard=shard, seed=args.seed, n_boot=args.bootstrap,
         batch_images=args.batch_images, progress=not args.no_progress, info=info,
+        conventions=args.conventions,
     )
     _report(summary, args.out)
-    return 0
+    return _require_results(summary, "check --images and --csv")
 
 
 def _report(summary: dict, out: Path) -> None:
@@ -133,12 +186,23 @@ def _report(summary: dict, out: Path) -> None:
         s = ca[m]
         return "n/a" if s["mean"] is None else f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 
-    print(f"{summary['n_pairs']} pairs on {summary['n_images']} images; class-averaged: "
+    sk = summary["skipped"]
+    dropped = summary.get("dropped", {}).get("n_pairs", 0)
+    left = ", ".join(f"{n} {what}" for n, what in ((sk["n_pairs"], "skipped"),
+                                                    (dropped, "dropped at load time")) if n)
+    print(f"{summary['n_pairs']} pairs on {summary['n_images']} images"
+          f"{f' ({left})' if left else ''}; class-averaged: "
           f"mIoU {fmt('miou')}, AUC-ROC {fmt('auc')}, |CNR| {fmt('cnr_abs')}")
+    changed = summary.get("changed", {}).get("n_pairs", 0)
+    if changed:
+        print(f"recomputed {changed} pair(s) whose annotations or image changed since they were "
+              "evaluated")
     ts = summary["text_sensitivity"]
     if ts["value"] is not None:
         print(f"text sensitivity: {ts['value']:.3f} over {ts['n_pairs']} pairs")
-    sk = summary["skipped"]
+    if dropped:
+        print(f"DROPPED {dropped} pair(s) at load time (no usable box): listed in "
+              f"{out / 'summary.json'}", file=sys.stderr)
     if sk["n_pairs"]:
         print(f"SKIPPED {sk['n_pairs']} pair(s) on {sk['n_images']} image(s) (missing or unreadable "
               f"files or no box inside the image): listed in {out / 'summary.json'}", file=sys.stderr)
