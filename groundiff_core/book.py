@@ -258,6 +258,11 @@ def run_book(
         files_dir = nb_dir / f"{name}_files"
         inject = {k: v for k, v in _profile_parameters(profile, name).items() if k in declared}
         inject.update({k: v for k, v in overrides.items() if k in declared})
+        for k in inject:  # a notebook's boolean parameter takes a strict yes/no/true/false, never "no" = true
+            if isinstance(declared[k], bool):
+                from .config import parse_bool
+
+                inject[k] = parse_bool(inject[k], f"notebook parameter {k!r} of {name}")
         if "output_dir" in declared:
             inject["output_dir"] = files_dir.relative_to(root).as_posix()
         runs.append(

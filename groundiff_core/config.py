@@ -24,12 +24,15 @@ Conventions
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Sequence
 
 from .conventions import check_conventions
 
-__all__ = ["GroundingConfig", "middle_layers", "window_from_percent", "SPACINGS", "TOKEN_SELECTIONS"]
+__all__ = ["GroundingConfig", "middle_layers", "window_from_percent", "parse_layers", "parse_bool", "SPACINGS",
+           "TOKEN_SELECTIONS"]
 
 SPACINGS = ("trailing", "leading", "linspace")
 TOKEN_SELECTIONS = ("phrase", "phrase+end")
@@ -47,6 +50,50 @@ def middle_layers(count: int, n_layers: int) -> tuple[int, ...]:
                          f"(the model's cross-attention layers), got {count}")
     start = (n_layers - count) // 2
     return tuple(range(start, start + count))
+
+
+def parse_layers(layers: str | int | Sequence[int]) -> tuple[int, ...]:
+    """Layer indices from a sequence of integers, one integer, or a comma-separated string.
+
+    A string is always a comma-separated list: ``"3,4,6,7"`` is four layers and ``"34"`` is layer 34
+    (never layers 3 and 4, which iterating over the string's characters would give).
+    """
+    if isinstance(layers, str):
+        parts = [p.strip() for p in layers.split(",")]
+        if not all(p.lstrip("-").isdigit() for p in parts):
+            raise ValueError(f"layers must be comma-separated integers, e.g. '3,4,6,7'; got {layers!r}")
+        return tuple(int(p) for p in parts)
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        return (layers,)
+    try:
+        items = list(layers)
+    except TypeError:
+        raise ValueError(f"layers must be integers (a list, one integer or '3,4,6,7'), got {layers!r}") from None
+    out = []
+    for v in items:
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            out.append(operator.index(v))  # ints and numpy integers; not 3.7, not "3"
+        except TypeError:
+            raise ValueError(f"layer indices must be integers, got {v!r} in {layers!r}") from None
+    return tuple(out)
+
+
+def parse_bool(value: Any, what: str) -> bool:
+    """A strict boolean: ``True``/``False`` or the words yes/no/true/false/on/off/1/0 (any case).
+
+    Anything else is refused, so that a string such as ``"no"`` can never count as true.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("yes", "true", "on", "1"):
+            return True
+        if word in ("no", "false", "off", "0"):
+            return False
+    raise ValueError(f"{what} must be a boolean (yes/no, true/false), got {value!r}")
 
 
 def window_from_percent(percent: float, num_inference_steps: int) -> tuple[int, int]:
@@ -119,7 +166,7 @@ class GroundingConfig:
         if (self.layers is None) == (self.n_middle_layers is None):
             raise ValueError("give exactly one of layers (explicit indices) and n_middle_layers (the L middle layers)")
         if self.layers is not None:
-            layers = tuple(int(i) for i in self.layers)
+            layers = parse_layers(self.layers)
             if not layers:
                 raise ValueError("layers must name at least one cross-attention layer")
             if min(layers) < 0:
@@ -127,12 +174,21 @@ class GroundingConfig:
             if len(set(layers)) != len(layers):
                 raise ValueError(f"layer indices must be distinct, got {layers}")
             object.__setattr__(self, "layers", tuple(sorted(layers)))
-        elif int(self.n_middle_layers) < 1:
-            raise ValueError(f"n_middle_layers must be >= 1, got {self.n_middle_layers}")
-        if self.sigma_fraction is not None and not (self.sigma_fraction >= 0 and math.isfinite(self.sigma_fraction)):
-            raise ValueError(f"sigma_fraction must be >= 0 or None, got {self.sigma_fraction}")
-        if not math.isfinite(self.guidance_scale):
-            raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}")
+        elif isinstance(self.n_middle_layers, bool) or not isinstance(self.n_middle_layers, int) \
+                or self.n_middle_layers < 1:
+            raise ValueError(f"n_middle_layers must be an integer >= 1, got {self.n_middle_layers!r}")
+        s = self.sigma_fraction
+        if s is not None and (isinstance(s, bool) or not isinstance(s, numbers.Real)
+                              or not (math.isfinite(s) and 0 <= s <= 1)):
+            # sigma = sigma_fraction * input size: a sigma wider than the image is no smoothing any
+            # more, and a huge one makes scipy build a kernel that exhausts memory
+            raise ValueError(f"sigma_fraction must be a number in [0, 1] (the Gaussian's sigma as a share of the "
+                             f"input size; the paper's is 2.5 / 512) or None, got {s!r}")
+        if not isinstance(self.otsu, bool):
+            raise ValueError(f"otsu must be True or False, got {self.otsu!r}")
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
+            raise ValueError(f"guidance_scale must be a finite number, got {g!r}")
         check_conventions(self.conventions)
 
     # ------------------------------------------------------------------ presets and helpers
@@ -141,9 +197,10 @@ class GroundingConfig:
         """The paper's settings (METHOD.md): 334 trailing steps, window [120, 180), layers 3, 4, 6, 7."""
         return cls()
 
-    def with_layers(self, layers: Sequence[int]) -> "GroundingConfig":
-        """The same settings reading the given layer indices (execution order)."""
-        return replace(self, layers=tuple(layers), n_middle_layers=None)
+    def with_layers(self, layers: Sequence[int] | int | str) -> "GroundingConfig":
+        """The same settings reading the given layer indices (execution order); a string is a
+        comma-separated list (see :func:`parse_layers`)."""
+        return replace(self, layers=parse_layers(layers), n_middle_layers=None)
 
     def with_middle_layers(self, count: int) -> "GroundingConfig":
         """The same settings reading the ``count`` middle cross-attention layers of the model."""

@@ -173,3 +173,63 @@ def test_phantom_ground_is_quiet_with_no_progress(tmp_path, capfd, png):
     captured = capfd.readouterr()
     assert rc == 0
     assert captured.err == "", captured.err  # no "accelerate not found", no loading or inversion bars
+
+
+# ------------------------------------------------------------------ settings
+@pytest.mark.parametrize("fields,needle", [
+    ({"sigma_fraction": 1e6}, "sigma_fraction"),
+    ({"sigma_fraction": float("inf")}, "sigma_fraction"),
+    ({"sigma_fraction": -0.1}, "sigma_fraction"),
+    ({"sigma_fraction": "0.01"}, "sigma_fraction"),
+    ({"otsu": "no"}, "otsu must be True or False"),
+    ({"otsu": 1}, "otsu must be True or False"),
+    ({"layers": (3.5, 4)}, "must be integers"),
+    ({"layers": "3;4"}, "comma-separated"),
+    ({"guidance_scale": "1"}, "guidance_scale"),
+])
+def test_bad_settings_are_refused(fields, needle):
+    from groundiff_core.config import GroundingConfig
+
+    with pytest.raises(ValueError, match=needle):
+        GroundingConfig(**fields)
+
+
+def test_a_sigma_as_wide_as_the_image_is_still_allowed():
+    from groundiff_core.config import GroundingConfig
+
+    assert GroundingConfig(sigma_fraction=1.0).sigma_pixels(512) == 512.0
+    assert GroundingConfig(sigma_fraction=None).sigma_pixels(512) == 0.0
+
+
+def test_a_layer_string_is_a_comma_separated_list():
+    from groundiff_core.config import GroundingConfig
+
+    cfg = GroundingConfig.paper()
+    assert cfg.with_layers("3,4,6,7").layers == (3, 4, 6, 7)
+    assert cfg.with_layers("34").layers == (34,)
+    with pytest.raises(ValueError, match="out of range"):
+        cfg.with_layers("34").resolve_layers(11)
+
+
+@pytest.mark.parametrize("word,value", [("no", False), ("No", False), ("false", False), ("off", False),
+                                        ("yes", True), ("TRUE", True), (True, True)])
+def test_booleans_parse_strictly(word, value):
+    from groundiff_core.config import parse_bool
+
+    assert parse_bool(word, "x") is value
+
+
+@pytest.mark.parametrize("word", ["maybe", "", "2", None, 1])
+def test_non_booleans_are_refused(word):
+    from groundiff_core.config import parse_bool
+
+    with pytest.raises(ValueError, match="must be a boolean"):
+        parse_bool(word, "x")
+
+
+def test_book_boolean_parameters_take_yes_or_no_only(tmp_path, capsys):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_probe.py").write_text(
+        '# %% tags=["parameters"]\nshow_figures = True\n\n# %%\nprint(show_figures)\n')
+    rc, err = run_cli(capsys, ["book", "--root", str(tmp_path), "-p", "show_figures", "maybe"])
+    assert_user_error(rc, err, "book", "show_figures", "must be a boolean")
