@@ -494,6 +494,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
         help="papermill parameter for every notebook that declares it, e.g. -p n_pairs 20 -p seed 7",
     )
+    parser.add_argument("--model", metavar="SOURCE",
+                        help="model for every notebook (same as -p model SOURCE): phantom, tiny, paper, or a model "
+                        "folder (diffusers layout, MONAI bundle, MONAI checkpoints)")
+    parser.add_argument("--text-encoder", metavar="DIR",
+                        help="for MONAI models: the Stable Diffusion 2.1 base folder holding text_encoder/ and "
+                        "tokenizer/, if they are not inside the model folder (same as -p text_encoder DIR)")
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (holds notebooks/ and book/)")
     parser.add_argument("--log-output", action="store_true", help="echo the notebooks' output while they run")
 
@@ -501,6 +507,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace, command: str | None = None) -> int:
     """Run the book from parsed :func:`add_arguments` options; 1 if a notebook failed."""
     overrides = {k: parse_value(v) for k, v in args.parameter}
+    for key in ("model", "text_encoder"):  # --model / --text-encoder: -p with a path made absolute
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if key in overrides:
+            raise ValueError(f"give --{key.replace('_', '-')} or -p {key}, not both")
+        path = Path(value).expanduser()
+        overrides[key] = str(path.resolve()) if path.exists() else str(value)  # notebooks run in --root
     try:
         runs = run_book(
             args.root,

@@ -2,6 +2,10 @@
 reproduction can run here. It only looks: nothing is downloaded, converted or written.
 
 The paper's folder is ``--paper-dir``, else ``$GROUNDIFF_PAPER_DIR``, else ``~/.cache/groundiff/paper``.
+A MONAI bundle folder (``--model DIR``, or the paper's folder when it holds a bundle config) is shown
+as the loader reads it: the definitions found by ``_target_``, the architecture, schedule and scale
+factor with where each came from, and whether each checkpoint fits its definition (checked on
+shapes only).
 Checkpoints are opened memory-mapped (tensors only) to count their tensors and parameters against the
 published architecture recorded in ``groundiff_core/data/checksums.json``; ``--hash`` also computes
 their SHA-256 (slow for GB-sized files).
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +35,10 @@ def register(subparsers) -> None:
                                              "the paper's reproduction can run")
     p.add_argument("--paper-dir", default=None,
                    help="folder with the paper's model (default: $GROUNDIFF_PAPER_DIR or ~/.cache/groundiff/paper)")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="a MONAI bundle folder to inspect (definitions, architecture, checkpoints)")
+    p.add_argument("--text-encoder", metavar="DIR", default=None,
+                   help="with --model: the Stable Diffusion 2.1 base folder, if the text encoder is not in the bundle")
     p.add_argument("--hash", action="store_true", help="also compute the SHA-256 of each checkpoint (slow)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
@@ -146,19 +155,110 @@ def _paper(paper_dir: str | None, hash_files: bool) -> dict:
     return out
 
 
-def report(paper_dir: str | None = None, hash_files: bool = False) -> dict:
-    """The doctor's findings as a JSON-able dict."""
+def _fits(part: str, path: Path, spec) -> tuple[bool, str | None]:
+    """Whether a checkpoint fits the bundle's definition: the converter's own key and shape check.
+
+    The UNet is checked on meta tensors (shapes only); the autoencoder on the memory-mapped file
+    (its conversion builds a few small tensors from the real ones).
+    """
+    import torch
+
+    from groundiff_core.loading.monai_autoencoder import autoencoder_state_for_diffusers
+    from groundiff_core.loading.monai_unet import unet_state_for_diffusers
+
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    latent = spec.input_size // 2 ** (len(spec.autoencoder_config.channels) - 1)
+    try:
+        if part == "diffusion_model":
+            meta = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in state.items()}
+            unet_state_for_diffusers(meta, spec.unet_config, latent)
+        else:
+            autoencoder_state_for_diffusers(state, spec.autoencoder_config, spec.input_size, spec.scale_factor)
+    except ValueError as e:  # first sentence: which tensor does not fit (the rest is a hint for the paper loader)
+        return False, re.split(r"\. (?=[A-Z])", str(e).splitlines()[0])[0]
+    return True, None
+
+
+def _bundle(folder: str, text_encoder: str | None, hash_files: bool) -> dict:
+    """What the loader finds in a MONAI bundle folder, without converting or writing anything."""
+    from groundiff_core.loading.bundle import find_bundle_config, read_bundle
+    from groundiff_core.loading.catalog import find_paper_files
+    from groundiff_core.loading.checkpoints import sha256
+
+    root = Path(folder).expanduser()
+    out: dict = {"dir": str(root), "config": None, "problems": []}
+    config = find_bundle_config(root)
+    if config is None:
+        out["problems"].append("no configs/inference.json or .yaml (not a MONAI bundle)")
+        out["ready"] = False
+        return out
+    out["config"] = str(config)
+    try:
+        spec = read_bundle(root)
+    except (ValueError, OSError) as e:
+        out["problems"].append(str(e))
+        out["ready"] = False
+        return out
+    out.update({k: v for k, v in spec.summary().items() if k != "checkpoints"})
+    out["checkpoints"] = {}
+    for part, definition in (("autoencoder", spec.autoencoder), ("diffusion_model", spec.unet)):
+        path = spec.checkpoints[part]
+        entry: dict = {"path": None if path is None else str(path), "definition": definition.key}
+        if path is None:
+            out["problems"].append(f"{part}.pth not found (models/ or the folder's top)")
+        else:
+            entry["size"] = path.stat().st_size
+            entry.update(_inspect_checkpoint(path, {}))
+            entry.pop("matches_published", None)
+            if entry.get("readable"):
+                entry["fits"], problem = _fits(part, path, spec)
+                if problem:
+                    entry["problem"] = problem
+                    out["problems"].append(f"{part}.pth does not fit {definition.key}: {problem}")
+            else:
+                out["problems"].append(f"{part}.pth unreadable: {entry.get('problem')}")
+            if hash_files:
+                entry["sha256"] = sha256(path)
+        out["checkpoints"][part] = entry
+    files = find_paper_files(None if text_encoder else root, text_encoder=text_encoder)
+    te: dict = {"path": None if files.text_encoder is None else str(files.text_encoder),
+                "tokenizer": None if files.tokenizer is None else str(files.tokenizer)}
+    if files.text_encoder is None or files.tokenizer is None:
+        out["problems"].append("no text_encoder/ + tokenizer/ in the bundle folder (pass --text-encoder DIR)")
+    else:
+        try:
+            te["hidden_size"] = json.loads((files.text_encoder / "config.json").read_text()).get("hidden_size")
+        except (OSError, ValueError):
+            te["hidden_size"] = None
+        if te["hidden_size"] != spec.unet_config.cross_attention_dim:
+            out["problems"].append(f"text encoder hidden size {te['hidden_size']}, the UNet attends to "
+                                   f"{spec.unet_config.cross_attention_dim}")
+    out["text_encoder"] = te
+    out["ready"] = not out["problems"]
+    return out
+
+
+def report(paper_dir: str | None = None, hash_files: bool = False, model: str | None = None,
+           text_encoder: str | None = None) -> dict:
+    """The doctor's findings as a JSON-able dict (``model``: a MONAI bundle folder to inspect)."""
+    from groundiff_core.loading.bundle import find_bundle_config
     from groundiff_core.loading.catalog import checksums
     from groundiff_core.loading.hub import hub_offline
 
     devices = _devices()
     paper = _paper(paper_dir, hash_files)
     reasons = list(paper["problems"])
+    models = {"tiny": {"found": True}, "phantom": _phantom(), "paper": paper}
+    if model is None and find_bundle_config(paper["dir"]) is not None:
+        model = paper["dir"]
+    if model is not None:
+        models["bundle"] = _bundle(model, text_encoder, hash_files)
     return {
         "versions": _versions(),
         "devices": devices,
         "offline": {"HF_HUB_OFFLINE": hub_offline()},
-        "models": {"tiny": {"found": True}, "phantom": _phantom(), "paper": paper},
+        "models": models,
         "paper_reproduction": {
             "can_run": not reasons,
             "reasons": reasons,
@@ -208,6 +308,8 @@ def _print(rep: dict) -> None:
     lines.append("              converted cache: " + (
         f"{cache['path']} ({'current' if cache['current'] else 'stale: rebuilt on next load'})" if cache
         else "none yet (made on first load)"))
+    if "bundle" in rep["models"]:
+        lines.extend(_bundle_lines(rep["models"]["bundle"]))
     r = rep["paper_reproduction"]
     if r["can_run"]:
         lines.append("  paper reproduction: READY" + ("" if r["accelerator"] else
@@ -220,8 +322,46 @@ def _print(rep: dict) -> None:
     print("\n".join(lines))
 
 
+def _bundle_lines(b: dict) -> list[str]:
+    lines = [f"    bundle    folder {b['dir']}"]
+    if b.get("config"):
+        lines.append(f"              config {b['config']}")
+    if "definitions" in b:
+        d, a, sc = b["definitions"], b["architecture"], b["schedule"]
+        lines.append(f"              autoencoder     {d['autoencoder']['key']} = {d['autoencoder']['target']}: "
+                     f"channels {a['autoencoder_channels']}, latent channels {a['latent_channels']}, "
+                     f"image channels {a['image_channels']}")
+        lines.append(f"              diffusion UNet  {d['unet']['key']} = {d['unet']['target']}: channels "
+                     f"{a['unet_channels']}, attention {a['attention_levels']}, heads {a['heads']}, "
+                     f"cross-attention dim {a['cross_attention_dim']}")
+        sched = d["scheduler"]
+        lines.append(f"              scheduler       {sched['key'] + ' = ' + sched['target'] if sched else 'none'}: "
+                     f"{sc['beta_schedule']} betas {sc['beta_start']}..{sc['beta_end']} over "
+                     f"{sc['num_train_timesteps']} steps, {sc['prediction_type']} ({b['sources']['schedule']})")
+        lines.append(f"              scale factor {b['scale_factor']} ({b['sources']['scale_factor']}); input "
+                     f"{b['input_size']} px ({b['sources']['input_size']})")
+        for part, entry in b["checkpoints"].items():
+            mark = "found  " if entry.get("path") else "MISSING"
+            extra = ""
+            if entry.get("readable"):
+                verdict = (f"fits {entry['definition']}" if entry.get("fits")
+                           else f"does NOT fit {entry['definition']}: {entry.get('problem')}")
+                extra = (f"  {_fmt_size(entry.get('size'))}, {entry['tensors']} tensors, {entry['parameters']:,} "
+                         f"parameters: {verdict}")
+            elif entry.get("path"):
+                extra = f"  unreadable: {entry.get('problem')}"
+            lines.append(f"              [{mark}] {part + '.pth':<20}{entry.get('path') or ''}{extra}")
+        te = b["text_encoder"]
+        mark = "found  " if te.get("path") and te.get("tokenizer") else "MISSING"
+        extra = f"  hidden size {te.get('hidden_size')}" if te.get("path") else ""
+        lines.append(f"              [{mark}] {'text_encoder':<20}{te.get('path') or ''}{extra}")
+    lines.append("              bundle: " + ("READY" if b["ready"] else "NOT READY - " + "; ".join(b["problems"])))
+    return lines
+
+
 def run(args) -> int:
-    rep = report(args.paper_dir, args.hash)
+    rep = report(args.paper_dir, args.hash, model=getattr(args, "model", None),
+                 text_encoder=getattr(args, "text_encoder", None))
     if args.json:
         json.dump(rep, sys.stdout, indent=2)
         print()

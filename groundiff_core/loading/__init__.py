@@ -10,6 +10,9 @@ Sources
 ``"paper"`` or a folder holding ``autoencoder.pth`` and ``diffusion_model.pth``
     The paper's MONAI chest X-ray LDM with the SD 2.1 base text encoder (:mod:`.paper`); ``"paper"``
     looks in ``$GROUNDIFF_PAPER_DIR`` (default ``~/.cache/groundiff/paper``).
+a MONAI bundle folder (``configs/inference.json`` or ``.yaml``, weights in ``models/``)
+    Any MONAI latent diffusion model: the architecture, scheduler and scale factor come from the
+    bundle's definitions, the text encoder from the folder or ``text_encoder=`` (:mod:`.bundle`).
 a folder holding ``model_index.json``
     Any LDM in the Stable Diffusion pipeline layout (:mod:`.diffusers_dir`).
 ``"owner/name"``
@@ -31,6 +34,7 @@ __all__ = ["load_model", "resolve_device", "resolve_dtype", "check_device_availa
            "StateDictMismatchError", "UnsafeCheckpointError", "UnsupportedArchitectureError", "SOURCES"]
 
 SOURCES = ("phantom", "tiny", "paper", "<folder with model_index.json>",
+           "<MONAI bundle folder with configs/inference.json or .yaml>",
            "<folder with autoencoder.pth + diffusion_model.pth>", "<owner/name on the Hugging Face Hub>")
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "float16": torch.float16,
@@ -116,7 +120,8 @@ def _is_paper_dir(path: Path) -> bool:
 
 
 def _kind(source, overrides: dict, text_encoder) -> tuple[str, Path | None]:
-    """Which loader a source needs: phantom, tiny, paper, diffusers or hub (and the local folder)."""
+    """Which loader a source needs: phantom, tiny, paper, bundle, diffusers or hub (and the local folder)."""
+    from .bundle import find_bundle_config
     from .diffusers_dir import is_diffusers_dir
     from .hub import looks_like_repo_id
 
@@ -128,11 +133,14 @@ def _kind(source, overrides: dict, text_encoder) -> tuple[str, Path | None]:
     if path.is_dir():
         if is_diffusers_dir(path):
             return "diffusers", path
+        if find_bundle_config(path) is not None:
+            return "bundle", path
         if _is_paper_dir(path) or text_encoder is not None or set(overrides) & {"autoencoder", "diffusion_model"}:
             return "paper", path
         raise FileNotFoundError(
-            f"{path} is neither a diffusers model folder (no model_index.json) nor a folder of the paper's MONAI "
-            "checkpoints (no autoencoder.pth / diffusion_model.pth, also not in models/)")
+            f"{path} is neither a diffusers model folder (no model_index.json), a MONAI bundle (no "
+            "configs/inference.json or .yaml) nor a folder of the paper's MONAI checkpoints (no autoencoder.pth / "
+            "diffusion_model.pth, also not in models/)")
     if path.exists():
         raise ValueError(f"{path} is a file; pass the folder that holds the model (sources: {', '.join(SOURCES)})")
     if isinstance(source, str) and looks_like_repo_id(source):
@@ -141,14 +149,18 @@ def _kind(source, overrides: dict, text_encoder) -> tuple[str, Path | None]:
 
 
 def _dispatch(source, text_encoder, allow_download: bool, overrides: dict) -> LDM:
+    from .bundle import BUNDLE_OVERRIDES, load_bundle
     from .diffusers_dir import DIFFUSERS_OVERRIDES, load_diffusers_dir
     from .hub import download_snapshot
     from .paper import PAPER_OVERRIDES, load_paper_model
 
     kind, path = _kind(source, overrides, text_encoder)
-    if text_encoder is not None and kind != "paper":
-        raise ValueError("text_encoder= applies to the paper's MONAI model only (source 'paper' or a folder of "
-                         f"MONAI checkpoints), not to {source!r}")
+    if text_encoder is not None and kind not in ("paper", "bundle"):
+        raise ValueError("text_encoder= applies to MONAI models only (source 'paper', a MONAI bundle folder or a "
+                         f"folder of MONAI checkpoints), not to {source!r}")
+    if kind == "bundle":
+        _reject(overrides, BUNDLE_OVERRIDES, str(source))
+        return load_bundle(path, text_encoder=text_encoder, allow_download=allow_download, **overrides)
     if kind == "phantom":
         return _phantom(overrides)
     if kind == "tiny":
@@ -181,8 +193,8 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None,
     ----------
     device : where to put the model (``"auto"`` picks CUDA, MPS, then CPU); ``None`` leaves it on the CPU
     dtype : e.g. ``torch.float16`` or ``"float16"`` for accelerators; ``None`` keeps the stored precision
-    text_encoder : for the paper's model: the SD 2.1 base folder (with ``text_encoder/`` and
-        ``tokenizer/``) or its ``text_encoder`` folder, if not inside the model folder
+    text_encoder : for MONAI models (the paper's, a bundle folder): the SD 2.1 base folder (with
+        ``text_encoder/`` and ``tokenizer/``) or its ``text_encoder`` folder, if not inside the model folder
     allow_download : permit downloads from the Hugging Face Hub (never done otherwise)
     overrides : source-specific settings, e.g. ``input_size=``, ``unet_config=`` (a MONAI
         ``diffusion_def`` dict), ``autoencoder=`` / ``diffusion_model=`` (explicit checkpoint paths),
