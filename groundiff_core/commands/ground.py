@@ -22,7 +22,10 @@ __all__ = ["register", "run", "config_from_args"]
 def register(subparsers) -> None:
     p = subparsers.add_parser("ground", help="ground phrases on an image (the paper's method)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model source: phantom, tiny, paper, or a model folder")
+    p.add_argument("--model", required=True, help="model source: phantom, tiny, paper, or a model folder "
+                   "(diffusers layout, MONAI bundle, MONAI checkpoints)")
+    p.add_argument("--text-encoder", metavar="DIR", help="for MONAI models: the Stable Diffusion 2.1 base folder "
+                   "holding text_encoder/ and tokenizer/, if they are not inside the model folder")
     p.add_argument("--image", required=True, help="image file (PNG/JPEG 8/16-bit, DICOM)")
     p.add_argument("--phrase", action="append", required=True, help="phrase to ground (repeat for several)")
     p.add_argument("--out", required=True, help="output .npy file: float32 [K, H, W], NaN outside the crop")
@@ -153,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     out, overlay = check_outputs(args.out, args.overlay)
     device, dtype = _device_and_dtype(args.device, args.dtype)
     image = load_image(args.image)  # fail early on a bad image, before loading a model
-    model = load_model(args.model)
+    model = load_model(args.model, text_encoder=args.text_encoder)
     if model.device != device or (dtype is not None and model.dtype != dtype):
         model.to(device=device, dtype=dtype)
     result = Grounder(model, cfg, progress=args.progress and not args.no_progress).ground(image, args.phrase)
