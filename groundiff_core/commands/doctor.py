@@ -76,18 +76,19 @@ def _phantom() -> dict:
 
 
 def _inspect_checkpoint(path: Path, expected: dict) -> dict:
-    """Tensor and parameter counts of a checkpoint (memory-mapped, tensors only) against the published ones."""
-    import torch
+    """Tensor and parameter counts of a checkpoint against the published ones.
+
+    Read with the loader's own :func:`~groundiff_core.loading.checkpoints.read_state_dict` (memory-mapped
+    where the format allows), so the doctor calls a file unreadable exactly when the loader cannot read it.
+    """
+    from groundiff_core.loading.checkpoints import read_state_dict
 
     info: dict = {}
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # unsafe, corrupt or legacy (non-zip) format: report, do not fail
+        state = read_state_dict(path, mmap=True)
+    except (ValueError, OSError) as e:  # unsafe, corrupt or not a state dict: report, do not fail
         return {"readable": False, "problem": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict):
-        return {"readable": False, "problem": "not a state dict"}
-    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+    tensors = list(state.values())
     info.update(readable=True, tensors=len(tensors), parameters=int(sum(t.numel() for t in tensors)))
     variants = expected.get("variants") or {"published": expected}
     match = next((name for name, v in variants.items()

@@ -24,8 +24,14 @@ __all__ = ["read_state_dict", "fingerprint", "sha256"]
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "network", "net", "weights")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.pth``/``.pt``/``.bin`` (pickle, weights only) or ``.safetensors`` file, on CPU."""
+def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.pth``/``.pt``/``.bin`` (pickle, weights only) or ``.safetensors`` file, on CPU.
+
+    ``mmap=True`` maps a zip-format checkpoint instead of reading it (``groundiff doctor`` counts the
+    tensors of GB-sized files this way); a legacy (non-zip) checkpoint cannot be mapped and is read
+    in full instead, exactly as the loader reads it. This is the one check of "can groundiff read this
+    file": the loader and the doctor both call it.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"checkpoint not found: {path}")
@@ -34,7 +40,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path), device="cpu")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path, mmap)
     except pickle.UnpicklingError as e:
         text = str(e)
         if "global" in text.lower():
@@ -51,6 +57,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
     return _unwrap(obj, path)
+
+
+def _torch_load(path: Path, mmap: bool):
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "_use_new_zipfile_serialization" not in str(e):  # not the legacy-format refusal
+                raise
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _is_tensor_dict(obj) -> bool:
