@@ -15,12 +15,13 @@ def register(sub) -> None:
                    help="seed range to draw from (default test: never used in training)")
     p.add_argument("--seed", type=int, default=None,
                    help="first seed (overrides the split's range); image i uses seed+i")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..phantom.generator import write_phantom_set
 
-    path = write_phantom_set(args.out, args.n, split=args.split, seed=args.seed)
+    path = write_phantom_set(args.out, args.n, split=args.split, seed=args.seed, progress=not args.no_progress)
     print(f"wrote {args.n} phantoms and {path}")
     return 0

@@ -28,6 +28,9 @@ from ..text import split_words
 __all__ = [
     "CATEGORIES", "Finding", "Phantom", "make_phantom", "write_phantom_set", "vocabulary",
     "SPLIT_SEEDS",
+    "SPLIT_SPAN",
+    "TRAIN_BLOCK",
+    "train_seeds",
 ]
 
 SIZE = 128
@@ -37,8 +40,32 @@ CATEGORIES = (
     "lung opacity", "pleural effusion", "pneumonia", "pneumothorax",
 )
 
-# Disjoint seed ranges per split: image i of split s uses seed SPLIT_SEEDS[s] + i.
+# Disjoint seed ranges per split: image i of split s uses seed SPLIT_SEEDS[s] + i. Validation and
+# test own SPLIT_SPAN seeds each, [10M, 20M) and [20M, 30M); training owns everything else >= 0
+# (see train_seeds).
 SPLIT_SEEDS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+SPLIT_SPAN = 10_000_000
+TRAIN_BLOCK = 1_000_000  # seeds per training run (--seed of groundiff_core.phantom.train)
+
+
+def train_seeds(seed: int, n: int) -> range:
+    """The seeds of the ``n`` training phantoms of a training run with ``--seed seed``.
+
+    Run ``seed`` takes block ``seed`` of ``TRAIN_BLOCK`` seeds, counted through the seed space with
+    the validation and test ranges left out: blocks 0-9 are ``[0, 10M)`` (seed 0 draws seeds
+    ``0 .. n-1``, the shipped model's data), block 10 starts at 30M. So no ``--seed`` ever trains on
+    a validation or test phantom (``seed * 1_000_000`` used to: ``--seed 10`` gave the validation
+    seeds and ``--seed 20`` the test seeds), and different seeds never share a phantom.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"the training seed must be an integer >= 0, got {seed!r}")
+    if not 1 <= n <= TRAIN_BLOCK:
+        raise ValueError(f"the number of training phantoms must be between 1 and {TRAIN_BLOCK:,}, got {n}")
+    start = SPLIT_SEEDS["train"] + seed * TRAIN_BLOCK
+    reserved_lo, reserved_hi = SPLIT_SEEDS["val"], SPLIT_SEEDS["test"] + SPLIT_SPAN  # [10M, 30M)
+    if start >= reserved_lo:
+        start += reserved_hi - reserved_lo
+    return range(start, start + n)
 
 
 @dataclass
@@ -327,6 +354,8 @@ def write_phantom_set(out_dir: str | os.PathLike, n: int, split: str = "test", s
 
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
+    if seed is None and n > SPLIT_SPAN:
+        raise ValueError(f"n = {n} would run past the {split!r} split's {SPLIT_SPAN:,} seeds into another split")
     if seed is None:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")

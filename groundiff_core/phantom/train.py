@@ -27,12 +27,13 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .generator import SPLIT_SEEDS, make_phantom
+from .generator import make_phantom, train_seeds
 from .model import WEIGHTS_DIR, PhantomSpec, build_phantom, save_phantom
 
 
@@ -48,11 +49,11 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def make_dataset(n: int, seed0: int) -> tuple[np.ndarray, list[list[str]]]:
+def make_dataset(seeds: Sequence[int]) -> tuple[np.ndarray, list[list[str]]]:
     """Images ``[n, 1, S, S]`` float32 and, per image, the list of its findings' phrases."""
     imgs, phrases = [], []
-    for i in range(n):
-        ph = make_phantom(seed0 + i)
+    for s in seeds:
+        ph = make_phantom(s)
         imgs.append(ph.image[None])
         phrases.append([f.phrase for f in ph.findings])
     return np.stack(imgs).astype(np.float32), phrases
@@ -89,7 +90,8 @@ def caption(rng: np.random.Generator, phrases: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="working directory (checkpoints, logs)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and data seed (>= 0); the "
+                    "training phantoms never overlap the validation or test split, whatever the seed")
     ap.add_argument("--n-train", type=int, default=6000, help="training phantoms (train split seeds)")
     ap.add_argument("--vae-steps", type=int, default=500)
     ap.add_argument("--vae-batch", type=int, default=16)
@@ -114,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(problem)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: no CUDA device is available here")
+    try:
+        seeds = train_seeds(args.seed, args.n_train)
+    except ValueError as e:
+        ap.error(f"--seed {args.seed} / --n-train {args.n_train}: {e}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(out, stage="vae", init_from=str(args.init_vae))
     t_start = time.time() - state["wall"]
     print(f"generating {args.n_train} training phantoms", flush=True)
-    images, phrases = make_dataset(args.n_train, SPLIT_SEEDS["train"] + args.seed * 1_000_000)
+    images, phrases = make_dataset(seeds)
     images_t = torch.from_numpy(images).to(dev)
 
     # ---------------------------------------------------------------- stage 1: autoencoder
