@@ -125,7 +125,14 @@ class LDM:
 
     # ------------------------------------------------------------------ encoders
     def tokenize(self, phrases: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise padded to ``max_tokens`` (no truncation here: the engine checks lengths)."""
+        """Tokenise padded to ``max_tokens`` (no truncation here: the engine checks lengths).
+
+        Phrases the tokenizer cannot represent are refused (see :func:`groundiff_core.text.check_phrase`).
+        """
+        from .text import check_phrase
+
+        for p in phrases:
+            check_phrase(self.tokenizer, p)
         return self.tokenizer(
             list(phrases),
             padding="max_length",
@@ -135,7 +142,13 @@ class LDM:
         )
 
     def phrase_token_count(self, phrase: str) -> int:
-        """Number of tokens of ``phrase`` including the start and end tokens, before truncation."""
+        """Number of tokens of ``phrase`` including the start and end tokens, before truncation.
+
+        Refuses a phrase the tokenizer cannot represent (:func:`groundiff_core.text.check_phrase`).
+        """
+        from .text import check_phrase
+
+        check_phrase(self.tokenizer, phrase)
         return len(self.tokenizer(phrase, truncation=False)["input_ids"])
 
     @torch.no_grad()

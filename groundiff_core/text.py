@@ -1,17 +1,29 @@
-"""Tokenizers and text encoders built from a closed vocabulary.
+"""Tokenizers and text encoders built from a closed vocabulary, and the check that a phrase fits one.
 
 The phantom model and the tests need a real CLIP-style tokenizer (start and end tokens, 77-token
 padding, lower-casing) without downloading CLIP's vocabulary. :func:`word_tokenizer` builds a
 ``transformers.CLIPTokenizer`` whose byte-pair merges spell out each word of a given vocabulary, so
-every known word is one token and anything else becomes the unknown token.
+every known word is one token, an unknown word made of known letters is several sub-word tokens, and
+an unknown character has no token at all.
+
+Why unknown characters are refused rather than mapped to an unknown token: a CLIP tokenizer's
+unknown token is its end-of-text token, and a model trained with ``zero_padding`` zeroes the
+conditioning after the first end-of-text token, so "é pleural effusion" would silently become an
+empty phrase. A dedicated unknown-token id would need its own row in the text encoder's embedding;
+the shipped phantom model has exactly one row per token of its vocabulary (260) and retraining it
+is out of the question, and a row that never appeared in training would carry no meaning anyway.
+So :func:`check_phrase` refuses such phrases with a ``ValueError`` naming the characters. CLIP's
+byte-level BPE (the paper's and Stable Diffusion's tokenizer) represents any text, so for it the
+check never fires; a tokenizer with a distinct unknown token only gets a warning.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+import warnings
+from typing import Any, Iterable
 
-__all__ = ["split_words", "word_tokenizer", "small_text_encoder"]
+__all__ = ["split_words", "word_tokenizer", "small_text_encoder", "check_phrase", "is_closed_vocabulary"]
 
 _WORD = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
 
@@ -24,7 +36,10 @@ def split_words(text: str) -> list[str]:
 def word_tokenizer(words: Iterable[str], model_max_length: int = 77):
     """A ``CLIPTokenizer`` in which each of ``words`` (after :func:`split_words`) is a single token.
 
-    Deterministic: the same words always give the same token ids (see :func:`_learn_merges`).
+    Deterministic: the same words always give the same token ids (see :func:`_learn_merges`). It has
+    no unknown-token id of its own (its ``unk_token`` is the end token, as in CLIP): characters
+    outside the words' alphabet cannot be represented and :func:`check_phrase` refuses them (see the
+    module docstring for why no extra id is added).
     """
     from transformers import CLIPTokenizer
 
@@ -37,6 +52,55 @@ def word_tokenizer(words: Iterable[str], model_max_length: int = 77):
     tok = CLIPTokenizer(vocab=vocab, merges=merges)
     tok.model_max_length = model_max_length
     return tok
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def is_closed_vocabulary(tokenizer: Any) -> bool:
+    """True for a tokenizer built from a word list (it cannot spell every ASCII letter and digit).
+
+    CLIP's byte-level BPE spells anything; :func:`word_tokenizer`'s tokenizers know only their
+    words' letters.
+    """
+    probe = "abcdefghijklmnopqrstuvwxyz 0 1 2 3 4 5 6 7 8 9"
+    bad = {tokenizer.eos_token_id, tokenizer.unk_token_id} - {None}
+    return any(i in bad for i in _ids(tokenizer, probe))
+
+
+def check_phrase(tokenizer: Any, phrase: str) -> None:
+    """Refuse (``ValueError``) or warn about parts of ``phrase`` that ``tokenizer`` cannot represent.
+
+    * A character that tokenizes to the end-of-text token (a closed-vocabulary tokenizer's unknown
+      token, or a literal ``<|endoftext|>``) would end the phrase early and, for ``zero_padding``
+      models, silence what follows: refused, naming the words and characters.
+    * A word that becomes a distinct unknown token: a ``UserWarning`` naming it.
+    * A word a closed-vocabulary tokenizer only spells in sub-word pieces (the model never saw it as
+      one token): a ``UserWarning`` naming it.
+    """
+    eos, unk = tokenizer.eos_token_id, tokenizer.unk_token_id
+    ids = _ids(tokenizer, phrase)
+    if eos in ids:
+        words = [w for w in phrase.split() if eos in _ids(tokenizer, w)] or [phrase]
+        special = set(getattr(tokenizer, "all_special_tokens", []))
+        known = {c for t in tokenizer.get_vocab() if t not in special for c in t.removesuffix("</w>")}
+        chars = sorted({c for w in words for c in w.lower() if c not in known})
+        raise ValueError(f"phrase {phrase!r}: the model's tokenizer cannot represent "
+                         f"{', '.join(repr(w) for w in words)}"
+                         + (f" (unknown characters: {' '.join(repr(c) for c in chars)})" if chars else "")
+                         + "; it would become the end-of-text token and cut the phrase there")
+    if unk is not None and unk != eos and unk in ids:
+        words = [w for w in phrase.split() if unk in _ids(tokenizer, w)]
+        warnings.warn(f"phrase {phrase!r}: {', '.join(repr(w) for w in words)} become the tokenizer's unknown "
+                      f"token {tokenizer.unk_token!r}", UserWarning, stacklevel=3)
+        return
+    if is_closed_vocabulary(tokenizer):
+        unknown = [p for p in dict.fromkeys(split_words(phrase)) if len(_ids(tokenizer, p)) > 1]
+        if unknown:
+            warnings.warn(f"phrase {phrase!r}: {', '.join(repr(w) for w in unknown)} not in the model's closed "
+                          "vocabulary; spelled in sub-word pieces the model may never have seen",
+                          UserWarning, stacklevel=3)
 
 
 def _learn_merges(pieces: list[str]) -> list[tuple[str, str]]:

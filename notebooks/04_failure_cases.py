@@ -16,8 +16,9 @@
 # phrase is rephrased, its side swapped, or negated ("no pleural effusion").
 #
 # With the default parameters this runs on the phantom test bed ([introduction](../intro.md)).
-# The phantom's text encoder knows only the words of its report templates: words outside that
-# vocabulary (such as "no") reach it as an unknown token, which the prompt-sensitivity table flags.
+# The phantom's text encoder knows only the words of its report templates: a phrase its tokenizer
+# cannot represent (such as one starting with "no") is not grounded, and the prompt-sensitivity
+# table says so.
 
 # %% tags=["parameters"]
 model = "phantom"
@@ -46,6 +47,7 @@ from groundiff_core import bookdata, figures, metrics
 from groundiff_core.datasets import group_by_image
 from groundiff_core.evaluate import evaluate, load_results
 from groundiff_core.image_io import load_image
+from groundiff_core.text import check_phrase
 
 # %%
 out, data, ldm = bookdata.setup_notebook(
@@ -205,6 +207,15 @@ def unknown_words(text: str) -> list[str]:
     return [w for w in text.split() if unk in ldm.tokenizer(w, add_special_tokens=False)["input_ids"]]
 
 
+def unrepresentable(text: str) -> str | None:
+    """Why the model's tokenizer cannot represent ``text`` (None if it can): such a phrase is not grounded."""
+    try:
+        check_phrase(ldm.tokenizer, text)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def swap_sides(text: str) -> str:
     swap = {"left": "right", "right": "left"}
     return " ".join(swap.get(w, w) for w in text.split())
@@ -218,8 +229,15 @@ for _, r in chosen.iterrows():
                 "negated": f"no {p.phrase}", "unrelated finding": unrelated}
     variants = {k: v for k, v in variants.items() if k == "original" or v != p.phrase}
     image = load_image(p.image_path)
-    maps = grounder.method.ground(image, list(dict.fromkeys(variants.values())))
+    skipped = {k for k, v in variants.items() if unrepresentable(v)}
+    maps = grounder.method.ground(image, list(dict.fromkeys(v for k, v in variants.items() if k not in skipped)))
     for kind, text in variants.items():
+        if kind in skipped:
+            prompt_rows.append({"pair": p.phrase, "variant": kind, "text": text,
+                                "unknown words": "not representable: not grounded",
+                                "AUC-ROC on original boxes": float("nan"), "mIoU on original boxes": float("nan")})
+            panels.append((image, None, p.boxes, f"{kind}: not representable\n'{text}'"))
+            continue
         hm = maps[text]
         prompt_rows.append({"pair": p.phrase, "variant": kind, "text": text,
                             "unknown words": ", ".join(unknown_words(text)) or "-",
@@ -243,8 +261,9 @@ plt.show()
 # **Figure 5.** Heatmaps of the phrase variants (columns) for a few pairs (rows), each with the
 # *original* phrase's boxes. Look at the "sides swapped" column: if the model reads the side, the
 # map moves to the mirror position; and at "negated": a model that ignores negation lights up the
-# finding anyway. On the phantom, "no" is outside the text encoder's vocabulary (see the table), so
-# the negated phrase is the original one with an unknown token in front.
+# finding anyway. On the phantom, the tokenizer cannot spell "no" (its closed vocabulary has no
+# token for a word-final "o"), so the negated phrase is not grounded and its panel shows the boxes
+# only: grounding it would have silently read "n" and then an end-of-text token.
 
 # %%
 bookdata.save_json({"dataset": data.description, "class_averaged": summary["class_averaged"],
