@@ -233,3 +233,99 @@ def test_book_boolean_parameters_take_yes_or_no_only(tmp_path, capsys):
         '# %% tags=["parameters"]\nshow_figures = True\n\n# %%\nprint(show_figures)\n')
     rc, err = run_cli(capsys, ["book", "--root", str(tmp_path), "-p", "show_figures", "maybe"])
     assert_user_error(rc, err, "book", "show_figures", "must be a boolean")
+
+
+# ------------------------------------------------------------------ phantom seeds (issue 13)
+class _Enough(Exception):
+    pass
+
+
+@pytest.mark.parametrize("seed", [0, 9, 10, 20, 35])
+def test_training_never_draws_validation_or_test_phantoms(tmp_path, monkeypatch, seed):
+    import groundiff_core.phantom.train as train
+    from groundiff_core.phantom.generator import SPLIT_SEEDS, SPLIT_SPAN, make_phantom
+
+    drawn: list[int] = []
+
+    def record(s: int):
+        drawn.append(s)
+        if len(drawn) == 3:
+            raise _Enough
+        return make_phantom(s)
+
+    monkeypatch.setattr(train, "make_phantom", record)
+    with pytest.raises(_Enough):
+        train.main(["--out", str(tmp_path / "run"), "--seed", str(seed), "--n-train", "3"])
+    held_out = [range(SPLIT_SEEDS[s], SPLIT_SEEDS[s] + SPLIT_SPAN) for s in ("val", "test")]
+    assert not [s for s in drawn if any(s in r for r in held_out)], drawn
+    if seed == 0:  # the shipped model's data is unchanged
+        assert drawn == [0, 1, 2]
+
+
+def test_training_seeds_of_different_runs_never_overlap():
+    from groundiff_core.phantom.generator import TRAIN_BLOCK, train_seeds
+
+    starts = [train_seeds(s, TRAIN_BLOCK).start for s in range(40)]
+    assert all(b - a >= TRAIN_BLOCK for a, b in zip(starts, starts[1:]))
+    with pytest.raises(ValueError, match=">= 0"):
+        train_seeds(-1, 10)
+    with pytest.raises(ValueError, match="between 1 and"):
+        train_seeds(0, TRAIN_BLOCK + 1)
+
+
+def test_phantom_command_honours_no_progress(tmp_path, capfd):
+    assert main(["phantom", "--out", str(tmp_path / "p"), "--n", "2", "--no-progress"]) == 0
+    assert capfd.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ text the tokenizer cannot represent
+def test_unknown_characters_are_refused_not_silently_cut(tmp_path, capsys, png):
+    rc, err = run_cli(capsys, ["ground", "--model", "phantom", "--image", str(png), "--phrase",
+                               "é pleural effusion", "--out", str(tmp_path / "m.npy"), "--steps", "4",
+                               "--device", "cpu"])
+    assert_user_error(rc, err, "ground", "'é pleural effusion'", "unknown characters: 'é'")
+    assert not (tmp_path / "m.npy").exists()
+
+
+@pytest.mark.parametrize("phrase,needle", [("left, pleural effusion", "','"), ("<|endoftext|> edema", "'|'")])
+def test_the_engine_refuses_phrases_cut_by_an_end_token(phrase, needle):
+    import groundiff_core as gd
+
+    grounder = gd.Grounder(gd.load_model("tiny"), gd.GroundingConfig.paper().with_steps(10))
+    with pytest.raises(ValueError, match=needle):
+        grounder.check_phrases([phrase])
+    with pytest.raises(ValueError, match=needle):  # also on the direct path to the text encoder
+        grounder.model.encode_text([phrase])
+
+
+def test_words_outside_a_closed_vocabulary_are_named_in_a_warning():
+    import groundiff_core as gd
+
+    model = gd.load_model("tiny")
+    with pytest.warns(UserWarning, match="'effusions'.*closed vocabulary"):
+        model.phrase_token_count("pleural effusions")
+
+
+# ------------------------------------------------------------------ doctor reads what the loader reads
+def test_doctor_reads_legacy_checkpoints_as_the_loader_does(tmp_path):
+    import torch
+
+    from groundiff_core.commands import doctor
+    from groundiff_core.loading.checkpoints import read_state_dict
+
+    state = {"conv.weight": torch.ones(4, 2), "conv.bias": torch.zeros(4)}
+    for name in ("autoencoder.pth", "diffusion_model.pth"):
+        torch.save(state, tmp_path / name, _use_new_zipfile_serialization=False)  # legacy, non-zip
+    assert set(read_state_dict(tmp_path / "autoencoder.pth")) == set(state)  # the loader reads it
+    files = doctor.report(str(tmp_path))["models"]["paper"]["files"]
+    for name in ("autoencoder.pth", "diffusion_model.pth"):
+        assert files[name]["readable"] is True, files[name]
+        assert (files[name]["tensors"], files[name]["parameters"]) == (2, 12)
+
+
+def test_doctor_still_reports_unreadable_checkpoints(tmp_path):
+    from groundiff_core.commands import doctor
+
+    (tmp_path / "autoencoder.pth").write_bytes(b"not a checkpoint")
+    entry = doctor.report(str(tmp_path))["models"]["paper"]["files"]["autoencoder.pth"]
+    assert entry["readable"] is False and "autoencoder.pth" in entry["problem"]
