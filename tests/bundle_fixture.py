@@ -87,18 +87,19 @@ def bundle_config(targets: str = "monai", *, scheduler: bool = True, inferer: bo
 def write_bundle(root: str | Path, *, targets: str = "monai", layout: str = "generative", fmt: str = "json",
                  config_in_configs: bool = True, weights_in_models: bool = True, text_encoder: bool = True,
                  scheduler: bool = True, inferer: bool = True, latent_shape: bool = True,
-                 config: dict | None = None) -> WrittenBundle:
+                 config: dict | None = None, autoencoder_overrides: dict | None = None) -> WrittenBundle:
     """Write a scaled paper-architecture bundle to ``root``.
 
     ``targets``: ``_target_`` names of GenerativeModels ("generative") or MONAI core ("monai");
     ``layout``: state-dict names of the checkpoints ("generative": old, as published; "monai": core);
     ``fmt``: "json" or "yaml"; ``config_in_configs`` / ``weights_in_models``: the bundle's subfolders
     or everything at the top; ``text_encoder``: write the tiny CLIP text encoder into the folder;
-    ``config``: write this dict instead of :func:`bundle_config`'s.
+    ``config``: write this dict instead of :func:`bundle_config`'s; ``autoencoder_overrides``: MONAI
+    ``AutoencoderKL`` arguments for the saved weights only (the config keeps :func:`bundle_config`'s).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    unet, ae = monai_unet(), monai_autoencoder()
+    unet, ae = monai_unet(), monai_autoencoder(**(autoencoder_overrides or {}))
     u_state, a_state = unet.state_dict(), ae.state_dict()
     if layout == "generative":
         u_state, a_state = to_generative_layout(u_state, "unet"), to_generative_layout(a_state, "autoencoder")

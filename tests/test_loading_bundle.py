@@ -98,6 +98,17 @@ def test_files_at_the_top_and_an_outside_text_encoder(tmp_path, unet_inputs):
     _assert_matches_monai(model, written, unet_inputs)
 
 
+def test_middle_attention_is_read_from_the_checkpoint(tmp_path, unet_inputs):
+    """The definition says no middle attention (as one version of the model zoo's bundle does), the weights
+    have it: the checkpoint decides, and the loaded autoencoder is MONAI's."""
+    written = write_bundle(tmp_path / "b", autoencoder_overrides=dict(with_encoder_nonlocal_attn=True,
+                                                                      with_decoder_nonlocal_attn=True))
+    assert json.loads(written.config.read_text())["autoencoder_def"]["with_encoder_nonlocal_attn"] is False
+    model = load_model(written.root)
+    assert model.info["autoencoder_middle_attention"] is True
+    _assert_matches_monai(model, written, unet_inputs)
+
+
 def test_what_the_bundle_does_not_state_is_the_papers(tmp_path, template):
     root = _copy(template, tmp_path / "b", bundle_config(scheduler=False, inferer=False, latent_shape=False))
     spec = read_bundle(root)

@@ -16,7 +16,9 @@ MONAI); those are resolved. Python expressions (``"$..."``) and macros (``"%..."
 an argument that needs one is an error naming the file and the key. What a bundle does not state
 falls back to the paper's model (METHOD.md): the scheduler (v-prediction, scaled-linear betas
 0.0015..0.0205), the latent scale factor 0.3 and the 512 px input; :attr:`BundleSpec.sources` says
-where each value came from. The checkpoints are converted by the same code as the paper's
+where each value came from. Whether the autoencoder has a middle attention block
+(``with_*_nonlocal_attn``) is read from the checkpoint's tensors, as for the paper's model, because
+the model zoo's CXR bundle changed that setting between versions. The checkpoints are converted by the same code as the paper's
 (:mod:`.paper`, :mod:`.monai_unet`, :mod:`.monai_autoencoder`), old GenerativeModels or MONAI core layout.
 """
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -328,7 +330,10 @@ def read_bundle(folder: str | Path, *, scale_factor: float | None = None, input_
         key, node = hit
         inferer = Definition(key, node["_target_"], {k: v for k, v in node.items() if k == "scale_factor"})
     unet_cfg = _arch(MonaiUNetConfig, unet, config)
-    ae_cfg = _arch(MonaiAutoencoderConfig, ae, config)
+    # the middle attention is read from the checkpoint's keys (exact), not from the definition: the model
+    # zoo's cxr bundle changed with_*_nonlocal_attn between versions while its weights stayed the same
+    ae_cfg = replace(_arch(MonaiAutoencoderConfig, ae, config), with_encoder_nonlocal_attn=None,
+                     with_decoder_nonlocal_attn=None)
     if unet_cfg.in_channels != ae_cfg.latent_channels:
         raise BundleError(f"{config}: {unet.key} has in_channels={unet_cfg.in_channels} but {ae.key} has "
                           f"latent_channels={ae_cfg.latent_channels}; the UNet must work on the autoencoder's latent")
