@@ -28,6 +28,11 @@ Every method is a class with the grounding verb, so notebooks loop over them and
     method = make_method("integrated_gradients", model, n_steps=32)
     maps = method.ground(image, ["left pleural effusion"]).heatmaps   # [K, H, W], NaN outside crop
 
+Cost: the cross-attention engine's conditional early exit (its conditional rows stop after the last
+recorded layer) does not apply here. ``G`` is built from the final prediction of both branches, so
+every method, including Grad-CAM at the deepest convolution (its gradient flows back from that
+prediction), needs the whole UNet, forward and backward, for the conditional rows too.
+
 Post-processing (every method): reduce the attribution to one map on the model grid (absolute value
 summed over channels, or the positive part for Grad-CAM), min-max normalise it to ``[0, 1]`` and put
 it back on the original grid (nearest, NaN outside the centre crop), as the engine does.

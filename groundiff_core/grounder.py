@@ -4,15 +4,18 @@
 
 * one DDIM inversion per image serves all its phrases (with guidance 0 the trajectory follows the
   unconditional branch only), and images are inverted in batches;
-* the conditional branch runs only inside the window, batched over the phrases, in the same UNet
-  call as the unconditional branch;
+* the conditional branch runs only inside the window, batched over the phrases (and the images of
+  a batch), and only as far as the last recorded cross-attention layer: its prediction is never
+  used, so the rest of the UNet is skipped (:meth:`AttentionRecorder.read`); the unconditional
+  rows, which drive the inversion, run the whole UNet in a call of their own;
 * the inversion stops after the last step that is read (its last call is conditional only);
 * attention is read only at the selected layers and reduced on the fly to one running sum per
   layer (:class:`~groundiff_core.aggregate.MapAccumulator`), so memory does not grow with the
   number of steps.
 
-Sample evaluations per image with the paper's preset and K phrases: ``179 + 60 K``.
-With a non-zero ``guidance_scale`` each phrase needs its own trajectory and both branches run at
+Sample evaluations per image with the paper's preset and K phrases: ``179 + 60 K``, of which the
+``60 K`` conditional ones stop after layer 7 of 11 (the 32x32 and 64x64 up blocks of the paper's
+UNet are skipped). With a non-zero ``guidance_scale`` each phrase needs its own trajectory and both branches run at
 every step (``2 K stop - K``).
 
 :meth:`Grounder.record` is the ablation mode: one inversion keeps, for every cross-attention layer
@@ -254,19 +257,27 @@ class Grounder:
     model : the model bundle; it runs on its own device and dtype (``model.to("cuda", torch.float16)``
         for half precision: the recorded softmax is always float32)
     config : the method's settings (default: the paper's preset)
-    batch_size : images per inversion in :meth:`ground_batch`
+    batch_size : images per inversion in :meth:`ground_batch`: their unconditional rows, and their
+        phrases' conditional rows, share each UNet call
     progress : show a progress bar over the inversion steps
+    early_exit : with guidance 0, run the conditional rows apart and only up to the last recorded
+        layer in execution order (the rest of the UNet is never read); the maps are the same.
+        False: one UNet call per step, conditional rows through the whole network (for comparison)
+
+    ``stats`` counts UNet calls and sample-evaluations (``unet_samples_truncated`` of them stopped
+    early) since the grounder was made.
     """
 
     def __init__(self, model: LDM, config: GroundingConfig | None = None, *, batch_size: int = 4,
-                 progress: bool = False):
+                 progress: bool = False, early_exit: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.config = config or GroundingConfig.paper()
         self.batch_size = int(batch_size)
         self.progress = progress
-        self.stats = {"unet_calls": 0, "unet_samples": 0}
+        self.early_exit = bool(early_exit)
+        self.stats = {"unet_calls": 0, "unet_samples": 0, "unet_samples_truncated": 0}
 
     @property
     def layers(self) -> tuple[CrossAttentionLayer, ...]:
@@ -410,10 +421,20 @@ class Grounder:
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc="DDIM inversion", unit="step", leave=False)
+        # guidance 0: the conditional rows' prediction is never used, so they run apart from the
+        # unconditional rows and stop after the last recorded layer (AttentionRecorder.read)
+        truncate = self.early_exit and g == 0.0
         with AttentionRecorder(layers, sink) as recorder:
             for i in steps:
                 need_uncond = i < last  # the last step's update is never used
                 need_cond = i >= start or g != 0.0
+                t = sched.timestep(i)
+                if truncate and need_cond:
+                    recorder.read(unet, z[cond_source].to(dtype), t, cond, weights)
+                    self._count(n_rows, truncated=True)
+                    need_cond = False
+                if not (need_uncond or need_cond):
+                    continue
                 xs, ctx = [], []
                 if need_uncond:
                     xs.append(z)
@@ -423,14 +444,20 @@ class Grounder:
                     ctx.append(cond)
                 n_u = z.shape[0] if need_uncond else 0
                 sample = torch.cat(xs).to(dtype)
-                capture = recorder.capture(slice(n_u, n_u + n_rows), weights) if i >= start else nullcontext()
+                capture = recorder.capture(slice(n_u, n_u + n_rows), weights) if need_cond and i >= start \
+                    else nullcontext()
                 with capture:
-                    out = unet(sample, sched.timestep(i), encoder_hidden_states=torch.cat(ctx),
-                               return_dict=False)[0]
-                self.stats["unet_calls"] += 1
-                self.stats["unet_samples"] += sample.shape[0]
+                    out = unet(sample, t, encoder_hidden_states=torch.cat(ctx), return_dict=False)[0]
+                self._count(sample.shape[0])
                 if need_uncond:
                     pred = out[:n_u].to(work)
                     if g != 0.0:
                         pred = pred + g * (out[n_u:].to(work) - pred)
                     z = sched.step(z, pred, i)
+
+    def _count(self, samples: int, truncated: bool = False) -> None:
+        """Cost bookkeeping of one UNet call (``stats``)."""
+        self.stats["unet_calls"] += 1
+        self.stats["unet_samples"] += samples
+        if truncated:
+            self.stats["unet_samples_truncated"] += samples

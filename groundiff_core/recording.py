@@ -13,6 +13,13 @@ a weighted average over tokens (weights ``[R, T]``, one row per phrase) and a me
 leaves the layer is one map per row, ``[R, h, w]`` float32 (float64 for a float64 model, which the
 exactness tests use) at the layer's native resolution, handed
 to a sink ``sink(layer_index, maps)`` on the model's device. Token maps are never kept.
+
+:meth:`AttentionRecorder.read` runs the UNet on rows whose output nobody uses (the conditional
+rows of a guidance-free inversion) only as far as they are read: the processor of the last
+recorded layer, in execution order, records its maps and then ends the forward pass by raising a
+private exception that :meth:`~AttentionRecorder.read` catches. Everything after that layer (the
+rest of its transformer block, the remaining up blocks, the output convolution) is skipped, and
+the maps are those of a full pass, since nothing before the exit point changes.
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ import torch
 from .layers import CrossAttentionLayer
 
 __all__ = ["AttentionRecorder", "RecordingProcessor", "token_averaged_attention", "Sink"]
+
+
+class _ForwardDone(Exception):
+    """Raised after the last recorded layer of a truncated pass (:meth:`AttentionRecorder.read`)."""
 
 Sink = Callable[[int, torch.Tensor], None]
 """Receives ``(layer_index, maps [R, h, w] float32)`` once per recorded layer per UNet call."""
@@ -89,9 +100,11 @@ class RecordingProcessor:
                  **kwargs):
         if temb is not None:
             kwargs["temb"] = temb
-        out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                         attention_mask=attention_mask, **kwargs)
         target = self.recorder.target
+        exit_here = target is not None and self.recorder.exit_after == self.layer.index
+        # at the exit point the layer's output is never used: only its probabilities are computed
+        out = None if exit_here else self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                                attention_mask=attention_mask, **kwargs)
         if target is not None and encoder_hidden_states is not None:
             if attention_mask is not None:
                 raise NotImplementedError("recording cross-attention with an attention mask is not supported")
@@ -99,6 +112,8 @@ class RecordingProcessor:
             maps = token_averaged_attention(attn, hidden_states[rows], encoder_hidden_states[rows], weights,
                                             temb=None if temb is None else temb[rows])
             self.recorder.sink(self.layer.index, maps)
+        if exit_here:
+            raise _ForwardDone
         return out
 
 
@@ -111,12 +126,16 @@ class AttentionRecorder:
             unet(z, t, ctx)                        # not recorded
             with rec.capture(slice(1, 3), w):      # rows 1..2 are conditional, w is [2, T]
                 unet(z, t, ctx)                    # sink(layer, maps [2, h, w]) per layer
+            rec.read(unet, zc, t, cc, w)           # the same maps; the pass stops after the last layer
     """
 
     def __init__(self, layers: Sequence[CrossAttentionLayer], sink: Sink):
         self.layers = tuple(layers)
+        if not self.layers:
+            raise ValueError("AttentionRecorder needs at least one cross-attention layer to record")
         self.sink = sink
         self.target: tuple[slice | torch.Tensor, torch.Tensor] | None = None
+        self.exit_after: int | None = None  # set only during read(): the layer that ends the pass
         self._saved: list[tuple[object, object]] = []
 
     def __enter__(self) -> "AttentionRecorder":
@@ -139,6 +158,7 @@ class AttentionRecorder:
             module, original = self._saved.pop()
             module.set_processor(original)
         self.target = None
+        self.exit_after = None
 
     @contextmanager
     def capture(self, rows: slice | torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
@@ -148,3 +168,23 @@ class AttentionRecorder:
             yield
         finally:
             self.target = None
+
+    def read(self, unet, sample: torch.Tensor, timestep, context: torch.Tensor, weights: torch.Tensor) -> None:
+        """Record every row of ``sample``, running ``unet`` only up to the last recorded layer.
+
+        For rows whose prediction is not needed: the maps reach the sink exactly as in a full pass
+        (nothing before the last recorded layer, in execution order, depends on what follows it), and
+        the rest of the network is not computed. There is no output.
+        """
+        last = max(layer.index for layer in self.layers)
+        self.target = (slice(None), weights)
+        self.exit_after = last
+        try:
+            unet(sample, timestep, encoder_hidden_states=context, return_dict=False)
+        except _ForwardDone:
+            return
+        finally:
+            self.target = None
+            self.exit_after = None
+        raise RuntimeError(f"the UNet pass ended without running cross-attention layer {last}; "
+                           "were the recorded layers taken from another model?")

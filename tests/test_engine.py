@@ -161,10 +161,14 @@ def test_sample_evaluations_and_early_stop(model, image, k):
         hook.remove()
     samples = sum(n for n, _ in calls)
     assert samples == 179 + 60 * k <= 180 + 60 * k  # naive: 668 * k
-    assert g.stats["unet_samples"] == samples and len(calls) == 180
+    # one unconditional call per step before the last, and one (truncated) conditional call per
+    # window step: the conditional rows run apart from the unconditional one
+    assert g.stats["unet_samples"] == samples and len(calls) == 179 + 60
+    assert g.stats["unet_samples_truncated"] == 60 * k
     assert max(t for _, t in calls) == 537  # stops after step 179 (t = 537)
     assert all(n == 1 for n, t in calls if t < 360)  # no conditional pass before the window
     assert calls[-1] == (k, 537)  # the last step is conditional only
+    assert [n for n, t in calls if t == 360] == [k, 1]  # first window step: conditional (truncated), unconditional
 
 
 def test_memory_does_not_grow_with_steps(model, image, monkeypatch):
