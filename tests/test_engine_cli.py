@@ -69,3 +69,26 @@ def test_config_from_args():
     assert cfg.layers == (3, 4) and cfg.window == (100, 200) and cfg.sigma_fraction is None
     with pytest.raises(ValueError, match="not both"):
         config_from_args(Namespace(**{**base, "layers": "3", "middle_layers": 2}))
+
+
+def test_preset_option_of_ground_and_evaluate():
+    import argparse
+
+    from groundiff_core.commands import evaluate as evaluate_command
+    from groundiff_core.commands import ground as ground_command
+    from groundiff_core.config import GroundingConfig
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    ground_command.register(sub)
+    evaluate_command.register(sub)
+    args = parser.parse_args(["ground", "--model", "tiny", "--image", "x.png", "--phrase", "edema",
+                              "--out", "m.npy", "--preset", "fast"])
+    assert config_from_args(args) == GroundingConfig.fast()
+    args = parser.parse_args(["ground", "--model", "tiny", "--image", "x.png", "--phrase", "edema",
+                              "--out", "m.npy", "--preset", "fast", "--steps", "50"])
+    assert config_from_args(args).window == (20, 30)  # the fast preset's proportions at 50 steps
+    args = parser.parse_args(["evaluate", "--out", "o", "--preset", "fast"])
+    assert args.preset == "fast"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--out", "o", "--preset", "quick"])

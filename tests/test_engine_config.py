@@ -154,3 +154,30 @@ def test_per_token_maps_average_to_the_phrase_map_before_postprocessing():
     per = [Grounder(model, dataclasses.replace(cfg, tokens=f"token:{i}")).ground(img, [phrase], return_raw=True).raw[0]
            for i in (1, 2, 3)]
     np.testing.assert_allclose(np.mean(per, axis=0), whole, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- the fast preset
+def test_fast_preset_keeps_the_papers_proportions():
+    paper, fast = GroundingConfig.paper(), GroundingConfig.fast()
+    assert fast.num_inference_steps == 100 and fast.timestep_spacing == "trailing"
+    assert fast.window == (40, 60) and fast.layers == paper.layers
+    # the window's start and width as shares of the nominal steps are the paper's (0.4 and 0.2)
+    for cfg in (paper, fast):
+        n, (start, stop) = cfg.num_inference_steps, cfg.window
+        assert (start / n, (stop - start) / n) == (0.4, 0.2)
+    assert fast.window == window_from_percent(20, 100)  # the paper's n/2 -+ n/10 rule at n = 100
+    # everything but the schedule and the window is the paper's
+    differ = {k for k, v in fast.to_dict().items() if paper.to_dict()[k] != v}
+    assert differ == {"num_inference_steps", "window"}
+    sched = DDIMInversion(NoiseSchedule(), fast)
+    assert len(sched) == 100 and set(np.diff(sched.timesteps)) == {10}
+    assert [sched.timestep(i) for i in (40, 59)] == [409, 599]
+    # sample evaluations per image with K phrases: 59 + 20 K, against the paper's 179 + 60 K
+    assert fast.window[1] - 1 == 59 and fast.window[1] - fast.window[0] == 20
+
+
+def test_presets_by_name():
+    assert GroundingConfig.preset("paper") == GroundingConfig.paper()
+    assert GroundingConfig.preset("fast") == GroundingConfig.fast()
+    with pytest.raises(ValueError, match=r"preset must be one of \['paper', 'fast'\], got 'quick'"):
+        GroundingConfig.preset("quick")
