@@ -106,7 +106,8 @@ def build_method(args: argparse.Namespace):
     if args.steps is not None:
         config = config.with_steps(args.steps)
     config = replace(config, conventions=args.conventions)
-    return Grounder(model, config)
+    # --batch-images B: the B images of a ground_batch call share every UNet call (one inversion)
+    return Grounder(model, config, batch_size=args.batch_images)
 
 
 def check_args(args: argparse.Namespace) -> None:
