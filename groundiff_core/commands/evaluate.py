@@ -7,6 +7,7 @@ Examples::
         --images /data/mimic-cxr-jpg --split test --out runs/centre
     groundiff evaluate ... --shard 0/4 --out runs/ldm/shard0     # 4 processes, one folder each
     groundiff evaluate --merge runs/ldm/shard* --out runs/ldm/all
+    torchrun --nproc_per_node 4 -m groundiff_core.cli evaluate ... --out runs/ldm   # 4 ranks, merged
 
 A rerun with the same ``--out`` resumes where the last one stopped.
 """
@@ -18,6 +19,8 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+from groundiff_core.distributed import clear_shard_done, launch_rank, mark_shard_done, shard_folder, wait_for_shards
 
 METHODS = ("ldm", "random", "centre")
 PRESETS = ("paper", "fast")  # GroundingConfig.preset(name)
@@ -60,7 +63,12 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, help="inference steps instead of the preset's (the window "
                    "keeps its place as a share of the steps; for quick runs)")
     p.add_argument("--n-pairs", type=int, help="evaluate a seeded random subset of N pairs")
-    p.add_argument("--shard", help="i/n: this process takes images j with j %% n == i (0-based)")
+    p.add_argument("--shard", help="i/n: this process takes images j with j %% n == i (0-based); under "
+                   "torchrun (RANK/WORLD_SIZE set) each rank takes its shard into OUT/shard-RANK-of-N and "
+                   "rank 0 merges them into OUT")
+    p.add_argument("--merge-timeout", type=float, default=3600.0, metavar="S",
+                   help="under torchrun: how long rank 0 waits, after its own shard, for the others "
+                   "(default 3600 s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset, the bootstrap and the "
                    "random baseline (default 0)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -163,6 +171,12 @@ def run(args: argparse.Namespace) -> int:
     from groundiff_core.datasets import load_dataset
 
     shard = ev.parse_shard(args.shard)  # check before the (slow) model load
+    launch = _launch(args)
+    out = args.out
+    if launch is not None:  # torchrun & co.: this rank's shard, in a folder of its own
+        shard, out = launch.shard, shard_folder(args.out, *launch.shard)
+        if out.is_dir():
+            clear_shard_done(out)
     pairs = load_dataset(args.dataset, args.csv, args.images, split=args.split)
     if not pairs:
         raise ValueError(f"{args.csv}: no image-phrase pairs to evaluate")
@@ -172,14 +186,41 @@ def run(args: argparse.Namespace) -> int:
     info = {"csv": str(args.csv.resolve()), "images": str(args.images.resolve()) if args.images else None,
             "command": " ".join(["groundiff", *sys.argv[1:]])}
     summary = ev.evaluate(
-        method, pairs, args.out,
+        method, pairs, out,
         dataset={"name": args.dataset, "split": args.split},
         n_pairs=args.n_pairs, shard=shard, seed=args.seed, n_boot=args.bootstrap,
         batch_images=args.batch_images, progress=not args.no_progress, info=info,
         conventions=args.conventions,
     )
+    _report(summary, out)
+    if launch is None:
+        return _require_results(summary, "check --images and --csv")
+    mark_shard_done(out, launch, summary["n_pairs"])
+    if launch.rank != 0:
+        print(f"rank {launch.rank} of {launch.world_size}: shard done; rank 0 merges into {args.out}")
+        return 0
+    print(f"rank 0: waiting up to {args.merge_timeout:g} s for the other {launch.world_size - 1} shard(s)", flush=True)
+    folders = wait_for_shards(args.out, launch, args.merge_timeout)
+    summary = ev.merge(folders, args.out, n_boot=args.bootstrap, seed=args.seed)
     _report(summary, args.out)
     return _require_results(summary, "check --images and --csv")
+
+
+def _launch(args: argparse.Namespace):
+    """The launcher's rank (torchrun and the like set RANK/WORLD_SIZE/LOCAL_RANK), or None; with a
+    rank, ``--device auto``/``cuda`` becomes this rank's accelerator, ``cuda:LOCAL_RANK``."""
+    launch = launch_rank()
+    if launch is None:
+        return None
+    if args.shard:
+        raise ValueError(f"--shard {args.shard} under a launcher (RANK={launch.rank}, WORLD_SIZE="
+                         f"{launch.world_size}): the ranks are the shards; drop --shard")
+    if args.device in ("auto", "cuda") and args.method == "ldm":
+        import torch
+
+        if torch.cuda.is_available():
+            args.device = f"cuda:{launch.local_rank}"
+    return launch
 
 
 def _report(summary: dict, out: Path) -> None:
