@@ -100,6 +100,10 @@ def test_model_card_states_the_shipped_geometry_and_command(tmp_path):
     summaries = json.loads((WEIGHTS_DIR / "evaluation.json").read_text())
     card = write_card(summaries, tmp_path).read_text()
     assert "2x downsampling (128 -> 64)" in card
-    assert "layers 3, 4, 6, 7 are the deepest,\n  16x16" in card
+    # layers 2 to 7 all run at 16x16, the paper reads four of them (the card once called 3, 4, 6, 7 "the deepest")
+    assert "layers 2 to 7 run at the deepest\n  resolution, 16x16 (the paper's preset reads 3, 4, 6, 7 of them)" in card
+    assert "layers 0, 1, 8, 9, 10\n  at 32x32" in card and "project's issue" not in card
+    shipped = (WEIGHTS_DIR / "MODEL_CARD.md").read_text()
+    assert shipped.split("## Training")[0] == card.split("## Training")[0]  # the shipped card is the generator's
     assert "--unet-channels 16,32,64" in card and "--vae-channels 16,32" in card
     assert json.loads((tmp_path / "evaluation.json").read_text())["ldm"]["n_pairs"] >= 400

@@ -146,8 +146,9 @@ paper's MS-CXR figures.
   1 input channel, {spec.get('latent_channels')} latent channels, {geo['factor']}x downsampling ({meta['input_size']} -> {geo['latent']});
   latent scale factor {meta['scale_factor']:.4f} (1 / std of the training latents).
 - UNet: diffusers `UNet2DConditionModel` in the paper's layout (3 levels, cross-attention at the two
-  deeper ones, 2 res blocks per level: 11 cross-attention layers; layers 3, 4, 6, 7 are the deepest,
-  {geo['deep']}x{geo['deep']}, the others {geo['mid']}x{geo['mid']}), channels {spec.get('unet_channels')},
+  deeper ones, 2 res blocks per level: 11 cross-attention layers; layers 2 to 7 run at the deepest
+  resolution, {geo['deep']}x{geo['deep']} (the paper's preset reads 3, 4, 6, 7 of them), layers 0, 1, 8, 9, 10
+  at {geo['mid']}x{geo['mid']}), channels {spec.get('unet_channels')},
   heads {spec.get('unet_heads')}.
 - Text: a `CLIPTextModel` ({spec.get('text_layers')} layers, hidden {spec.get('text_hidden')}) trained
   from scratch with the UNet, and a closed-vocabulary `CLIPTokenizer` (start/end tokens, 77-token
@@ -175,7 +176,7 @@ AUC-ROC on its own phrase's boxes beats its AUC-ROC on the other finding's boxes
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
-Targets of the project's issue:
+Each class-averaged figure against the threshold set for this test bed:
 {verdict}
 
 {_alt_note(summaries, meta)}
