@@ -12,14 +12,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .model import LDM
 
-__all__ = ["BookData", "KeepMaps", "load_book_data", "save_json", "setup_notebook", "side_of_phrase"]
+__all__ = ["BookData", "KeepMaps", "load_book_data", "nested_count", "provenance", "provenance_box", "reference_table", "resolve_show_images",
+           "save_json", "scorable_pairs", "scored_boxes", "setup_notebook", "side_of_phrase", "swap_sides", "unrelated_finding"]
 
 PHANTOM_TEST_IMAGES = 200  # ~2 findings per image: about 400 image-phrase pairs
 
@@ -152,6 +156,237 @@ def side_of_phrase(phrase: str) -> str:
     if "left" in words:
         return "left"
     return "none"
+
+
+def scored_boxes(pair: Any, hw: tuple[int, int], *, conventions: str = "paper",
+                 crop_size: int | None = None) -> tuple["np.ndarray", list[str]]:
+    """The boxes the evaluation runner scores ``pair`` with, on an image read as ``hw = (H, W)``.
+
+    The annotation's boxes rescaled to the image actually read (a downsampled MIMIC-CXR-JPG copy is
+    smaller than the CSV's ``image_width``/``image_height``) and clipped
+    (:func:`groundiff_core.datasets.common.fit_boxes_to_image`); under the paper's conventions, the
+    boxes none of whose pixels survives the model's resize + centre crop (``crop_size``, the model's
+    input side; default 512) dropped as well. Returns ``(boxes [N, 4], notes)``; an empty array
+    means the runner skips the pair. Use it wherever a notebook scores or draws a pair's boxes
+    itself, so its numbers are the runner's.
+    """
+    from .datasets.common import fit_boxes_to_image
+    from .evaluate import PAPER_INPUT_SIZE, _boxes_for
+
+    fitted, notes = fit_boxes_to_image(pair, int(hw[0]), int(hw[1]))
+    boxes, crop_notes = _boxes_for(conventions, fitted, (int(hw[0]), int(hw[1])),
+                                   int(crop_size or PAPER_INPUT_SIZE))
+    return boxes, notes + crop_notes
+
+
+def nested_count(wanted: int | None, n_pairs: int | None) -> int | None:
+    """How many pairs a costly method gets inside a run on ``n_pairs`` (``0``/``None`` = all):
+    ``wanted`` capped at ``n_pairs``; ``None`` means all pairs only when ``wanted`` is 0 too.
+
+    ``nested_count(20, 0) == 20`` (all pairs for the cheap methods, 20 for the costly one),
+    ``nested_count(20, 8) == 8``, ``nested_count(0, 8) == 8``, ``nested_count(0, 0) is None``.
+    """
+    for name, v in (("pairs", wanted), ("n_pairs", n_pairs)):
+        if v is not None and int(v) < 0:
+            raise ValueError(f"{name} must be >= 0 (0 = all pairs), got {v}")
+    w, n = int(wanted or 0), int(n_pairs or 0)
+    if w and n:
+        return min(w, n)
+    return (w or n) or None
+
+
+_METRIC_ALIASES = {"miou": "miou", "mean iou": "miou", "auc": "auc", "auc-roc": "auc", "auroc": "auc",
+                   "auc_roc": "auc", "cnr": "cnr_abs", "cnr_abs": "cnr_abs", "|cnr|": "cnr_abs"}
+
+
+def reference_table(summary: dict, reference_csv: str | os.PathLike, *, label: str = "this run"):
+    """Published figures beside a run's: a DataFrame indexed by (class, metric), one column for the
+    run (``summary``: an :func:`groundiff_core.evaluate.evaluate` summary) and one per method of the
+    CSV.
+
+    ``reference_csv`` has the columns ``method,class,metric,value`` (a reader fills it in from a
+    paper; the book ships none). ``class`` is a finding's name in any case, or ``average`` for the
+    class average; ``metric`` one of ``miou``, ``auc``, ``cnr`` (also ``mIoU``, ``AUC-ROC``, ``|CNR|``).
+    Rows of classes the run has no pairs of show an empty cell for the run. An unknown metric or a
+    missing column is a ``ValueError``.
+    """
+    import pandas as pd
+
+    ref = pd.read_csv(reference_csv)
+    missing = {"method", "class", "metric", "value"} - set(ref.columns)
+    if missing:
+        raise ValueError(f"{reference_csv}: missing column(s) {sorted(missing)}; expected method,class,metric,value")
+    metric = ref["metric"].astype(str).str.strip().str.lower().map(_METRIC_ALIASES)
+    if metric.isna().any():
+        bad = sorted(set(ref.loc[metric.isna(), "metric"].astype(str)))
+        raise ValueError(f"{reference_csv}: unknown metric(s) {bad}; use miou, auc or cnr")
+    ref = ref.assign(metric=metric, key=ref["class"].map(_norm_category))
+    ours_by_key = {_norm_category(c): (c, st) for c, st in summary.get("per_class", {}).items()}
+    ours_by_key["average"] = ("class average", summary.get("class_averaged", {}))
+    names = {k: v[0] for k, v in ours_by_key.items()}
+    ref["class"] = [names.get(k, c) for k, c in zip(ref["key"], ref["class"])]
+    table = ref.pivot_table(index=["class", "metric"], columns="method", values="value", aggfunc="first")
+    ours = []
+    for cls, m in table.index:
+        st = ours_by_key.get(_norm_category(cls) if cls != "class average" else "average", (None, {}))[1]
+        ours.append((st.get(m) or {}).get("mean"))
+    table.insert(0, label, ours)
+    table.columns.name = None
+    return table
+
+
+def scorable_pairs(pairs: Sequence[Any], *, conventions: str = "paper", crop_size: int | None = None) -> list:
+    """The pairs of ``pairs`` that the evaluation runner scores: those left with a box after
+    :func:`scored_boxes` on the image as read (each image's size is read once, from its file)."""
+    from .image_io import load_image
+
+    sizes: dict = {}
+    keep = []
+    for p in pairs:
+        if p.image_path not in sizes:
+            sizes[p.image_path] = load_image(p.image_path).shape
+        if len(scored_boxes(p, sizes[p.image_path], conventions=conventions, crop_size=crop_size)[0]):
+            keep.append(p)
+    return keep
+
+
+def _norm_category(name: str) -> str:
+    return " ".join(str(name).lower().replace("_", " ").split())
+
+
+def unrelated_finding(category: str, candidates: Sequence[str] = ("cardiomegaly", "pneumothorax",
+                                                                  "pleural effusion")) -> str:
+    """The first of ``candidates`` that is not the finding ``category``, compared without case,
+    underscores or extra spaces ("Pleural Effusion" is "pleural effusion"), returned lower-case.
+
+    Raises ``ValueError`` when every candidate is the category itself.
+    """
+    own = _norm_category(category)
+    for c in candidates:
+        if _norm_category(c) != own:
+            return _norm_category(c)
+    raise ValueError(f"no candidate other than {category!r} in {list(candidates)}")
+
+
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def swap_sides(text: str) -> str:
+    """``text`` with the words "left" and "right" exchanged, whatever their case or the punctuation
+    around them ("Left basilar opacity." -> "Right basilar opacity."); the case of each word is
+    kept (Left -> Right, LEFT -> RIGHT, left -> right). Unchanged when neither word occurs."""
+    def repl(m: "re.Match[str]") -> str:
+        w = m.group(0)
+        other = "right" if w.lower() == "left" else "left"
+        if w.isupper():
+            return other.upper()
+        if w[0].isupper():
+            return other.capitalize()
+        return other
+
+    return _SIDE.sub(repl, text)
+
+
+def resolve_show_images(show_images: Any, data: "BookData") -> bool:
+    """Whether a notebook may draw the dataset's images: ``show_images`` if it is a yes/no, and
+    for ``None`` (the notebooks' default) only on the phantom. Real chest X-rays (MIMIC-CXR under
+    the PhysioNet data-use agreement) stay out of a page that may be published unless asked for."""
+    if show_images is None:
+        return data.is_phantom
+    from .config import parse_bool
+
+    return parse_bool(show_images, "show_images")
+
+
+# --------------------------------------------------------------------------- provenance
+def provenance(data: "BookData", ldm: Any, *, preset: str = "paper", conventions: str = "paper",
+               config: Any = None, output_dir: str | os.PathLike | None = None,
+               extra: dict | None = None) -> dict:
+    """What a notebook page was computed from, as a dict (and ``output_dir/provenance.json``).
+
+    Keys: ``dataset`` (the data description: name, CSV, split, pairs), ``pairs_per_class`` of the
+    selected pairs, ``model`` (name, source, input size, ``weights_sha256``: the evaluation
+    runner's fingerprint of every tensor of the networks), ``preset``, ``conventions``, ``config``
+    (the grounding configuration, if given), ``device``, ``dtype``, ``versions``
+    (:func:`groundiff_core.evaluate.versions`), ``git`` (commit and whether the tree had
+    uncommitted changes, when run inside a git checkout) and ``date`` (UTC).
+    """
+    import datetime as _dt
+    from collections import Counter
+
+    from .evaluate import _model_content, versions
+
+    content = _model_content(ldm) if hasattr(ldm, "unet") else {}
+    info = getattr(ldm, "info", None) or {}
+    per_class = dict(sorted(Counter(p.category for p in data.selected).items()))
+    prov = {
+        "dataset": dict(data.description),
+        "pairs_per_class": per_class,
+        "model": {"name": getattr(ldm, "name", type(ldm).__name__), "source": info.get("source"),
+                  "input_size": getattr(ldm, "input_size", None),
+                  "weights_sha256": content.get("weights_sha256")},
+        "preset": preset,
+        "conventions": conventions,
+        "config": config.to_dict() if callable(getattr(config, "to_dict", None)) else config,
+        "device": str(getattr(ldm, "device", "")),
+        "dtype": str(getattr(ldm, "dtype", "")).replace("torch.", ""),
+        "versions": versions(),
+        "git": _git_state(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra:
+        prov.update(extra)
+    if output_dir is not None:
+        save_json(prov, output_dir, "provenance")
+    return prov
+
+
+def _git_state() -> dict | None:
+    """Commit of the working directory's git checkout and whether it has uncommitted changes."""
+    from .book import _git
+
+    state = _git(Path.cwd())
+    return state if state.get("commit") else None
+
+
+def provenance_markdown(prov: dict) -> str:
+    """The provenance of :func:`provenance` as a MyST ``admonition`` (a box at the top of a page)."""
+    ds = prov.get("dataset", {})
+    name = ds.get("name", "?")
+    where = "the phantom test split (synthetic images)" if name == "phantom" else \
+        f"{name} ({ds.get('csv', '?')}{', split ' + str(ds['split']) if ds.get('split') else ''})"
+    per_class = ", ".join(f"{c} {n}" for c, n in prov.get("pairs_per_class", {}).items())
+    model = prov.get("model", {})
+    sha = model.get("weights_sha256") or ""
+    v = prov.get("versions", {})
+    packages = ", ".join(f"{k} {v[k]}" for k in ("groundiff_core", "torch", "diffusers", "numpy") if v.get(k))
+    git = prov.get("git") or {}
+    commit = f"`{git['commit'][:12]}`" + (" (with uncommitted changes)" if git.get("dirty") else "") \
+        if git.get("commit") else "not in a git checkout"
+    rows = [
+        ("Data", f"{where}: {ds.get('selected', '?')} of {ds.get('pairs', '?')} pairs"
+                 + (f" (seed {ds['selection_seed']})" if ds.get("selection_seed") is not None else "")),
+        ("Pairs per class", per_class or "none"),
+        ("Model", f"{model.get('name', '?')}" + (f", input {model['input_size']} px" if model.get("input_size") else "")
+                  + (f", weights SHA-256 `{sha[:16]}`" if sha else "")),
+        ("Preset and conventions", f"{prov.get('preset')} preset, {prov.get('conventions')} scoring conventions"),
+        ("Device", f"{prov.get('device')}, {prov.get('dtype')}"),
+        ("Software", f"Python {v.get('python', '?')}; {packages}"),
+        ("Commit", commit),
+        ("Run", f"{prov.get('date', '?')} (UTC)"),
+    ]
+    kind = "note" if name == "phantom" else "important"
+    title = "Computed on the synthetic phantom" if name == "phantom" else f"Computed on {name}"
+    body = "\n".join(f"| {k} | {str(val).replace('|', '/')} |" for k, val in rows)
+    return (f"```{{admonition}} {title}\n:class: {kind} provenance\n\n| | |\n|---|---|\n{body}\n```\n")
+
+
+def provenance_box(data: "BookData", ldm: Any, **kw):
+    """Compute :func:`provenance` (written to ``output_dir/provenance.json`` when given) and return
+    it as an IPython ``Markdown`` object: the box that opens each notebook page."""
+    from IPython.display import Markdown
+
+    return Markdown(provenance_markdown(provenance(data, ldm, **kw)))
 
 
 class KeepMaps:

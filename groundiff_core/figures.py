@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "grid",
+    "screen",
     "show_image",
     "draw_boxes",
     "overlay",
@@ -47,6 +48,13 @@ def grid(n: int, ncols: int = 4, size: float = 2.4, title: str | None = None):
     if title:
         fig.suptitle(title)
     return fig, axes[:n]
+
+
+def screen(image: np.ndarray, show: bool = True) -> np.ndarray:
+    """``image`` itself, or (``show=False``) a flat mid-grey array of its shape: the heatmaps and
+    boxes drawn over it keep their place, the picture (e.g. a patient's radiograph) is not shown."""
+    image = np.asarray(image)
+    return image if show else np.full(image.shape, 0.5, dtype=np.float32)
 
 
 def show_image(ax, image: np.ndarray, title: str | None = None, fontsize: int = 8) -> None:
