@@ -85,6 +85,7 @@ class NotebookRun:
     finished: str | None = None
     error: str | None = None
     files: list[str] = field(default_factory=list)
+    provenance: dict | None = None  # the page's provenance.json (dataset, model fingerprint, ...), if written
 
 
 # --------------------------------------------------------------------------- sources
@@ -302,9 +303,20 @@ def run_book(
         finally:
             run.finished = _now()
             run.files = _listing(files_dir)
+            run.provenance = _read_provenance(files_dir)
             write_record(book_dir, runs, profile=profile, total_s=time.perf_counter() - started, command=command)
         print(f"[book] {run.name}: done in {run.runtime_s:.1f} s", flush=True)
     return runs
+
+
+def _read_provenance(folder: Path) -> dict | None:
+    """The ``provenance.json`` a notebook wrote (``bookdata.provenance``), without its version list."""
+    path = folder / "provenance.json"
+    try:
+        prov = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {k: v for k, v in prov.items() if k != "versions"} if isinstance(prov, dict) else None
 
 
 def _listing(folder: Path) -> list[str]:
@@ -427,7 +439,50 @@ def write_record(
     }
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     (gen / "reproducibility.md").write_text(_record_markdown(record))
+    (gen / "data_sources.md").write_text(data_sources_markdown(record))
     return record
+
+
+def _source_of(nb: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(dataset, model, weights fingerprint) of one notebook entry of the record."""
+    prov = nb.get("provenance") or {}
+    ds, model = prov.get("dataset") or {}, prov.get("model") or {}
+    params = nb.get("parameters") or {}
+    if ds:
+        name = ds.get("name", "?")
+        data = "the synthetic phantom test split" if name == "phantom" else \
+            f"{name} (`{ds.get('csv', '?')}`{', split ' + str(ds['split']) if ds.get('split') else ''})"
+        data += f", {ds.get('selected', '?')} of {ds.get('pairs', '?')} pairs"
+    else:
+        csv = params.get("dataset_csv")
+        data = "the synthetic phantom test split" if csv in (None, "", "phantom") else f"`{Path(str(csv)).name}`"
+    sha = (model.get("weights_sha256") or "")[:16]
+    return data, str(model.get("name") or params.get("model", "?")), f"`{sha}`" if sha else "not recorded"
+
+
+def data_sources_markdown(record: Mapping[str, Any]) -> str:
+    """What each page of the book was computed on, from the runner's record: an admonition that says
+    whether every page ran on the phantom, then one row per notebook (dataset, model, weights
+    fingerprint, profile, status). The introduction and the reproducibility page include it."""
+    notebooks = record.get("notebooks", {})
+    rows, phantom_only = [], True
+    for name, nb in notebooks.items():
+        data, model, sha = _source_of(nb)
+        phantom_only &= data.startswith("the synthetic phantom")
+        rows.append(f"| {name} | {_md_cell(data)} | {_md_cell(model)} | {sha} | {nb.get('profile', '')} "
+                    f"| {nb.get('status')} |")
+    if not notebooks:
+        head = "```{warning}\nNo notebook of this book has been executed yet.\n```\n"
+    elif phantom_only:
+        head = ("```{important}\n**Every notebook page of this build was computed on the synthetic phantom test "
+                "bed, not on real chest X-rays.** Its figures say nothing about radiology and are not comparable "
+                "with the paper's numbers.\n```\n")
+    else:
+        others = sorted({_source_of(nb)[0].split(",")[0] for nb in notebooks.values()})
+        head = ("```{important}\n**The pages of this build were computed on different data:** "
+                + "; ".join(others) + ". Each page's box at its top says which; the table below lists all.\n```\n")
+    table = ["| notebook | data | model | weights SHA-256 | profile | status |", "|---|---|---|---|---|---|"]
+    return head + "\n" + "\n".join(table + rows) + "\n"
 
 
 def _md_cell(v: Any) -> str:
