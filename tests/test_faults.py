@@ -142,6 +142,21 @@ def test_unavailable_device_is_refused_before_any_work(tmp_path, capsys, monkeyp
     assert_user_error(rc, err, "ground", f"device '{device}' is not available")
 
 
+def test_evaluate_refuses_an_unavailable_device_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import groundiff_core.loading as loading
+    import mscxr_fixture as fx
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    fx.write_images(tmp_path)
+    csv = fx.write_csv(tmp_path / "ms.csv")
+    rc, err = run_cli(capsys, ["evaluate", "--model", "tiny", "--dataset", "mscxr", "--csv", str(csv),
+                               "--images", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert_user_error(rc, err, "evaluate", "device 'cuda' is not available")
+
+
 def test_out_with_a_wrong_extension_is_refused_before_any_work(tmp_path, capsys, png):
     rc, err = run_cli(capsys, ["ground", "--model", "no-such-model", "--image", str(png), "--phrase", "edema",
                                "--out", str(tmp_path / "res.txt")])

@@ -80,18 +80,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def build_method(args: argparse.Namespace):
     """The grounding method the options ask for."""
     from groundiff_core.baselines import CentrePrior, RandomHeatmap
@@ -106,10 +94,11 @@ def build_method(args: argparse.Namespace):
         raise ValueError("--method ldm needs --model (e.g. --model phantom)")
     from groundiff_core.config import GroundingConfig
     from groundiff_core.grounder import Grounder
-    from groundiff_core.loading import load_model
+    from groundiff_core.loading import load_model, resolve_device
 
+    device = resolve_device(args.device)  # an unavailable device is refused before the model loads
     model = load_model(args.model, text_encoder=args.text_encoder)
-    model.to(_device(args.device))
+    model.to(device)
     config = GroundingConfig.preset(args.preset)
     if args.steps is not None:
         config = config.with_steps(args.steps)

@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="paper", choices=["paper", "fast"],
                    help="starting settings: paper (default) or fast (100 steps, the window scaled to keep the "
                    "paper's proportions, about 3x cheaper)")
+    p.add_argument("--conventions", choices=("paper", "strict"), default="paper",
+                   help="paper (default): resize and back-projection as the authors' evaluation; strict: "
+                   "the exact inverse of the crop (see groundiff_core.conventions)")
     p.add_argument("--steps", type=int, help="inference steps (the window keeps its share of the steps)")
     p.add_argument("--layers", help="cross-attention layers in execution order, e.g. 3,4,6,7")
     p.add_argument("--middle-layers", type=int, metavar="L", help="read the L middle cross-attention layers")
@@ -89,6 +92,8 @@ def config_from_args(args: argparse.Namespace):
     from ..config import GroundingConfig
 
     cfg = GroundingConfig.preset(getattr(args, "preset", "paper"))
+    if getattr(args, "conventions", None):
+        cfg = replace(cfg, conventions=args.conventions)
     if args.steps is not None:
         cfg = cfg.with_steps(args.steps)
     if args.layers and args.middle_layers is not None:
