@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test book book-quick clean bench
+.PHONY: setup test book book-quick book-fixture clean bench
 
 setup:
 	@bash scripts/setup-env.sh
@@ -13,12 +13,22 @@ test: setup
 # Full book on the embedded phantom default: execute the notebooks with papermill, then render.
 book: setup
 	$(PY) -m groundiff_core.book
+	$(PY) -m groundiff_core.bookcheck book/notebooks --dataset phantom
 	.venv/bin/jupyter-book build book -W --keep-going
+	$(PY) -m groundiff_core.bookcheck --html book/_build/html
 
-# CI profile: fewer pairs, same notebooks, warnings are errors.
+# CI profile: fewer pairs, same notebooks, warnings are errors; then every page must have run
+# without error, state the phantom as its data and hold metrics in range.
 book-quick: setup
 	$(PY) -m groundiff_core.book --quick
+	$(PY) -m groundiff_core.bookcheck book/notebooks --dataset phantom
 	.venv/bin/jupyter-book build book -W --keep-going
+	$(PY) -m groundiff_core.bookcheck --html book/_build/html
+
+# The five notebooks (quick profile, every pair) on an MS-CXR-shaped fixture and a MONAI bundle
+# written to a temporary folder (never into book/), then the same checks (tests/book_fixture.py).
+book-fixture: setup
+	$(PY) scripts/book_fixture.py
 
 bench: setup
 	$(PY) benchmarks/bench_engine.py

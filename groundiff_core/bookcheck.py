@@ -10,7 +10,11 @@ reads them and lists every problem:
   sensitivity in [0, 1], |CNR| >= 0, every number finite, every confidence interval around its mean;
 * a metrics file without a single metric (a notebook that silently evaluated nothing).
 
-``python -m groundiff_core.bookcheck book/notebooks [--dataset mscxr]`` exits 1 on any problem.
+:func:`check_html` does the same for the rendered pages: a provenance box, numbered figures whose
+images exist, no error output.
+
+``python -m groundiff_core.bookcheck book/notebooks [--dataset mscxr] [--html book/_build/html]``
+exits 1 on any problem.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import argparse
 import json
 import math
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["METRIC_FILES", "check_book", "check_metrics", "main"]
+__all__ = ["METRIC_FILES", "check_book", "check_html", "check_metrics", "main"]
 
 # the metrics file each notebook writes into its output folder
 METRIC_FILES = {
@@ -50,7 +55,8 @@ def _stat_problems(name: str, where: str, value: Any) -> list[str]:
         elif "value" in value:  # text sensitivity
             vals = [(k, value.get(k)) for k in ("value", "ci_low", "ci_high")]
         else:
-            vals = [(f"{k}", v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            vals = [(f"{k}", v) for k, v in value.items()  # a row-keyed table; counts are not the metric
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and not str(k).startswith("n_")]
     else:
         vals = [("", value)]
     for k, v in vals:
@@ -143,19 +149,79 @@ def check_book(notebooks_dir: str | Path, *, dataset: str | None = None,
     return problems
 
 
+class _Page(HTMLParser):
+    """The parts of a rendered notebook page that :func:`check_html` looks at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.classes: list[str] = []
+        self.figure_numbers = 0
+        self._in_number = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        cls = a.get("class") or ""
+        self.classes.append(cls)
+        if tag == "img":
+            self.images.append(a.get("src") or "")
+        if tag == "span" and "caption-number" in cls.split():
+            self.figure_numbers += 1
+
+
+def check_html(html_dir: str | Path, names: Sequence[str] | None = None) -> list[str]:
+    """Problems of the rendered notebook pages in ``html_dir`` (``book/_build/html``): each page
+    must exist, open with its provenance box (an admonition of class ``provenance``), show at least
+    one numbered figure (a ``caption-number``) whose images all exist, and hold no error output."""
+    root = Path(html_dir)
+    problems: list[str] = []
+    for name in names or list(METRIC_FILES):
+        page = root / "notebooks" / f"{name}.html"
+        if not page.is_file():
+            problems.append(f"{name}: no rendered page {page}")
+            continue
+        html = page.read_text(encoding="utf-8")
+        parsed = _Page()
+        parsed.feed(html)
+        if not any("provenance" in c.split() for c in parsed.classes):
+            problems.append(f"{name}: the page has no provenance box")
+        if parsed.figure_numbers == 0:
+            problems.append(f"{name}: the page has no numbered figure")
+        for src in parsed.images:
+            if src.startswith(("http:", "https:", "data:")) or "logo" in src:
+                continue
+            if not (page.parent / src.split("#")[0]).resolve().is_file():
+                problems.append(f"{name}: image {src!r} does not exist")
+        if any("output_error" in c or "traceback" in c.lower() for c in parsed.classes) or "Traceback (most recent" in html:
+            problems.append(f"{name}: the page shows an error output")
+    return problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m groundiff_core.bookcheck", description=__doc__.split("\n\n")[0])
-    parser.add_argument("notebooks_dir", type=Path, help="the folder of executed notebooks (book/notebooks)")
+    parser.add_argument("notebooks_dir", type=Path, nargs="?", help="the folder of executed notebooks (book/notebooks)")
+    parser.add_argument("--html", type=Path, metavar="DIR", help="also check the rendered pages in DIR (book/_build/html)")
     parser.add_argument("--dataset", help="dataset name every page must state (phantom, mscxr, ...)")
     parser.add_argument("--only", action="append", default=None, metavar="NAME", help="check only this notebook")
     args = parser.parse_args(argv)
-    problems = check_book(args.notebooks_dir, dataset=args.dataset, names=args.only)
+    if args.notebooks_dir is None and args.html is None:
+        parser.error("give the notebooks folder, --html DIR, or both")
+    problems = []
+    if args.notebooks_dir is not None:
+        problems += check_book(args.notebooks_dir, dataset=args.dataset, names=args.only)
+    if args.html is not None:
+        problems += check_html(args.html, names=args.only)
     for p in problems:
         print(f"[bookcheck] {p}", file=sys.stderr)
     if problems:
-        print(f"[bookcheck] {len(problems)} problem(s) in {args.notebooks_dir}", file=sys.stderr)
+        print(f"[bookcheck] {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"[bookcheck] {args.notebooks_dir}: every notebook ran, states its data, metrics in range")
+    done = []
+    if args.notebooks_dir is not None:
+        done.append(f"{args.notebooks_dir}: every notebook ran, states its data, metrics in range")
+    if args.html is not None:
+        done.append(f"{args.html}: every page has its provenance box, numbered figures that load, no error")
+    print("[bookcheck] " + "; ".join(done))
     return 0
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from .model import LDM
 
-__all__ = ["BookData", "KeepMaps", "load_book_data", "nested_count", "provenance", "provenance_box", "reference_table", "resolve_show_images",
+__all__ = ["BookData", "KeepMaps", "class_averaged_ci", "load_book_data", "nested_count", "one_pair_per_class", "paired_difference", "provenance", "provenance_box", "reference_table", "resolve_show_images",
            "save_json", "scorable_pairs", "scored_boxes", "setup_notebook", "side_of_phrase", "swap_sides", "unrelated_finding"]
 
 PHANTOM_TEST_IMAGES = 200  # ~2 findings per image: about 400 image-phrase pairs
@@ -248,6 +248,70 @@ def scorable_pairs(pairs: Sequence[Any], *, conventions: str = "paper", crop_siz
         if len(scored_boxes(p, sizes[p.image_path], conventions=conventions, crop_size=crop_size)[0]):
             keep.append(p)
     return keep
+
+
+def _class_boot(values: "np.ndarray", cats: "np.ndarray", n_boot: int, seed: int) -> tuple[float, "np.ndarray"]:
+    """Class-averaged mean of ``values`` and ``n_boot`` stratified bootstrap replicates of it
+    (pairs resampled with replacement within each class)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(cats == c) for c in np.unique(cats)]
+    point = float(np.mean([values[g].mean() for g in groups]))
+    reps = np.zeros(n_boot)
+    for g in groups:
+        draws = rng.integers(0, len(g), size=(n_boot, len(g)))
+        reps += values[g][draws].mean(axis=1)
+    return point, reps / len(groups)
+
+
+def class_averaged_ci(df: Any, metric: str, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The class-averaged mean of ``metric`` over the rows of ``df`` (columns ``category`` and
+    ``metric``, one row per pair) with a 95% bootstrap interval stratified by class:
+    ``{"mean", "ci_low", "ci_high", "n_pairs"}``. Rows with a missing value are left out."""
+    import numpy as np
+
+    d = df[["category", metric]].dropna()
+    if len(d) == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n_pairs": 0}
+    point, reps = _class_boot(d[metric].to_numpy(float), d["category"].to_numpy(), n_boot, seed)
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {"mean": point, "ci_low": float(lo), "ci_high": float(hi), "n_pairs": int(len(d))}
+
+
+def paired_difference(a: Any, b: Any, metric: str, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Class-averaged ``metric`` of setting ``a`` minus that of setting ``b`` on the pairs both
+    scored (DataFrames with ``pair_id``, ``category`` and ``metric``), with a 95% paired bootstrap
+    interval: the same resampled pairs (within each class) for both settings.
+
+    Returns ``{"difference", "ci_low", "ci_high", "n_pairs", "separated"}``; ``separated`` is
+    True when the interval excludes 0, the only case in which one setting may be called better.
+    """
+    import numpy as np
+
+    m = a[["pair_id", "category", metric]].merge(b[["pair_id", metric]], on="pair_id", suffixes=("_a", "_b"))
+    m = m.dropna()
+    if len(m) == 0:
+        return {"difference": None, "ci_low": None, "ci_high": None, "n_pairs": 0, "separated": False}
+    diff = m[f"{metric}_a"].to_numpy(float) - m[f"{metric}_b"].to_numpy(float)
+    point, reps = _class_boot(diff, m["category"].to_numpy(), n_boot, seed)
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {"difference": point, "ci_low": float(lo), "ci_high": float(hi), "n_pairs": int(len(m)),
+            "separated": bool(lo > 0 or hi < 0)}
+
+
+def one_pair_per_class(pairs: Sequence[Any], *, conventions: str = "paper", crop_size: int | None = None,
+                       classes: int | None = None) -> list:
+    """The first scorable pair (:func:`scorable_pairs`) of each class, classes in sorted order,
+    at most ``classes`` of them (``None``: all): the examples of a qualitative figure."""
+    chosen: dict[str, Any] = {}
+    for p in pairs:
+        key = _norm_category(p.category)
+        if key in chosen or (classes is not None and len(chosen) >= classes and key not in chosen):
+            continue
+        if scorable_pairs([p], conventions=conventions, crop_size=crop_size):
+            chosen[key] = p
+    return [chosen[k] for k in sorted(chosen)]
 
 
 def _norm_category(name: str) -> str:

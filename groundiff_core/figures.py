@@ -23,6 +23,9 @@ __all__ = [
     "fmt_ci",
     "ci_frame",
     "savefig",
+    "publish",
+    "placeholder",
+    "qualitative_grid",
 ]
 
 BOX_COLOUR = "#39ff14"
@@ -127,3 +130,59 @@ def savefig(fig, output_dir, name: str, dpi: int = 110) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return str(path)
+
+
+def publish(fig, output_dir, name: str, dpi: int = 110) -> str:
+    """Save ``fig`` as ``output_dir/name.png`` and hand it to the book page as the glued output
+    ``name`` (myst-nb ``glue``): a ``{glue:figure} name`` directive in a Markdown cell then shows it
+    as a numbered, captioned figure that other pages can reference by its ``:name:``. Closes the
+    figure (it is shown once, where the directive is). Returns the PNG's path."""
+    import matplotlib.pyplot as plt
+
+    path = savefig(fig, output_dir, name, dpi=dpi)
+    try:
+        from myst_nb import glue
+    except ImportError:  # outside the book's environment: the PNG is the result
+        plt.close(fig)
+        return path
+    glue(name, fig, display=False)
+    plt.close(fig)
+    return path
+
+
+def placeholder(text: str, size: tuple[float, float] = (4.0, 0.8)):
+    """A small figure that only says ``text``: glued where a figure has nothing to show, so that
+    the page's numbered figure still exists and says why it is empty."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
+    return fig
+
+
+def qualitative_grid(rows: Sequence[tuple[str, np.ndarray, Any, Mapping[str, np.ndarray]]], size: float = 2.2,
+                     fontsize: int = 7):
+    """The paper's kind of qualitative figure: one row per example, the image with its ground-truth
+    boxes first, then each method's heatmap over it (same boxes), columns titled by method.
+
+    ``rows``: ``(label, image [H, W], boxes (x, y, w, h), {method: heatmap [H, W]})``, every row
+    with the same methods in the same order. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    methods = list(rows[0][3]) if rows else []
+    ncols = 1 + len(methods)
+    fig, axes = plt.subplots(max(1, len(rows)), ncols, figsize=(size * ncols, size * max(1, len(rows))),
+                             squeeze=False, constrained_layout=True)
+    for i, (label, image, boxes, maps) in enumerate(rows):
+        if list(maps) != methods:
+            raise ValueError(f"row {i} has methods {list(maps)}, expected {methods}")
+        overlay(axes[i, 0], image, None, boxes, title=label, fontsize=fontsize)
+        side_labels(axes[i, 0])
+        for j, m in enumerate(methods, start=1):
+            overlay(axes[i, j], image, maps[m], boxes, title=m if i == 0 else None, fontsize=fontsize)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig

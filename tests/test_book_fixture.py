@@ -228,3 +228,43 @@ def test_bookcheck_passes_good_output_and_fails_each_kind_of_breakage(tmp_path):
     assert n == 3 and len(problems) == 3
     assert bookcheck.check_metrics({"nothing": 1}) == ([], 0)
     assert any("not executed" in p for p in bookcheck.check_book(tmp_path / "missing"))
+
+
+def test_one_pair_per_class_and_the_qualitative_grid(fixture_pairs, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from groundiff_core import figures
+
+    picked = bookdata.one_pair_per_class(fixture_pairs, crop_size=64)
+    assert [p.category for p in picked] == sorted(fx.CATEGORIES)  # "Lung Opacity" via its scorable pair
+    assert all(p.phrase != fx.VANISHING for p in picked)
+    assert len(bookdata.one_pair_per_class(fixture_pairs, crop_size=64, classes=3)) == 3
+    hm = np.random.default_rng(0).random((8, 10))
+    rows = [(p.category, np.zeros((8, 10)), [(1, 1, 3, 3)], {"a": hm, "b": hm}) for p in picked[:2]]
+    fig = figures.qualitative_grid(rows)
+    assert len(fig.axes) == 6 and fig.axes[1].get_title() == "a" and len(fig.axes[4].patches) == 1
+    with pytest.raises(ValueError, match="expected"):
+        figures.qualitative_grid(rows + [("x", np.zeros((8, 10)), [], {"b": hm, "a": hm})])
+    assert Path(figures.publish(figures.placeholder("nothing"), tmp_path, "empty")).is_file()
+
+
+def test_check_html_wants_the_box_numbered_figures_and_no_errors(tmp_path):
+    pages = tmp_path / "notebooks"
+    pages.mkdir()
+    (pages / "fig.png").write_bytes(b"png")
+    good = ('<div class="admonition note provenance"><p>Data</p></div><figure><img src="fig.png"/>'
+            '<figcaption><span class="caption-number">Fig. 1 </span></figcaption></figure>')
+    for name in bookcheck.METRIC_FILES:
+        (pages / f"{name}.html").write_text(good)
+    assert bookcheck.check_html(tmp_path) == []
+    (pages / "02_main_table.html").write_text(good.replace("provenance", "note"))
+    (pages / "03_ablation.html").write_text(good.replace("caption-number", "caption-text"))
+    (pages / "04_failure_cases.html").write_text(good.replace("fig.png", "gone.png"))
+    (pages / "05_captum.html").write_text(good + '<div class="output_error">Traceback (most recent call last)</div>')
+    out = bookcheck.check_html(tmp_path)
+    assert len(out) == 4
+    assert "02_main_table: the page has no provenance box" in out
+    assert "03_ablation: the page has no numbered figure" in out
+    assert any("gone.png" in p for p in out) and any("05_captum" in p and "error" in p for p in out)
+    assert bookcheck.main(["--html", str(tmp_path)]) == 1
