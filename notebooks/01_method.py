@@ -24,7 +24,7 @@
 #
 # Every picture below comes from `groundiff_core` calls (`Grounder.record` keeps the attention of
 # every layer and step from one inversion; `Recording.heatmaps` aggregates any subset of it). With
-# the default parameters the image is a phantom from the project's synthetic test bed
+# the default parameters the image is a phantom from groundiff's synthetic test bed
 # ([introduction](../intro.md)).
 
 # %% tags=["parameters"]
@@ -47,13 +47,14 @@ generate_phrases = ["right pleural effusion", "left apical pneumothorax", "cardi
                     "consolidation in the left upper lung"]  # [] to skip the generation figure
 generate_steps = 50  # DDIM steps of the generation figure
 guidance = 3.0  # classifier-free guidance of the generation figure
+show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from IPython.display import display
+from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core import bookdata, figures, metrics
@@ -61,20 +62,34 @@ from groundiff_core.datasets import group_by_image
 from groundiff_core.image_io import load_image
 from groundiff_core.trajectory import inversion_trajectory
 
-# %% [markdown]
-# ## The pair
-
-# %%
+# %% tags=["hide-input"]
 out, data, ldm = bookdata.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images, display_precision=None)
-by_image = group_by_image(data.pairs)
-candidates = [p for p in data.selected if len(by_image[p.image_path]) > 1] or data.selected
-pair = candidates[pair_index % len(candidates)]
-others = [q for q in by_image[pair.image_path] if q.phrase != pair.phrase]
-image = load_image(pair.image_path)
 config = gd.GroundingConfig.paper().with_steps(num_inference_steps)
+display(bookdata.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
+                                config=config, output_dir=out))
+show = bookdata.resolve_show_images(show_images, data)
+
+# %% [markdown]
+# ## The pair
+
+# %%
+by_image = group_by_image(data.pairs)
+scorable = bookdata.scorable_pairs(data.selected, crop_size=ldm.input_size)  # the runner skips the others
+candidates = [p for p in scorable if len(by_image[p.image_path]) > 1] or scorable
+pair = candidates[pair_index % len(candidates)]
+image = load_image(pair.image_path)
+shown_image = figures.screen(image, show)  # a blank of the image's size when images are not shown
+# boxes rescaled to the image actually read and cut to the model's crop, exactly as the runner scores them
+boxes, box_notes = bookdata.scored_boxes(pair, image.shape, crop_size=ldm.input_size)
+others, other_boxes = [], []
+for q in by_image[pair.image_path]:
+    qb = bookdata.scored_boxes(q, image.shape, crop_size=ldm.input_size)[0]
+    if q.phrase != pair.phrase and len(qb):
+        others.append(q)
+        other_boxes.append(qb)
 grounder = gd.Grounder(ldm, config)
 layers = grounder.layers
 print(f"phrase: {pair.phrase!r} ({pair.category}); other finding(s) on the image: "
@@ -82,20 +97,25 @@ print(f"phrase: {pair.phrase!r} ({pair.category}); other finding(s) on the image
 print(f"image {image.shape[1]}x{image.shape[0]} px, model input {ldm.input_size}x{ldm.input_size}, "
       f"{len(grounder.schedule())} inversion steps, window {config.window}, layers {config.layers}")
 
-# %%
+# %% tags=["hide-input"]
+if box_notes:
+    print("boxes as the runner scores them:", "; ".join(box_notes))
 fig, axes = figures.grid(1 + len(others), ncols=3, size=3.0)
-figures.overlay(axes[0], image, None, pair.boxes, title=f"'{pair.phrase}'")
+figures.overlay(axes[0], shown_image, None, boxes, title=f"'{pair.phrase}'")
 figures.side_labels(axes[0])
-for ax, q in zip(axes[1:], others):
-    figures.overlay(ax, image, None, q.boxes, title=f"other: '{q.phrase}'")
+for ax, q, qb in zip(axes[1:], others, other_boxes):
+    figures.overlay(ax, shown_image, None, qb, title=f"other: '{q.phrase}'")
     figures.side_labels(ax)
-figures.savefig(fig, out, "pair")
-plt.show()
+figures.publish(fig, out, "pair")
 
 # %% [markdown]
-# **Figure 1.** The image with the ground-truth box(es) of the phrase we ground (left) and of the
+# ```{glue:figure} pair
+# :name: fig-01-pair
+#
+# The image with the ground-truth box(es) of the phrase we ground (left) and of the
 # other finding(s) on the same image. R and L mark the patient's right and left (the patient's
 # right is on the image's left). A method that ignores the text cannot tell these apart.
+# ```
 
 # %% [markdown]
 # ## What the model draws
@@ -104,7 +124,7 @@ plt.show()
 # has learned: images sampled from noise for a few phrases (deterministic DDIM with classifier-free
 # guidance, `groundiff_core.sampling.generate`; not part of the grounding method).
 
-# %%
+# %% tags=["hide-input"]
 if generate_phrases:
     from groundiff_core.sampling import generate
 
@@ -113,13 +133,18 @@ if generate_phrases:
     for ax, ph, im in zip(axes, generate_phrases, samples):
         figures.show_image(ax, im, title=f"'{ph}'")
         figures.side_labels(ax)
-    figures.savefig(fig, out, "generated")
-    plt.show()
+    figures.publish(fig, out, "generated")
+else:
+    figures.publish(figures.placeholder("no phrases to generate (generate_phrases = [])"), out, "generated")
 
 # %% [markdown]
-# **Figure 2.** One sample per phrase, from the same seed. Look at whether the finding appears, and
+# ```{glue:figure} generated
+# :name: fig-01-generated
+#
+# One sample per phrase, from the same seed. Look at whether the finding appears, and
 # on the side the phrase names (R/L: the patient's right and left). The grounding below uses no
-# sampling at all: it inverts a real (here: phantom) image.
+# sampling at all: it inverts an image of the dataset.
+# ```
 
 # %% [markdown]
 # ## The inversion trajectory
@@ -127,22 +152,26 @@ if generate_phrases:
 # The latent is walked from the clean image (step -1) towards noise. With guidance 0 this
 # trajectory does not depend on the phrase, so one inversion serves every phrase of the image.
 
-# %%
+# %% tags=["hide-input"]
 n_steps = len(grounder.schedule())
 shown = sorted({min(n_steps - 1, int(round(f * (n_steps - 1)))) for f in trajectory_fractions})
 traj = inversion_trajectory(ldm, image, [-1, *shown], config)
 fig, axes = figures.grid(len(traj.steps), ncols=len(traj.steps), size=1.9)
 for ax, s, t, im in zip(axes, traj.steps, traj.timesteps, traj.images):
     inside = config.window[0] <= s < config.window[1]
-    figures.show_image(ax, im, title=("z0" if s < 0 else f"step {s}\nt = {t}") + (" (window)" if inside else ""))
-figures.savefig(fig, out, "trajectory")
-plt.show()
+    title = ("z0" if s < 0 else f"step {s}\nt = {t}") + (" (window)" if inside else "")
+    figures.show_image(ax, figures.screen(im, show), title=title)
+figures.publish(fig, out, "trajectory")
 
 # %% [markdown]
-# **Figure 3.** Decoded latents along the DDIM inversion (step index and timestep t). Look at how
+# ```{glue:figure} trajectory
+# :name: fig-01-trajectory
+#
+# Decoded latents along the DDIM inversion (step index and timestep t). Look at how
 # the anatomy dissolves into noise as t grows; the steps marked "window" are those whose attention
 # the paper reads: the middle of the trajectory, where the image is noisy enough for the text to
 # matter and still structured enough to be localised.
+# ```
 
 # %% [markdown]
 # ## Cross-attention per layer and per step
@@ -150,7 +179,7 @@ plt.show()
 # One recording of the whole trajectory keeps, for every cross-attention layer and step, the
 # attention of the phrase's tokens averaged over those tokens (and over heads).
 
-# %%
+# %% tags=["hide-input"]
 phrases = [pair.phrase] + [q.phrase for q in others]
 rec = grounder.record(image, phrases)
 mid = (config.window[0] + config.window[1]) // 2
@@ -161,17 +190,20 @@ for ax, layer in zip(axes, layers):
     read = layer.index in config.resolve_layers(len(layers))
     ax.set_title(f"layer {layer.index} ({m.shape[0]}x{m.shape[1]})" + ("\nread" if read else ""),
                  fontsize=8, color="C3" if read else "k")
-figures.savefig(fig, out, "per_layer")
-plt.show()
+figures.publish(fig, out, "per_layer")
 
 # %% [markdown]
-# **Figure 4.** Token-averaged cross-attention of the phrase at each of the model's
+# ```{glue:figure} per_layer
+# :name: fig-01-per-layer
+#
+# Token-averaged cross-attention of the phrase at each of the model's
 # cross-attention layers (numbered in execution order: down blocks, middle, up blocks; native
 # resolution in brackets), at the middle step of the window. The layers the paper reads are
 # marked "read" in red: the deepest-resolution layers. Look at which layers put their mass on the
 # phrase's box and which spread it over the anatomy.
+# ```
 
-# %%
+# %% tags=["hide-input"]
 probe = config.resolve_layers(len(layers))[len(config.resolve_layers(len(layers))) // 2]
 step_ids = np.unique(np.linspace(0, n_steps - 1, 12).round().astype(int))
 fig, axes = figures.grid(len(step_ids), ncols=6, size=1.8)
@@ -179,14 +211,17 @@ for ax, s in zip(axes, step_ids):
     ax.imshow(rec.layer_maps(probe, int(s))[0], cmap=figures.HEAT_CMAP)
     inside = config.window[0] <= s < config.window[1]
     ax.set_title(f"step {s}" + (" (window)" if inside else ""), fontsize=8, color="C3" if inside else "k")
-figures.savefig(fig, out, "per_step")
-plt.show()
+figures.publish(fig, out, "per_step")
 
 # %% [markdown]
-# **Figure 5.** The same phrase at one of the layers the paper reads (the middle one of them)
+# ```{glue:figure} per_step
+# :name: fig-01-per-step
+#
+# The same phrase at one of the layers the paper reads (the middle one of them)
 # across the trajectory. Early steps
 # (little noise) attend to edges and texture; late steps (mostly noise) lose the image. Look at the
 # steps inside the paper's window (red titles).
+# ```
 
 # %% [markdown]
 # ## Per token
@@ -196,7 +231,7 @@ plt.show()
 # window, reading one token position at a time (`GroundingConfig(tokens="token:i")`); before
 # normalisation these maps average exactly to the phrase's map.
 
-# %%
+# %% tags=["hide-input"]
 import dataclasses
 
 token_ids = ldm.tokenizer(pair.phrase)["input_ids"]
@@ -208,19 +243,22 @@ for i in range(1, len(tokens) + 1):
 titles = [f"'{pair.phrase}'"] + [f"token {i}: '{t.replace('</w>', '')}'" for i, t in enumerate(tokens, 1)]
 fig, axes = figures.grid(len(titles), ncols=min(len(titles), 6), size=2.2)
 for ax, title, hm in zip(axes, titles, token_maps):
-    figures.overlay(ax, image, hm, pair.boxes, title=title)
-figures.savefig(fig, out, "per_token")
-plt.show()
+    figures.overlay(ax, shown_image, hm, boxes, title=title)
+figures.publish(fig, out, "per_token")
 
 # %% [markdown]
-# **Figure 6.** Final heatmap of the whole phrase (first panel) and of each of its tokens read on
+# ```{glue:figure} per_token
+# :name: fig-01-per-token
+#
+# Final heatmap of the whole phrase (first panel) and of each of its tokens read on
 # its own, with the phrase's ground-truth box. Look at which tokens carry the location (the
 # finding's name, or the side) and which light up everything.
+# ```
 
 # %% [markdown]
 # ## Aggregation and post-processing
 
-# %%
+# %% tags=["hide-input"]
 raw = rec.heatmaps(config=config, smooth=False, otsu=False, return_raw=True)
 smooth = rec.heatmaps(config=config, smooth=True, otsu=False)
 final = rec.heatmaps(config=config)
@@ -230,18 +268,21 @@ stages = [("mean attention\n(selected layers and steps)", raw.raw[0]),
 geom = final.geometry
 fig, axes = figures.grid(4, ncols=4, size=2.8)
 for ax, (title, m) in zip(axes, stages):
-    figures.overlay(ax, geom.to_model(torch.as_tensor(image)[None, None])[0, 0].numpy(), m,
-                    geom.boxes_to_model(pair.boxes), title=title, vmax=None)
-figures.overlay(axes[3], image, final.heatmaps[0], pair.boxes, title="final, original grid")
+    figures.overlay(ax, figures.screen(geom.to_model(torch.as_tensor(image)[None, None])[0, 0].numpy(), show), m,
+                    geom.boxes_to_model(boxes), title=title, vmax=None)
+figures.overlay(axes[3], shown_image, final.heatmaps[0], boxes, title="final, original grid")
 figures.side_labels(axes[3])
-figures.savefig(fig, out, "postprocessing")
-plt.show()
+figures.publish(fig, out, "postprocessing")
 
 # %% [markdown]
-# **Figure 7.** From the averaged attention to the final heatmap, on the model's input grid (first
+# ```{glue:figure} postprocessing
+# :name: fig-01-postprocessing
+#
+# From the averaged attention to the final heatmap, on the model's input grid (first
 # three panels) and back on the original image (last panel; transparent where the centre crop cut
 # the image). The Gaussian removes the blockiness of the low-resolution attention; Otsu keeps only
 # the part above an automatic threshold, which is what the overlap metrics reward.
+# ```
 
 # %%
 check = grounder.ground(image, phrases)
@@ -249,8 +290,7 @@ assert np.allclose(np.nan_to_num(check.heatmaps), np.nan_to_num(final.heatmaps),
     "Recording.heatmaps should equal Grounder.ground"
 rows = {}
 for k, ph in enumerate(phrases):
-    boxes = pair.boxes if k == 0 else others[k - 1].boxes
-    rows[ph] = metrics.all_metrics(final.heatmaps[0], boxes)
+    rows[ph] = metrics.all_metrics(final.heatmaps[0], boxes if k == 0 else other_boxes[k - 1])
 table = pd.DataFrame(rows).T
 table.index = [f"heatmap of '{pair.phrase}' vs boxes of '{ph}'" for ph in table.index]
 table.to_csv(out / "pair_metrics.csv")
@@ -261,19 +301,21 @@ display(table)
 # finding's boxes: when the text matters, the first row wins. The recording and a direct
 # `Grounder.ground` call give identical maps (checked above to 1e-5).
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = figures.grid(len(phrases), ncols=3, size=3.0)
 for k, (ax, ph) in enumerate(zip(axes, phrases)):
-    boxes = pair.boxes if k == 0 else others[k - 1].boxes
-    figures.overlay(ax, image, final.heatmaps[k], boxes, title=f"'{ph}'")
+    figures.overlay(ax, shown_image, final.heatmaps[k], boxes if k == 0 else other_boxes[k - 1], title=f"'{ph}'")
     figures.side_labels(ax)
-figures.savefig(fig, out, "final_overlays")
-plt.show()
+figures.publish(fig, out, "final_overlays")
 
 # %% [markdown]
-# **Figure 8.** Final heatmaps of every phrase of the image, each with its own ground-truth boxes:
+# ```{glue:figure} final_overlays
+# :name: fig-01-final-overlays
+#
+# Final heatmaps of every phrase of the image, each with its own ground-truth boxes:
 # the same image, the same inversion, different text. Look at whether each heatmap moves to its own
 # finding.
+# ```
 
 # %%
 bookdata.save_json({"pair": {"pair_id": pair.pair_id, "phrase": pair.phrase, "category": pair.category},

@@ -19,7 +19,7 @@
 # Captum attribution method through the same frozen model (see [notebook 5](05_captum)).
 #
 # Every number comes with a 95% bootstrap confidence interval over the pairs (stratified by class
-# for the class average). The evaluation is the project's resumable runner
+# for the class average). The evaluation is groundiff's resumable runner
 # (`groundiff_core.evaluate`), exactly as `groundiff evaluate` runs it.
 #
 # ```{note}
@@ -34,17 +34,23 @@ images_root = None  # image folder of a real dataset (e.g. MIMIC-CXR-JPG)
 dataset = "mscxr"  # "mscxr", "vindr" or "nih" (how to read dataset_csv)
 split = None  # keep only this MS-CXR v1.1.0 split, e.g. "test"
 phantom_images = 200  # images in the generated phantom test split (about 2 pairs each)
-n_pairs = 40  # pairs evaluated (seeded subset; 0 = all)
+n_pairs = 40  # pairs evaluated (seeded subset; 0: all)
 seed = 0  # seeds the pair selection, the random baseline and the bootstrap
 device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
 text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
 output_dir = "book/notebooks/02_main_table_files"
 captum_method = "grad_cam"  # the Captum method in the table (see notebook 5 for all of them)
-captum_pairs = 0  # pairs for the Captum method (a nested subset of the same pairs; 0 = n_pairs)
+captum_pairs = 20  # pairs for the Captum method: a nested subset of the same pairs, at most n_pairs (0: all)
 n_boot = 1000  # bootstrap resamples for the confidence intervals
+conventions = "paper"  # "paper": scored exactly as the authors' evaluation; "strict": the cleaner variant
+reference_csv = None  # a CSV of published figures (columns method,class,metric,value) to show beside ours
+qualitative_classes = 8  # classes in the one-pair-per-class figure (0: all)
+show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
 
-# %%
+# %% tags=["hide-input"]
+from dataclasses import replace
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -54,16 +60,22 @@ import groundiff_core as gd
 from groundiff_core import bookdata, figures
 from groundiff_core.attribution import make_method
 from groundiff_core.baselines import CentrePrior, RandomHeatmap
-from groundiff_core.evaluate import evaluate, summary_table
+from groundiff_core.evaluate import evaluate, load_results, summarize, summary_table
+from groundiff_core.image_io import load_image
+
+# %% tags=["hide-input"]
+out, data, ldm = bookdata.setup_notebook(
+    output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
+    dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
+    phantom_images=phantom_images)
+display(bookdata.provenance_box(data, ldm, preset="paper", conventions=conventions,
+                                config=gd.GroundingConfig.paper(), output_dir=out))
+show = bookdata.resolve_show_images(show_images, data)
 
 # %% [markdown]
 # ## Data and model
 
 # %%
-out, data, ldm = bookdata.setup_notebook(
-    output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
-    dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
-    phantom_images=phantom_images)
 per_class = pd.Series([p.category for p in data.selected]).value_counts().sort_index()
 display(pd.DataFrame({"pairs selected": per_class}).T)
 print(f"dataset: {data.description}")
@@ -77,9 +89,10 @@ print(f"model: {ldm.name}, input {ldm.input_size}x{ldm.input_size}, "
 # reads all of its phrases from it.
 
 # %%
-captum_n = captum_pairs or n_pairs
+captum_n = bookdata.nested_count(captum_pairs, n_pairs)  # never more than the other methods' pairs
 methods = {  # label: (results folder, method, pairs)
-    "cross-attention (paper preset)": ("cross_attention", gd.Grounder(ldm, gd.GroundingConfig.paper()), n_pairs),
+    "cross-attention (paper preset)": ("cross_attention", gd.Grounder(ldm, replace(gd.GroundingConfig.paper(),
+                                                                                conventions=conventions)), n_pairs),
     f"Captum {captum_method}": (f"captum_{captum_method}", make_method(captum_method, ldm), captum_n),
     "centre prior": ("centre_prior", CentrePrior(), n_pairs),
     "random": ("random", RandomHeatmap(seed=seed), n_pairs),
@@ -87,7 +100,8 @@ methods = {  # label: (results folder, method, pairs)
 summaries = {}
 for name, (folder, method, n) in methods.items():
     summaries[name] = evaluate(method, data.pairs, out / folder, dataset=data.description,
-                               n_pairs=n or None, seed=seed, n_boot=n_boot, progress=False)
+                               n_pairs=n or None, seed=seed, n_boot=n_boot, progress=False,
+                               conventions=conventions)
     print(f"{name:32s} {summaries[name]['n_pairs']:4d} pairs, "
           f"{summaries[name]['seconds_per_pair']:.2f} s per pair")
 
@@ -108,6 +122,39 @@ table.to_csv(out / "class_averaged.csv")
 display(table)
 
 # %% [markdown]
+# ## How much the scoring conventions move the numbers
+#
+# A few choices that the paper's Algorithm 1 leaves open decide the reported figures: whether the
+# ground truth includes the box pixels that fall in the margins the centre crop cut away, whether
+# each box's CNR is computed on a copy that blanks the boxes already scored, how a pair with an
+# undefined AUC or CNR enters the class mean, and how the map is placed back on the original image.
+# The **paper** conventions reproduce exactly what the authors' evaluation computed; the **strict**
+# ones score only what the model saw and leave undefined values out (the full list is in
+# `groundiff_core.conventions`). Every result row holds the same heatmap scored both ways, so the
+# table below needs no second grounding run.
+
+# %%
+display(Markdown(f"The tables on this page use the **{conventions}** conventions."))
+selected_ids = {p.pair_id for p in data.selected}
+both = {}
+for name in ["cross-attention (paper preset)", "centre prior"]:
+    rows = [r for r in load_results(out / methods[name][0]) if r["pair_id"] in selected_ids]
+    for conv in ("paper", "strict"):
+        s = summarize(rows, n_boot=n_boot, seed=seed, conventions=conv)
+        both[(name, conv)] = {names[m]: s["class_averaged"][m]["mean"] for m in main_metrics} | \
+            {"pairs scored": s["n_pairs"]}
+conv_table = pd.DataFrame(both).T.rename_axis(["method", "conventions"])
+conv_table.to_csv(out / "conventions.csv")
+display(conv_table.style.format(precision=3))
+
+# %%
+rows = [r for r in load_results(out / "cross_attention") if r["pair_id"] in selected_ids and r["status"] == "ok"]
+moved = {m: sum(1 for r in rows if "alternative" in r and r[m] is not None and r["alternative"][m] is not None
+                and abs(r[m] - r["alternative"][m]) > 1e-6) for m in main_metrics}
+display(Markdown("Pairs of the cross-attention run whose score changes with the conventions (of "
+                 f"{len(rows)}): " + ", ".join(f"{names[m]} {k}" for m, k in moved.items()) + "."))
+
+# %% [markdown]
 # ## Per class
 #
 # The same metrics for each finding. Classes with few pairs have wide intervals: read the bars
@@ -123,7 +170,7 @@ pd.concat({name: pd.DataFrame(summary_table(s)).set_index("group") for name, s i
     .to_csv(out / "per_class_all_methods.csv")
 display(per)
 
-# %%
+# %% tags=["hide-input"]
 classes = ours["categories"]
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
 width = 0.8 / len(summaries)
@@ -140,15 +187,49 @@ for ax, m in zip(axes, ["miou", "auc", "cnr_abs"]):
     if m == "auc":
         ax.axhline(0.5, color="k", lw=0.8, ls=":")
 axes[0].legend(fontsize=7, loc="upper left")
-figures.savefig(fig, out, "per_class_bars")
-plt.show()
+figures.publish(fig, out, "per_class_bars")
 
 # %% [markdown]
-# **Figure 1.** Per-class mIoU, AUC-ROC and |CNR| (bars: mean; whiskers: 95% bootstrap CI) of the
+# ```{glue:figure} per_class_bars
+# :name: fig-02-per-class-bars
+#
+# Per-class mIoU, AUC-ROC and |CNR| (bars: mean; whiskers: 95% bootstrap CI) of the
 # cross-attention method with the paper's preset, the Captum method and the two text-blind floors.
 # Look at whether the cross-attention bars clear the centre prior in each class (a method that
 # ignores the text can still score well on findings that sit near the middle of the image, such
 # as cardiomegaly), and at AUC-ROC against the dotted chance line at 0.5.
+# ```
+
+# %% [markdown]
+# ## One pair per class
+#
+# The paper shows its heatmaps beside those of other methods for a few pairs. Here: the first
+# scored pair of each class among the evaluated ones, with the cross-attention map, the centre
+# prior and the Captum method of the table, each grounded again on that pair alone.
+
+# %% tags=["hide-input"]
+examples = bookdata.one_pair_per_class(data.selected, conventions=conventions, crop_size=ldm.input_size,
+                                       classes=qualitative_classes or None)
+shown_methods = ["cross-attention (paper preset)", "centre prior", f"Captum {captum_method}"]
+grid_rows = []
+for p in examples:
+    image = load_image(p.image_path)
+    boxes, _ = bookdata.scored_boxes(p, image.shape, conventions=conventions, crop_size=ldm.input_size)
+    maps = {name.replace(" (paper preset)", ""): methods[name][1].ground(image, [p.phrase]).heatmaps[0]
+            for name in shown_methods}
+    grid_rows.append((f"{p.category}: '{p.phrase}'", figures.screen(image, show), boxes, maps))
+figures.publish(figures.qualitative_grid(grid_rows) if grid_rows else figures.placeholder("no scored pair"),
+                out, "qualitative")
+
+# %% [markdown]
+# ```{glue:figure} qualitative
+# :name: fig-02-qualitative
+#
+# One pair per class (rows): the image with the phrase's ground-truth boxes (R/L: the patient's
+# right and left), then the heatmap of the cross-attention method with the paper's preset, of the
+# text-blind centre prior and of the Captum method, each with the same boxes. Look at whether the
+# cross-attention map moves with the finding from row to row while the centre prior stays put.
+# ```
 
 # %% [markdown]
 # ## Does the text matter?
@@ -168,24 +249,35 @@ display(ts)
 # %% [markdown]
 # ## The paper's claims beside ours
 #
-# What the paper states {cite:p}`vilouras2024zeroshot` (abstract and summary; our source is the
-# paper's abstract and its method description, see `METHOD.md` in the project):
+# What the paper states {cite:p}`vilouras2024zeroshot` (its abstract and summary):
 #
 # * The method is **zero-shot**: the LDM's weights stay frozen and no box is used.
 # * On MS-CXR it is **competitive with contrastive vision-language models** (BioViL and BioViL-T
 #   {cite:p}`boecking2022making,bannur2023biovilt`) across the pathologies, and **better than them on
 #   average in mean IoU and AUC-ROC, but not in CNR**.
-# * The ablation favours **L = 6 middle layers and T = 20 % of the steps** (the released code reads
-#   layers 3, 4, 6, 7 and steps 120..179), and Otsu post-processing improves localisation
-#   ([notebook 3](03_ablation)).
+# * The paper's summary reports **L = 6 middle layers and T = 20 % of the steps** as the best
+#   setting of its ablation; the authors' released evaluation code reads 4 layers (3, 4, 6, 7) and
+#   steps 120..179, which is what the paper preset here does. Otsu post-processing improves
+#   localisation ([notebook 3](03_ablation)).
 #
 # ```{important}
-# The paper's per-class numbers and those of BioViL / BioViL-T are **not in the sources this project
-# was built from**, so they are not reproduced here, and nothing below is a comparison with them.
-# To put numbers side by side, run this notebook on MS-CXR with the paper's model
-# ([Reproduce on real data](../reproduce.md)) and read the paper's Table.
+# This book ships no copy of the paper's per-class numbers or of those of BioViL / BioViL-T, so
+# nothing below is a comparison with them. To put them side by side, write them into a CSV with the
+# columns `method,class,metric,value` (class: a finding's name or `average`; metric: `miou`, `auc` or
+# `cnr`) and run this notebook with `-p reference_csv FILE`: the table below then shows them beside
+# this run's figures ([Reproduce on real data](../reproduce.md)).
 # ```
 #
+# %%
+if reference_csv:
+    ref = bookdata.reference_table(summaries["cross-attention (paper preset)"], reference_csv)
+    ref.to_csv(out / "reference_comparison.csv")
+    display(Markdown(f"Published figures from `{reference_csv}` beside this run's cross-attention means:"))
+    display(ref)
+else:
+    display(Markdown("No `reference_csv` was given: no published figures are shown beside this run's."))
+
+# %% [markdown]
 # What this run shows about the claims that can be checked without the paper's numbers:
 
 # %%

@@ -20,7 +20,7 @@
 # Here every cell of the L x T grid is computed from **one recorded inversion per image**
 # (`Grounder.record` keeps the token-averaged attention of every layer and step;
 # `Recording.heatmaps(middle_layers=L, window_percent=T)` aggregates any cell without running the
-# model again), so the grid costs about as much as grounding each image twice.
+# model again), so the whole grid costs one recorded inversion per image, whatever the number of cells.
 #
 # "The L middle layers" of the model's cross-attention layers (execution order) is the contiguous
 # block centred on the middle layer; "T %" is a window of T % of the nominal inference steps
@@ -34,36 +34,42 @@ images_root = None
 dataset = "mscxr"
 split = None
 phantom_images = 200
-n_pairs = 12  # pairs in the ablation (seeded subset; 0 = all)
+n_pairs = 12  # pairs in the ablation (seeded subset; 0: all)
 seed = 0
 device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
 text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
 output_dir = "book/notebooks/03_ablation_files"
-num_inference_steps = 100  # the paper uses 300; fewer makes the recording cheaper (windows scale)
+num_inference_steps = 300  # the paper's 300 (334 trailing steps); fewer makes the recording cheaper (windows scale)
 L_values = [1, 2, 4, 6, 8, 11]  # numbers of middle cross-attention layers
 T_values = [5, 10, 20, 40, 60, 100]  # window widths, % of the steps, centred on the middle
 paper_L, paper_T = 6, 20  # the paper's summary setting (marked in the figures)
+n_boot = 1000  # bootstrap resamples of the confidence intervals and of the paired comparisons
+show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core import bookdata, figures, metrics
 from groundiff_core.config import window_from_percent
 from groundiff_core.datasets import group_by_image
-from groundiff_core.datasets.common import fit_boxes_to_image
 from groundiff_core.image_io import load_image
 
-# %%
+# %% tags=["hide-input"]
 out, data, ldm = bookdata.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images)
 config = gd.GroundingConfig.paper().with_steps(num_inference_steps)
+display(bookdata.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
+                                config=config, output_dir=out))
+show = bookdata.resolve_show_images(show_images, data)
+
+# %%
 grounder = gd.Grounder(ldm, config)
 n_layers = len(grounder.layers)
 L_values = [L for L in L_values if 1 <= L <= n_layers]
@@ -88,16 +94,18 @@ for path, group in group_by_image(data.selected).items():
     image = load_image(path)
     phrases = list(dict.fromkeys(p.phrase for p in group))
     rec = grounder.record(image, phrases, steps=(lo, hi))
+    # boxes rescaled to the image as read and cut to the model's crop, as the runner scores them
+    scored = {p.pair_id: bookdata.scored_boxes(p, image.shape, crop_size=ldm.input_size)[0] for p in group}
+    scorable = [p for p in group if len(scored[p.pair_id])]
     for key, kw in [*settings.items(), *post.items()]:
         maps = rec.heatmaps(**kw).heatmaps
-        for p in group:
-            boxes, _ = fit_boxes_to_image(p, *image.shape)
-            m = metrics.all_metrics(maps[phrases.index(p.phrase)], boxes)
+        for p in scorable:
+            m = metrics.all_metrics(maps[phrases.index(p.phrase)], scored[p.pair_id])
             L, T = key if isinstance(key, tuple) else (None, None)
             rows.append({"pair_id": p.pair_id, "category": p.category, "L": L, "T": T,
                          "setting": key if isinstance(key, str) else "grid", **m})
-    if example is None:
-        example = (image, group[0], rec.to("cpu"))
+    if example is None and scorable:
+        example = (image, scorable[0], scored[scorable[0].pair_id], rec.to("cpu"))
 results = pd.DataFrame(rows)
 results.to_csv(out / "ablation_pairs.csv", index=False)
 
@@ -115,7 +123,7 @@ pd.concat(cells, names=["metric", "L"]).to_csv(out / "ablation_grid.csv")
 # %% [markdown]
 # ## The grid
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), constrained_layout=True)
 titles = {"miou": "mIoU", "auc": "AUC-ROC", "cnr_abs": "|CNR|"}
 for ax, (m, tab) in zip(axes, cells.items()):
@@ -131,41 +139,61 @@ for ax, (m, tab) in zip(axes, cells.items()):
     if paper_L in tab.index and paper_T in tab.columns:
         i, j = list(tab.index).index(paper_L), list(tab.columns).index(paper_T)
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
-    best = np.unravel_index(np.nanargmax(tab.values), tab.shape)
-    ax.add_patch(plt.Rectangle((best[1] - 0.45, best[0] - 0.45), 0.9, 0.9, fill=False, ec="white", lw=1.2, ls="--"))
+    top = np.unravel_index(np.nanargmax(tab.values), tab.shape)
+    ax.add_patch(plt.Rectangle((top[1] - 0.45, top[0] - 0.45), 0.9, 0.9, fill=False, ec="white", lw=1.2, ls="--"))
     fig.colorbar(im, ax=ax, shrink=0.8)
-figures.savefig(fig, out, "ablation_grid")
-plt.show()
+figures.publish(fig, out, "ablation_grid")
 
 # %% [markdown]
-# **Figure 1.** Class-averaged mIoU, AUC-ROC and |CNR| for every number of middle layers L (rows)
+# ```{glue:figure} ablation_grid
+# :name: fig-03-ablation-grid
+#
+# Class-averaged mIoU, AUC-ROC and |CNR| for every number of middle layers L (rows)
 # and window width T (columns), each cell from the same recordings. The red square is the paper's
-# summary choice (L = 6, T = 20 %); the dashed white square is the best cell of this run. Look at
-# whether the best region sits in the middle of the grid (few middle layers, a middle window) as
+# summary choice (L = 6, T = 20 %); the dashed white square is the cell with the highest mean in
+# this run (whether it is better than the paper's setting is tested in the next section). Look at
+# whether the high region sits in the middle of the grid (few middle layers, a middle window) as
 # the paper reports, and how fast the scores fall towards all layers and all steps.
+# ```
 
 # %% [markdown]
-# ## The paper's settings and the best cell
+# ## The paper's settings and the highest-scoring cells
+#
+# Each row: class-averaged mean with a 95% bootstrap interval (pairs resampled within each class).
+# The cell with the highest mean of each metric is compared with the paper code's setting on the
+# same pairs by a paired bootstrap of the difference; only a difference whose interval excludes 0
+# says that one setting is better on these pairs.
 
 # %%
-best_cells = {m: tab.stack().idxmax() for m, tab in cells.items()}
-summary_rows = {}
-for name, sel in {"paper summary: L = 6, T = 20 %": (grid_df["L"] == paper_L) & (grid_df["T"] == paper_T),
-                  "paper code: layers 3, 4, 6, 7, window of T = 20 %": None}.items():
-    df = grid_df[sel] if sel is not None else results[results.setting == "paper code (layers 3, 4, 6, 7)"]
-    summary_rows[name] = {titles[m]: class_averaged(df, m) for m in titles} if len(df) else {}
-for m, (L, T) in best_cells.items():
-    L, T = int(L), int(T)
-    df = grid_df[(grid_df["L"] == L) & (grid_df["T"] == T)]
-    summary_rows[f"best cell for {titles[m]}: L = {L}, T = {T} %"] = {titles[k]: class_averaged(df, k) for k in titles}
-summary = pd.DataFrame(summary_rows).T
+top_cells = {m: tab.stack().idxmax() for m, tab in cells.items()}
+paper_code = results[results.setting == "paper code (layers 3, 4, 6, 7)"]
+settings_shown = {"paper summary: L = 6, T = 20 %": grid_df[(grid_df["L"] == paper_L) & (grid_df["T"] == paper_T)],
+                  "paper code: layers 3, 4, 6, 7, window of T = 20 %": paper_code}
+for m, (L, T) in top_cells.items():
+    settings_shown[f"highest mean {titles[m]}: L = {int(L)}, T = {int(T)} %"] = \
+        grid_df[(grid_df["L"] == int(L)) & (grid_df["T"] == int(T))]
+summary = pd.DataFrame({name: {titles[m]: figures.fmt_ci(bookdata.class_averaged_ci(df, m, n_boot=n_boot, seed=seed))
+                               for m in titles} for name, df in settings_shown.items() if len(df)}).T
 summary.to_csv(out / "ablation_summary.csv")
 display(summary)
+verdicts, lines = {}, []
+for m, (L, T) in top_cells.items():
+    top = grid_df[(grid_df["L"] == int(L)) & (grid_df["T"] == int(T))]
+    d = bookdata.paired_difference(top, paper_code, m, n_boot=n_boot, seed=seed)
+    verdicts[f"{m}_difference"] = {"cell": [int(L), int(T)], **d}
+    if d["difference"] is None:
+        continue
+    lines.append(f"* {titles[m]}: L = {int(L)}, T = {int(T)} % minus the paper code's setting = {d['difference']:+.3f} "
+                 f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] on {d['n_pairs']} pairs: "
+                 + ("the interval excludes 0, so on these pairs this cell scores "
+                    + ("higher." if d["difference"] > 0 else "lower.")
+                    if d["separated"] else "the interval includes 0: these pairs do not separate the two."))
+display(Markdown("\n".join(lines) or "No pair was scored."))
 
 # %% [markdown]
 # ## Post-processing: Gaussian and Otsu
 
-# %%
+# %% tags=["hide-input"]
 pp = pd.DataFrame({name: {titles[m]: class_averaged(results[results.setting == name], m) for m in titles}
                    for name in post}).T
 pp.index = ["Gaussian + Otsu (paper)", "Otsu only", "Gaussian only", "neither"]
@@ -176,20 +204,23 @@ for ax, col in zip(axes, pp.columns):
     ax.bar(range(len(pp)), pp[col], color=["C3", "C0", "C1", "C7"])
     ax.set_xticks(range(len(pp)), pp.index, rotation=25, ha="right", fontsize=8)
     ax.set_title(f"class-averaged {col}")
-figures.savefig(fig, out, "postprocessing")
-plt.show()
+figures.publish(fig, out, "postprocessing")
 
 # %% [markdown]
-# **Figure 2.** The paper's layers and window with and without the Gaussian filter and the Otsu
+# ```{glue:figure} postprocessing
+# :name: fig-03-postprocessing
+#
+# The paper's layers and window with and without the Gaussian filter and the Otsu
 # threshold. Look at mIoU: the thresholded maps are what the overlap metric rewards, so Otsu should
 # raise it, while AUC-ROC (a ranking metric) changes less, and Otsu's zeros outside the mask change
 # the contrast that CNR measures.
+# ```
 
 # %% [markdown]
 # ## What a cell looks like
 
-# %%
-image, pair, rec = example
+# %% tags=["hide-input"]
+image, pair, pair_boxes, rec = example
 phr = rec.phrases.index(pair.phrase)
 show_L = [L for L in (1, paper_L, n_layers) if L in L_values]
 show_T = [T for T in (min(T_values), paper_T, max(T_values)) if T in T_values]
@@ -198,18 +229,22 @@ fig, axes = plt.subplots(len(show_L), len(show_T), figsize=(2.4 * len(show_T), 2
 for i, L in enumerate(show_L):
     for j, T in enumerate(show_T):
         hm = rec.heatmaps(middle_layers=L, window_percent=T).heatmaps[phr]
-        figures.overlay(axes[i, j], image, hm, pair.boxes, title=f"L = {L}, T = {T} %")
+        figures.overlay(axes[i, j], figures.screen(image, show), hm, pair_boxes, title=f"L = {L}, T = {T} %")
 fig.suptitle(f"'{pair.phrase}'", fontsize=9)
-figures.savefig(fig, out, "cells_example")
-plt.show()
+figures.publish(fig, out, "cells_example")
 
 # %% [markdown]
-# **Figure 3.** The final heatmap of one pair for a few cells of the grid (rows: L, columns: T),
+# ```{glue:figure} cells_example
+# :name: fig-03-cells-example
+#
+# The final heatmap of one pair for a few cells of the grid (rows: L, columns: T),
 # with the phrase's ground-truth box. Look at how one layer or a narrow window gives a noisy map,
 # and how all layers and all steps blur the finding into the anatomy.
+# ```
 
 # %%
 bookdata.save_json({"dataset": data.description, "config": config.to_dict(), "L_values": L_values,
                     "T_values": T_values, "windows": windows,
                     "grid": {m: tab.to_dict() for m, tab in cells.items()},
-                    "postprocessing": pp.to_dict(), "summary": summary.to_dict()}, out, "ablation")
+                    "postprocessing": pp.to_dict(), "summary": summary.to_dict(),
+                    "paired_vs_paper_code": verdicts}, out, "ablation")

@@ -27,7 +27,7 @@ images_root = None
 dataset = "mscxr"
 split = None
 phantom_images = 200
-n_pairs = 24  # pairs evaluated (seeded subset; 0 = all)
+n_pairs = 24  # pairs evaluated (seeded subset; 0: all)
 seed = 0
 device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
@@ -35,12 +35,13 @@ text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the 
 output_dir = "book/notebooks/04_failure_cases_files"
 worst_per_class = 1  # worst pairs shown per class
 prompt_pairs = 2  # pairs whose phrase is varied in the prompt-sensitivity study
+show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core import bookdata, figures, metrics
@@ -49,11 +50,15 @@ from groundiff_core.evaluate import evaluate, load_results
 from groundiff_core.image_io import load_image
 from groundiff_core.text import check_phrase
 
-# %%
+# %% tags=["hide-input"]
 out, data, ldm = bookdata.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images)
+display(bookdata.provenance_box(data, ldm, preset="paper", config=gd.GroundingConfig.paper(), output_dir=out))
+show = bookdata.resolve_show_images(show_images, data)
+
+# %%
 grounder = bookdata.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper()))
 summary = evaluate(grounder, data.pairs, out / "cross_attention", dataset=data.description,
                    n_pairs=n_pairs or None, seed=seed, progress=False)
@@ -73,34 +78,41 @@ def heatmap(pair_id: str) -> tuple[np.ndarray, np.ndarray]:
     return image, grounder.get(image, p.phrase)
 
 
+def shown(image: np.ndarray) -> np.ndarray:
+    return figures.screen(image, show)  # a blank of the image's size unless images may be shown
+
+
 # %% [markdown]
 # ## The worst pair of each class
 #
 # Ranked by AUC-ROC (the ranking metric that does not depend on a threshold), ties by mIoU.
 
-# %%
+# %% tags=["hide-input"]
 worst = (res.sort_values(["auc", "miou"]).groupby("category", sort=True).head(worst_per_class)
          .sort_values("category"))
 fig, axes = figures.grid(len(worst), ncols=4, size=2.7)
 for ax, (_, r) in zip(axes, worst.iterrows()):
     image, hm = heatmap(r.pair_id)
-    figures.overlay(ax, image, hm, r.boxes, title=f"{r.category}: '{r.phrase}'\nAUC {r.auc:.2f}, mIoU {r.miou:.2f}",
+    figures.overlay(ax, shown(image), hm, r.boxes, title=f"{r.category}: '{r.phrase}'\nAUC {r.auc:.2f}, mIoU {r.miou:.2f}",
                     fontsize=7)
     figures.side_labels(ax)
-figures.savefig(fig, out, "worst_per_class")
-plt.show()
+figures.publish(fig, out, "worst_per_class")
 worst[["category", "phrase", "auc", "miou", "cnr_abs", "n_boxes", "box_fraction"]].to_csv(out / "worst_pairs.csv", index=False)
 
 # %% [markdown]
-# **Figure 1.** The worst-scoring pair of each class: heatmap over the image, ground-truth box(es)
+# ```{glue:figure} worst_per_class
+# :name: fig-04-worst-per-class
+#
+# The worst-scoring pair of each class: heatmap over the image, ground-truth box(es)
 # in green, R/L the patient's sides. Look for the kind of failure: attention on another finding of
 # the same image (the text was not used), on the wrong side (laterality), on anatomy (a bright
 # structure such as the heart or the diaphragm), or a diffuse map that Otsu could not cut.
+# ```
 
 # %% [markdown]
 # ## Error against box size
 
-# %%
+# %% tags=["hide-input"]
 res["size_bin"] = pd.qcut(res.box_fraction, q=min(4, max(1, len(res) // 4)), duplicates="drop")
 by_size = res.groupby("size_bin", observed=True)[["auc", "miou", "cnr_abs"]].agg(["mean", "count"])
 by_size.to_csv(out / "by_box_size.csv")
@@ -113,13 +125,16 @@ for ax, m, label in zip(axes, ["auc", "miou"], ["AUC-ROC", "mIoU"]):
     ax.set_xlabel("ground-truth area / image area")
     ax.set_ylabel(label)
 axes[1].legend(fontsize=6, ncol=2)
-figures.savefig(fig, out, "by_box_size")
-plt.show()
+figures.publish(fig, out, "by_box_size")
 
 # %% [markdown]
-# **Figure 2.** Per-pair AUC-ROC and mIoU against the share of the image the ground truth covers
+# ```{glue:figure} by_box_size
+# :name: fig-04-by-box-size
+#
+# Per-pair AUC-ROC and mIoU against the share of the image the ground truth covers
 # (log scale), coloured by class. Look at the small boxes: mIoU punishes a map that is right in
 # place but larger than a small box far more than AUC-ROC does.
+# ```
 
 # %% [markdown]
 # ## Left and right
@@ -127,7 +142,7 @@ plt.show()
 # For phrases that name one side, the share of the heatmap's mass that lies on the named side of
 # the image (the patient's right is the image's left). Below 0.5 the map favours the wrong side.
 
-# %%
+# %% tags=["hide-input"]
 lat = res[res.side.isin(["left", "right"])].copy()
 shares = []
 for _, r in lat.iterrows():
@@ -152,14 +167,19 @@ if len(lat):
     ax.set_xlabel("share of heatmap mass on the named side")
     ax.set_ylabel("pairs")
     ax.legend(fontsize=8)
-    figures.savefig(fig, out, "laterality")
-    plt.show()
+    figures.publish(fig, out, "laterality")
+else:
+    figures.publish(figures.placeholder("no evaluated phrase names one side"), out, "laterality")
 
 # %% [markdown]
-# **Figure 3.** Distribution of the heatmap's mass on the side the phrase names, for "left" and
+# ```{glue:figure} laterality
+# :name: fig-04-laterality
+#
+# Distribution of the heatmap's mass on the side the phrase names, for "left" and
 # "right" phrases. Mass left of the dotted line at 0.5 is a left/right confusion. Look at whether
 # one side is confused more often than the other (a model that mixed up the radiological
 # convention would be wrong on both).
+# ```
 
 # %% [markdown]
 # ## Phrases with several boxes
@@ -167,7 +187,7 @@ if len(lat):
 # MS-CXR gives several boxes when a phrase names a finding in several places (e.g. bilateral
 # effusions); the ground truth is their union.
 
-# %%
+# %% tags=["hide-input"]
 res["boxes_group"] = np.where(res.n_boxes > 1, "several boxes", "one box")
 multi = res.groupby("boxes_group")[["auc", "miou", "cnr_abs", "pointing"]].agg(["mean", "count"])
 multi.to_csv(out / "multi_box.csv")
@@ -177,13 +197,16 @@ for ax, m, label in zip(axes, ["auc", "miou"], ["AUC-ROC", "mIoU"]):
     groups = [g[m].dropna().values for _, g in res.groupby("boxes_group")]
     ax.boxplot(groups, tick_labels=[k for k, _ in res.groupby("boxes_group")])
     ax.set_ylabel(label)
-figures.savefig(fig, out, "multi_box")
-plt.show()
+figures.publish(fig, out, "multi_box")
 
 # %% [markdown]
-# **Figure 4.** AUC-ROC and mIoU of phrases with one ground-truth box against phrases with several.
+# ```{glue:figure} multi_box
+# :name: fig-04-multi-box
+#
+# AUC-ROC and mIoU of phrases with one ground-truth box against phrases with several.
 # Look at mIoU: a single Otsu-thresholded blob tends to cover one of several boxes, which caps the
 # overlap with their union.
+# ```
 
 # %% [markdown]
 # ## Prompt sensitivity
@@ -216,18 +239,15 @@ def unrepresentable(text: str) -> str | None:
     return None
 
 
-def swap_sides(text: str) -> str:
-    swap = {"left": "right", "right": "left"}
-    return " ".join(swap.get(w, w) for w in text.split())
-
-
 prompt_rows, panels = [], []
 for _, r in chosen.iterrows():
     p = pairs[r.pair_id]
-    unrelated = next(c for c in ["cardiomegaly", "pneumothorax", "pleural effusion"] if c != p.category)
-    variants = {"original": p.phrase, "finding name only": p.category, "sides swapped": swap_sides(p.phrase),
-                "negated": f"no {p.phrase}", "unrelated finding": unrelated}
-    variants = {k: v for k, v in variants.items() if k == "original" or v != p.phrase}
+    # class names compared without case (MS-CXR writes "Pleural Effusion"), sides swapped whatever
+    # their case or punctuation, boxes as the runner scored them (rescaled to the image as read)
+    variants = {"original": p.phrase, "finding name only": p.category.lower(),
+                "sides swapped": bookdata.swap_sides(p.phrase), "negated": f"no {p.phrase}",
+                "unrelated finding": bookdata.unrelated_finding(p.category)}
+    variants = {k: v for k, v in variants.items() if k == "original" or v.lower() != p.phrase.lower()}
     image = load_image(p.image_path)
     skipped = {k for k, v in variants.items() if unrepresentable(v)}
     maps = grounder.method.ground(image, list(dict.fromkeys(v for k, v in variants.items() if k not in skipped)))
@@ -236,34 +256,37 @@ for _, r in chosen.iterrows():
             prompt_rows.append({"pair": p.phrase, "variant": kind, "text": text,
                                 "unknown words": "not representable: not grounded",
                                 "AUC-ROC on original boxes": float("nan"), "mIoU on original boxes": float("nan")})
-            panels.append((image, None, p.boxes, f"{kind}: not representable\n'{text}'"))
+            panels.append((image, None, r.boxes, f"{kind}: not representable\n'{text}'"))
             continue
         hm = maps[text]
         prompt_rows.append({"pair": p.phrase, "variant": kind, "text": text,
                             "unknown words": ", ".join(unknown_words(text)) or "-",
-                            "AUC-ROC on original boxes": metrics.auc_roc(hm, p.boxes),
-                            "mIoU on original boxes": metrics.miou(hm, p.boxes)})
-        panels.append((image, hm, p.boxes, f"{kind}:\n'{text}'"))
+                            "AUC-ROC on original boxes": metrics.auc_roc(hm, r.boxes),
+                            "mIoU on original boxes": metrics.miou(hm, r.boxes)})
+        panels.append((image, hm, r.boxes, f"{kind}:\n'{text}'"))
 prompts = pd.DataFrame(prompt_rows)
 prompts.to_csv(out / "prompt_sensitivity.csv", index=False)
 display(prompts.set_index(["pair", "variant"]))
 
-# %%
+# %% tags=["hide-input"]
 ncols = max(1, len(panels) // max(1, len(chosen)))
 fig, axes = figures.grid(len(panels), ncols=ncols, size=2.3)
 for ax, (image, hm, boxes, title) in zip(axes, panels):
-    figures.overlay(ax, image, hm, boxes, title=title, fontsize=7)
+    figures.overlay(ax, shown(image), hm, boxes, title=title, fontsize=7)
     figures.side_labels(ax)
-figures.savefig(fig, out, "prompt_sensitivity")
-plt.show()
+figures.publish(fig, out, "prompt_sensitivity")
 
 # %% [markdown]
-# **Figure 5.** Heatmaps of the phrase variants (columns) for a few pairs (rows), each with the
+# ```{glue:figure} prompt_sensitivity
+# :name: fig-04-prompt-sensitivity
+#
+# Heatmaps of the phrase variants (columns) for a few pairs (rows), each with the
 # *original* phrase's boxes. Look at the "sides swapped" column: if the model reads the side, the
 # map moves to the mirror position; and at "negated": a model that ignores negation lights up the
 # finding anyway. On the phantom, the tokenizer cannot spell "no" (its closed vocabulary has no
 # token for a word-final "o"), so the negated phrase is not grounded and its panel shows the boxes
 # only: grounding it would have silently read "n" and then an end-of-text token.
+# ```
 
 # %%
 bookdata.save_json({"dataset": data.description, "class_averaged": summary["class_averaged"],

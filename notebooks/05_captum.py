@@ -49,8 +49,9 @@ occlusion_window = 0.125  # Occlusion: window side as a share of the input size
 occlusion_stride = 0.0625  # Occlusion: stride as a share of the input size
 shown_pairs = 3  # pairs shown side by side
 token_pairs = 2  # pairs whose phrase gets a per-word attribution
+show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -62,11 +63,16 @@ from groundiff_core.attribution import ObjectiveConfig, make_method, measure_cos
 from groundiff_core.evaluate import evaluate
 from groundiff_core.image_io import load_image
 
-# %%
+# %% tags=["hide-input"]
 out, data, ldm = bookdata.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images)
+display(bookdata.provenance_box(data, ldm, preset="paper (cross-attention); Captum settings below",
+                                config=gd.GroundingConfig.paper(), output_dir=out))
+show = bookdata.resolve_show_images(show_images, data)
+
+# %%
 objective = ObjectiveConfig(n_draws=objective_draws, seed=seed)
 settings = {"integrated_gradients": {"n_steps": ig_steps}, "gradient_shap": {"n_samples": n_samples},
             "smoothgrad": {"n_samples": n_samples},
@@ -92,19 +98,21 @@ image0 = load_image(first.image_path)
 costs = {name: measure_cost(m.method, image0, [first.phrase]) for name, m in contenders.items()}
 names = {"miou": "mIoU", "auc": "AUC-ROC", "cnr_abs": "|CNR|"}
 table = figures.ci_frame({k: s["class_averaged"] for k, s in summaries.items()}, list(names), names)
+table.insert(0, "pairs", [s["n_pairs"] for s in summaries.values()])
 table["s / pair (evaluation)"] = [f"{s['seconds_per_pair']:.2f}" for s in summaries.values()]
 table["peak memory (MB)"] = [f"{c.peak_bytes / 2**20:.0f}" for c in costs.values()]
 table.to_csv(out / "captum_table.csv")
 display(table)
 
 # %% [markdown]
-# Class-averaged metrics with 95% bootstrap confidence intervals, seconds per pair during the
+# Class-averaged metrics with 95% bootstrap confidence intervals (pairs resampled within each
+# class; the `pairs` column says how many pairs each method was scored on), seconds per pair during the
 # evaluation and the peak memory of one call (measured as the table's `memory` column of
 # `measure_cost` says: peak resident memory above the start on CPU, peak allocated memory on a
 # GPU). The cross-attention method grounds every phrase of an image from one inversion; each
 # attribution method runs per phrase.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), constrained_layout=True)
 order = list(summaries)
 for ax, m in zip(axes, ["auc", "miou"]):
@@ -120,38 +128,45 @@ for ax, m in zip(axes, ["auc", "miou"]):
     ax.set_xscale("log")
     ax.set_xlabel("seconds per pair (log)")
     ax.set_ylabel(f"class-averaged {names[m]}")
-figures.savefig(fig, out, "quality_vs_cost")
-plt.show()
+figures.publish(fig, out, "quality_vs_cost")
 
 # %% [markdown]
-# **Figure 1.** Class-averaged AUC-ROC and mIoU (with 95% CIs) against the time each method spends
+# ```{glue:figure} quality_vs_cost
+# :name: fig-05-quality-vs-cost
+#
+# Class-averaged AUC-ROC and mIoU (with 95% CIs) against the time each method spends
 # per pair, cross-attention in red. Look at the upper left: good localisation at low cost.
+# ```
 
 # %% [markdown]
 # ## The same pairs, side by side
 
-# %%
-shown = data.selected[:shown_pairs]
+# %% tags=["hide-input"]
+shown = bookdata.scorable_pairs(data.selected, crop_size=ldm.input_size)[:shown_pairs]
 cols = list(contenders)
 fig, axes = plt.subplots(len(shown), len(cols) + 1, figsize=(2.1 * (len(cols) + 1), 2.3 * len(shown)),
                          squeeze=False, constrained_layout=True)
 for i, p in enumerate(shown):
     image = load_image(p.image_path)
-    figures.overlay(axes[i, 0], image, None, p.boxes, title=f"'{p.phrase}'", fontsize=7)
+    boxes, _ = bookdata.scored_boxes(p, image.shape, crop_size=ldm.input_size)  # as the runner scored them
+    figures.overlay(axes[i, 0], figures.screen(image, show), None, boxes, title=f"'{p.phrase}'", fontsize=7)
     for j, name in enumerate(cols, start=1):
-        figures.overlay(axes[i, j], image, contenders[name].get(image, p.phrase), p.boxes,
+        figures.overlay(axes[i, j], figures.screen(image, show), contenders[name].get(image, p.phrase), boxes,
                         title=name.replace(" (paper preset)", "") if i == 0 else None, fontsize=7)
 for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])
-figures.savefig(fig, out, "side_by_side")
-plt.show()
+figures.publish(fig, out, "side_by_side")
 
 # %% [markdown]
-# **Figure 2.** Each row one pair (image, phrase and its ground-truth boxes in the first column),
+# ```{glue:figure} side_by_side
+# :name: fig-05-side-by-side
+#
+# Each row one pair (image, phrase and its ground-truth boxes in the first column),
 # each further column the heatmap of one method. Look at where each method puts its mass: gradient
 # methods tend to follow edges and texture of the whole image, occlusion and Grad-CAM give blobs
 # at the resolution of their window or layer, cross-attention gives a thresholded blob.
+# ```
 
 # %% [markdown]
 # ## Which words drive the objective
@@ -160,7 +175,7 @@ plt.show()
 # word of the phrase is replaced by the padding token: a positive score means the word raises the
 # denoising gain on this image.
 
-# %%
+# %% tags=["hide-input"]
 token_rows = []
 fig, axes = plt.subplots(1, max(1, min(token_pairs, len(data.selected))), figsize=(4.2 * max(1, token_pairs), 2.8),
                          squeeze=False, constrained_layout=True)
@@ -173,24 +188,32 @@ for ax, p in zip(axes[0], data.selected[:token_pairs]):
     ax.set_title(f"'{p.phrase}'", fontsize=8)
     token_rows += [{"phrase": p.phrase, "token": w, "score": v} for w, v in scores]
 pd.DataFrame(token_rows).to_csv(out / "token_attribution.csv", index=False)
-figures.savefig(fig, out, "token_attribution")
-plt.show()
+figures.publish(fig, out, "token_attribution")
 
 # %% [markdown]
-# **Figure 3.** Per-word attribution of the denoising gain for a few phrases (green: the word raises
+# ```{glue:figure} token_attribution
+# :name: fig-05-token-attribution
+#
+# Per-word attribution of the denoising gain for a few phrases (green: the word raises
 # the gain). Look at whether the finding's name and the side carry the score, or filler words.
+# ```
 
 # %%
 captum_only = {k: s for k, s in summaries.items() if not k.startswith("cross")}
-best = max(captum_only, key=lambda k: captum_only[k]["class_averaged"]["auc"]["mean"] or -1)
+top = max(captum_only, key=lambda k: captum_only[k]["class_averaged"]["auc"]["mean"] or -1)
 ca = summaries["cross-attention (paper preset)"]["class_averaged"]
+top_auc = summaries[top]["class_averaged"]["auc"]
+apart = (top_auc.get("ci_low") is not None and ca["auc"].get("ci_low") is not None
+         and (top_auc["ci_low"] > ca["auc"]["ci_high"] or ca["auc"]["ci_low"] > top_auc["ci_high"]))
 display(Markdown(
-    f"On these {summaries[best]['n_pairs']} pairs the best attribution method by class-averaged AUC-ROC is "
-    f"**{best}** ({figures.fmt_ci(summaries[best]['class_averaged']['auc'])}, "
-    f"{summaries[best]['seconds_per_pair']:.2f} s per pair), against "
-    f"{figures.fmt_ci(ca['auc'])} for cross-attention "
-    f"({summaries['cross-attention (paper preset)']['seconds_per_pair']:.2f} s per pair)."))
-bookdata.save_json({"dataset": data.description, "objective": objective.describe(), "best_captum": best,
+    f"Every method ran on the same {summaries[top]['n_pairs']} pairs. The attribution method with the highest "
+    f"mean class-averaged AUC-ROC on them is **{top}** ({figures.fmt_ci(top_auc)}, "
+    f"{summaries[top]['seconds_per_pair']:.2f} s per pair); cross-attention: {figures.fmt_ci(ca['auc'])} "
+    f"({summaries['cross-attention (paper preset)']['seconds_per_pair']:.2f} s per pair). "
+    + ("Their 95% intervals do not overlap." if apart else
+       "Their 95% intervals overlap, so these pairs do not rank the two.")
+    + " The ranking among the attribution methods is a ranking of means only: no test here separates them."))
+bookdata.save_json({"dataset": data.description, "objective": objective.describe(), "highest_mean_captum": top,
                     "class_averaged": {k: s["class_averaged"] for k, s in summaries.items()},
                     "seconds_per_pair": {k: s["seconds_per_pair"] for k, s in summaries.items()},
                     "cost": {k: c.as_dict() for k, c in costs.items()}, "tokens": token_rows}, out, "captum")

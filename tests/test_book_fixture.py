@@ -268,3 +268,23 @@ def test_check_html_wants_the_box_numbered_figures_and_no_errors(tmp_path):
     assert "03_ablation: the page has no numbered figure" in out
     assert any("gone.png" in p for p in out) and any("05_captum" in p and "error" in p for p in out)
     assert bookcheck.main(["--html", str(tmp_path)]) == 1
+
+
+def test_paired_difference_separates_only_what_the_pairs_support():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    cats = np.repeat(["A", "B", "C"], 20)
+    base = rng.random(60)
+    a = pd.DataFrame({"pair_id": range(60), "category": cats, "auc": base})
+    shifted = a.assign(auc=base + 0.05)  # the same pairs, every one 0.05 higher: a paired test sees it
+    noisy = a.assign(auc=base + rng.normal(0, 0.3, 60))  # no systematic change
+    d = bookdata.paired_difference(shifted, a, "auc", n_boot=500)
+    assert d["difference"] == pytest.approx(0.05) and d["separated"] and d["n_pairs"] == 60
+    assert not bookdata.paired_difference(noisy, a, "auc", n_boot=500)["separated"]
+    ci = bookdata.class_averaged_ci(a, "auc", n_boot=500)
+    assert ci["ci_low"] < ci["mean"] < ci["ci_high"] and ci["n_pairs"] == 60
+    # unpaired intervals of the shifted setting overlap the original's, yet the paired one separates them
+    ci2 = bookdata.class_averaged_ci(shifted, "auc", n_boot=500)
+    assert ci2["ci_low"] < ci["ci_high"]
+    assert bookdata.class_averaged_ci(a.assign(auc=np.nan), "auc")["mean"] is None
