@@ -26,9 +26,10 @@ book-quick: setup
 	$(PY) -m groundiff_core.bookcheck --html book/_build/html
 
 # The five notebooks (quick profile, every pair) on an MS-CXR-shaped fixture and a MONAI bundle
-# written to a temporary folder (never into book/), then the same checks (tests/book_fixture.py).
+# written to a temporary folder (never into book/), then the same checks, and the HTML rendered with
+# the book's pages (tests/book_fixture.py).
 book-fixture: setup
-	$(PY) scripts/book_fixture.py
+	$(PY) scripts/book_fixture.py --html
 
 bench: setup
 	$(PY) benchmarks/bench_engine.py
