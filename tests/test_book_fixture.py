@@ -288,3 +288,23 @@ def test_paired_difference_separates_only_what_the_pairs_support():
     ci2 = bookdata.class_averaged_ci(shifted, "auc", n_boot=500)
     assert ci2["ci_low"] < ci["ci_high"]
     assert bookdata.class_averaged_ci(a.assign(auc=np.nan), "auc")["mean"] is None
+
+
+def test_runner_records_each_pages_provenance_for_the_introduction(tmp_path):
+    """A page that ran on other data changes what the introduction's generated include says."""
+    src = tmp_path / "notebooks/01_page.py"
+    src.parent.mkdir(parents=True)
+    src.write_text('# %% tags=["parameters"]\nseed = 0\ndataset = "phantom"\noutput_dir = "out"\n\n# %%\n'
+                   "import json, pathlib\n"
+                   'pathlib.Path(output_dir, "provenance.json").write_text(json.dumps({"dataset": {"name": dataset, '
+                   '"csv": "x.csv", "pairs": 3, "selected": 3}, "model": {"name": "m", "weights_sha256": "ab" * 32}, '
+                   '"versions": {"torch": "1"}}))\n')
+    runner.run_book(tmp_path)
+    record = json.loads((tmp_path / "book/_generated/reproducibility.json").read_text())
+    assert record["notebooks"]["01_page"]["provenance"]["dataset"]["name"] == "phantom"
+    assert "versions" not in record["notebooks"]["01_page"]["provenance"]
+    sources = tmp_path / "book/_generated/data_sources.md"
+    assert "Every notebook page of this build was computed on the synthetic phantom" in sources.read_text()
+    runner.run_book(tmp_path, overrides={"dataset": "mscxr"})
+    text = sources.read_text()
+    assert "Every notebook page" not in text and "different data" in text and "mscxr (`x.csv`), 3 of 3 pairs" in text
