@@ -318,6 +318,6 @@ figures.publish(fig, out, "final_overlays")
 # ```
 
 # %%
-bookdata.save_json({"pair": {"pair_id": pair.pair_id, "phrase": pair.phrase, "category": pair.category},
-                    "config": config.to_dict(), "n_steps": n_steps, "metrics": rows,
-                    "trajectory_steps": traj.steps}, out, "method_walkthrough")
+metrics_file = bookdata.save_json({"pair": {"pair_id": pair.pair_id, "phrase": pair.phrase, "category": pair.category},
+                                   "config": config.to_dict(), "n_steps": n_steps, "metrics": rows,
+                                   "trajectory_steps": traj.steps}, out, "method_walkthrough")

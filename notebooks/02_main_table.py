@@ -309,11 +309,11 @@ if t.get("value") is not None:
 display(Markdown("\n".join(lines)))
 
 # %%
-bookdata.save_json({"dataset": data.description, "model": ldm.identity(),
-                    "summaries": {k: {kk: s[kk] for kk in ("n_pairs", "class_averaged", "per_class",
-                                                           "text_sensitivity", "seconds_per_pair",
-                                                           "config", "identity")}
-                                  for k, s in summaries.items()}},
-                   out, "main_table")
+metrics_file = bookdata.save_json({"dataset": data.description, "model": ldm.identity(),
+                                   "summaries": {k: {kk: s[kk] for kk in ("n_pairs", "class_averaged", "per_class",
+                                                                          "text_sensitivity", "seconds_per_pair",
+                                                                          "config", "identity")}
+                                                 for k, s in summaries.items()}},
+                                  out, "main_table")
 print(f"metrics written to {out}/ (main_table.json, class_averaged.csv, per_class_all_methods.csv, "
       "text_sensitivity.csv, one evaluation folder per method)")

@@ -243,8 +243,8 @@ figures.publish(fig, out, "cells_example")
 # ```
 
 # %%
-bookdata.save_json({"dataset": data.description, "config": config.to_dict(), "L_values": L_values,
-                    "T_values": T_values, "windows": windows,
-                    "grid": {m: tab.to_dict() for m, tab in cells.items()},
-                    "postprocessing": pp.to_dict(), "summary": summary.to_dict(),
-                    "paired_vs_paper_code": verdicts}, out, "ablation")
+metrics_file = bookdata.save_json({"dataset": data.description, "config": config.to_dict(), "L_values": L_values,
+                                   "T_values": T_values, "windows": windows,
+                                   "grid": {m: tab.to_dict() for m, tab in cells.items()},
+                                   "postprocessing": pp.to_dict(), "summary": summary.to_dict(),
+                                   "paired_vs_paper_code": verdicts}, out, "ablation")

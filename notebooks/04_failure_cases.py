@@ -289,7 +289,7 @@ figures.publish(fig, out, "prompt_sensitivity")
 # ```
 
 # %%
-bookdata.save_json({"dataset": data.description, "class_averaged": summary["class_averaged"],
-                    "laterality": side_table.reset_index().to_dict(orient="records"),
-                    "multi_box": multi.reset_index().to_dict(orient="records") if len(multi) else [],
-                    "prompt_sensitivity": prompt_rows}, out, "failure_cases")
+metrics_file = bookdata.save_json({"dataset": data.description, "class_averaged": summary["class_averaged"],
+                                   "laterality": side_table.reset_index().to_dict(orient="records"),
+                                   "multi_box": multi.reset_index().to_dict(orient="records") if len(multi) else [],
+                                   "prompt_sensitivity": prompt_rows}, out, "failure_cases")

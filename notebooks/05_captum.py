@@ -213,7 +213,7 @@ display(Markdown(
     + ("Their 95% intervals do not overlap." if apart else
        "Their 95% intervals overlap, so these pairs do not rank the two.")
     + " The ranking among the attribution methods is a ranking of means only: no test here separates them."))
-bookdata.save_json({"dataset": data.description, "objective": objective.describe(), "highest_mean_captum": top,
-                    "class_averaged": {k: s["class_averaged"] for k, s in summaries.items()},
-                    "seconds_per_pair": {k: s["seconds_per_pair"] for k, s in summaries.items()},
-                    "cost": {k: c.as_dict() for k, c in costs.items()}, "tokens": token_rows}, out, "captum")
+metrics_file = bookdata.save_json({"dataset": data.description, "objective": objective.describe(), "highest_mean_captum": top,
+                                   "class_averaged": {k: s["class_averaged"] for k, s in summaries.items()},
+                                   "seconds_per_pair": {k: s["seconds_per_pair"] for k, s in summaries.items()},
+                                   "cost": {k: c.as_dict() for k, c in costs.items()}, "tokens": token_rows}, out, "captum")
