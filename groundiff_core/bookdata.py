@@ -457,13 +457,16 @@ class KeepMaps:
     """Wrap a grounding method so that the heatmaps it returns are kept for plotting.
 
     ``KeepMaps(method).ground(image, phrases)`` returns what ``method`` returns and stores each
-    phrase's ``[H, W]`` map under ``(image digest, phrase)``; :meth:`get` finds it again from the
+    phrase's ``[H, W]`` map under ``(image digest, phrase)`` (only the maps of ``phrases`` when
+    given); :meth:`get` finds it again from the
     image and phrase. The evaluation runner sees the wrapped method's identity unchanged.
     """
 
-    def __init__(self, method: Any):
+    def __init__(self, method: Any, phrases: Sequence[str] | None = None):
         self.method = method
         self.maps: dict[tuple[int, str], Any] = {}
+        # keep only these phrases' maps (None: all), so a run over many full-size images stays small
+        self.phrases = None if phrases is None else set(phrases)
 
     @staticmethod
     def _digest(image: Any) -> int:
@@ -480,7 +483,8 @@ class KeepMaps:
         result = self.method.ground(image, phrases)
         key = self._digest(image)
         for phrase, hm in zip(result.phrases, result.heatmaps):
-            self.maps[(key, phrase)] = hm
+            if self.phrases is None or phrase in self.phrases:
+                self.maps[(key, phrase)] = hm
         return result
 
     def get(self, image: Any, phrase: str):

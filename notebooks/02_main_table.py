@@ -60,6 +60,7 @@ import groundiff_core as gd
 from groundiff_core import bookdata, figures
 from groundiff_core.attribution import make_method
 from groundiff_core.baselines import CentrePrior, RandomHeatmap
+from groundiff_core.datasets import subset
 from groundiff_core.evaluate import evaluate, load_results, summarize, summary_table
 from groundiff_core.image_io import load_image
 
@@ -90,11 +91,17 @@ print(f"model: {ldm.name}, input {ldm.input_size}x{ldm.input_size}, "
 
 # %%
 captum_n = bookdata.nested_count(captum_pairs, n_pairs)  # never more than the other methods' pairs
+# one pair per class for the qualitative figure: the methods keep those pairs' maps as they run
+examples = bookdata.one_pair_per_class(subset(data.pairs, captum_n, seed=seed),  # the Captum method's pairs
+                                       conventions=conventions, crop_size=ldm.input_size,
+                                       classes=qualitative_classes or None)
+kept = {p.phrase for p in examples}
 methods = {  # label: (results folder, method, pairs)
-    "cross-attention (paper preset)": ("cross_attention", gd.Grounder(ldm, replace(gd.GroundingConfig.paper(),
-                                                                                conventions=conventions)), n_pairs),
-    f"Captum {captum_method}": (f"captum_{captum_method}", make_method(captum_method, ldm), captum_n),
-    "centre prior": ("centre_prior", CentrePrior(), n_pairs),
+    "cross-attention (paper preset)": ("cross_attention", bookdata.KeepMaps(
+        gd.Grounder(ldm, replace(gd.GroundingConfig.paper(), conventions=conventions)), kept), n_pairs),
+    f"Captum {captum_method}": (f"captum_{captum_method}", bookdata.KeepMaps(make_method(captum_method, ldm), kept),
+                                captum_n),
+    "centre prior": ("centre_prior", bookdata.KeepMaps(CentrePrior(), kept), n_pairs),
     "random": ("random", RandomHeatmap(seed=seed), n_pairs),
 }
 summaries = {}
@@ -204,19 +211,17 @@ figures.publish(fig, out, "per_class_bars")
 # ## One pair per class
 #
 # The paper shows its heatmaps beside those of other methods for a few pairs. Here: the first
-# scored pair of each class among the evaluated ones, with the cross-attention map, the centre
-# prior and the Captum method of the table, each grounded again on that pair alone.
+# scored pair of each class among those the Captum method was evaluated on, with the maps the
+# cross-attention method, the centre prior and the Captum method of the table produced for it
+# during the evaluation above.
 
 # %% tags=["hide-input"]
-examples = bookdata.one_pair_per_class(data.selected, conventions=conventions, crop_size=ldm.input_size,
-                                       classes=qualitative_classes or None)
 shown_methods = ["cross-attention (paper preset)", "centre prior", f"Captum {captum_method}"]
 grid_rows = []
 for p in examples:
     image = load_image(p.image_path)
     boxes, _ = bookdata.scored_boxes(p, image.shape, conventions=conventions, crop_size=ldm.input_size)
-    maps = {name.replace(" (paper preset)", ""): methods[name][1].ground(image, [p.phrase]).heatmaps[0]
-            for name in shown_methods}
+    maps = {name.replace(" (paper preset)", ""): methods[name][1].get(image, p.phrase) for name in shown_methods}
     grid_rows.append((f"{p.category}: '{p.phrase}'", figures.screen(image, show), boxes, maps))
 figures.publish(figures.qualitative_grid(grid_rows) if grid_rows else figures.placeholder("no scored pair"),
                 out, "qualitative")

@@ -308,3 +308,14 @@ def test_runner_records_each_pages_provenance_for_the_introduction(tmp_path):
     runner.run_book(tmp_path, overrides={"dataset": "mscxr"})
     text = sources.read_text()
     assert "Every notebook page" not in text and "different data" in text and "mscxr (`x.csv`), 3 of 3 pairs" in text
+
+
+def test_keepmaps_keeps_only_the_phrases_asked_for():
+    from groundiff_core.baselines import RandomHeatmap
+
+    image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    kept = bookdata.KeepMaps(RandomHeatmap(seed=1), phrases=["b"])
+    maps = kept.ground(image, ["a", "b"]).heatmaps
+    assert np.array_equal(kept.get(image, "b"), maps[1]) and len(kept.maps) == 1
+    with pytest.raises(KeyError):
+        kept.get(image, "a")
