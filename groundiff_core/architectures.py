@@ -77,8 +77,8 @@ def small_vae(channels: Sequence[int] = (16, 32, 32), in_channels: int = 1, late
 TINY_VOCABULARY = (
     "small large left right bilateral pleural effusion cardiomegaly pneumothorax consolidation "
     "atelectasis edema opacity pneumonia lung upper lower base apex no mild moderate severe heart "
-    "enlarged basal apical patchy focal lobe zone and with of the in"
-).split()
+    "enlarged basal apical patchy focal lobe zone and with of the in plate-like ."
+).split()  # its alphabet covers every phantom phrase (the tokenizer refuses characters it lacks)
 
 
 def tiny_ldm(

@@ -66,7 +66,9 @@ def test_gain_matches_diffusers_noising_and_target(prediction_type):
         pc = model.unet(zt, t, encoder_hidden_states=ctx[1:]).sample
         want = float(((pu - target) ** 2).mean() - ((pc - target) ** 2).mean())
     assert 300 <= int(t[0]) <= 600  # inside the default window (0.3, 0.6) of 1000 steps
-    assert got == pytest.approx(want, rel=1e-4, abs=1e-9)
+    # G is a difference of two mean squared errors of order 1, each computed in float32 (batched
+    # here, one prompt at a time in the reference): the tolerance is float32 rounding of those terms
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
 
 
 def test_objective_deterministic_and_seeded(ldm):
@@ -87,7 +89,9 @@ def test_objective_batch_is_per_example_and_differentiable(ldm):
     g = f(x)
     assert g.shape == (2,)
     with torch.no_grad():
-        assert torch.allclose(g[1], f(x[1:])[0], rtol=1e-4, atol=1e-9)
+        # per example: the same value alone as in the batch, up to the float32 rounding of the two
+        # mean squared errors whose difference G is (a batch of 2 and of 1 round differently)
+        assert torch.allclose(g[1], f(x[1:])[0], rtol=1e-4, atol=1e-7)
     (grad,) = torch.autograd.grad(g.sum(), x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
