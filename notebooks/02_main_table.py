@@ -151,6 +151,7 @@ for name in ["cross-attention (paper preset)", "centre prior"]:
         both[(name, conv)] = {names[m]: s["class_averaged"][m]["mean"] for m in main_metrics} | \
             {"pairs scored": s["n_pairs"]}
 conv_table = pd.DataFrame(both).T.rename_axis(["method", "conventions"])
+conv_table["pairs scored"] = conv_table["pairs scored"].astype(int)
 conv_table.to_csv(out / "conventions.csv")
 display(conv_table.style.format(precision=3))
 
