@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from test_loading_support import (AE_KW, IMAGE, UNET_KW, monai_autoencoder, monai_unet, to_generative_layout,
-                                  write_text_encoder)
+from test_loading_support import AE_KW, IMAGE, UNET_KW, write_checkpoints, write_text_encoder
 
 __all__ = ["WrittenBundle", "write_bundle", "write_config", "bundle_config", "BUNDLE_SCALE_FACTOR", "IMAGE"]
 
@@ -98,15 +97,7 @@ def write_bundle(root: str | Path, *, targets: str = "monai", layout: str = "gen
     ``AutoencoderKL`` arguments for the saved weights only (the config keeps :func:`bundle_config`'s).
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    unet, ae = monai_unet(), monai_autoencoder(**(autoencoder_overrides or {}))
-    u_state, a_state = unet.state_dict(), ae.state_dict()
-    if layout == "generative":
-        u_state, a_state = to_generative_layout(u_state, "unet"), to_generative_layout(a_state, "autoencoder")
-    models = root / "models" if weights_in_models else root
-    models.mkdir(exist_ok=True)
-    torch.save(u_state, models / "diffusion_model.pth")
-    torch.save(a_state, models / "autoencoder.pth")
+    unet, ae = write_checkpoints(root, layout, weights_in_models, **(autoencoder_overrides or {}))
     if config is None:
         config = bundle_config(targets, scheduler=scheduler, inferer=inferer, latent_shape=latent_shape)
     path = write_config(root, config, fmt=fmt, in_configs=config_in_configs)

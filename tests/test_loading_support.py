@@ -139,8 +139,9 @@ def write_text_encoder(root: Path, hidden: int = 128) -> None:
     tok.save_pretrained(root / "tokenizer")
 
 
-def write_paper_dir(root: Path, layout: str = "generative", bundle_layout: bool = True, **ae_overrides):
-    """The paper's files at scaled width: ``models/*.pth`` (or top level) + text encoder + tokenizer.
+def write_checkpoints(root: Path, layout: str = "generative", in_models: bool = True, **ae_overrides):
+    """Random scaled-width MONAI networks saved as ``diffusion_model.pth`` and ``autoencoder.pth`` in
+    ``root/models`` (or ``root``), in the old GenerativeModels or the MONAI-core state-dict layout.
 
     Returns ``(monai_unet, monai_autoencoder)`` with the weights that were saved.
     """
@@ -150,12 +151,21 @@ def write_paper_dir(root: Path, layout: str = "generative", bundle_layout: bool 
     u_state, a_state = unet.state_dict(), ae.state_dict()
     if layout == "generative":
         u_state, a_state = to_generative_layout(u_state, "unet"), to_generative_layout(a_state, "autoencoder")
-    models = root / "models" if bundle_layout else root
+    models = root / "models" if in_models else root
     models.mkdir(exist_ok=True)
     torch.save(u_state, models / "diffusion_model.pth")
     torch.save(a_state, models / "autoencoder.pth")
-    write_text_encoder(root)
     return unet, ae
+
+
+def write_paper_dir(root: Path, layout: str = "generative", bundle_layout: bool = True, **ae_overrides):
+    """The paper's files at scaled width: ``models/*.pth`` (or top level) + text encoder + tokenizer.
+
+    Returns ``(monai_unet, monai_autoencoder)`` with the weights that were saved.
+    """
+    nets = write_checkpoints(root, layout, bundle_layout, **ae_overrides)
+    write_text_encoder(root)
+    return nets
 
 
 def load_scaled_paper(root: Path, **kw):
