@@ -529,7 +529,7 @@ def _pair_row(pair: GroundingPair, heatmap: np.ndarray, hw: tuple[int, int],
     other_boxes, _ = _boxes_for(other, fitted, hw, crop_size)
     if len(other_boxes):
         row["alternative"] = {"conventions": other,
-                              **M.HeatmapScorer(heatmap, other).all(other_boxes)}
+                              **scorer.under(other).all(other_boxes)}
     own = M.box_mask(hw, boxes)
     others = []
     for q in image_pairs:

@@ -38,6 +38,7 @@ constant heatmap          ``auc_roc`` 0.5 (all ties), ``cnr`` 0.0 (no contrast),
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import numpy as np
@@ -135,6 +136,13 @@ class HeatmapScorer:
         # float32 -> float64 cast is exact, so the grouping is the same)
         self._native = native[self.ok] if native.dtype in (np.float32, np.float16) else self.values
         self._levels: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def under(self, conventions: str) -> "HeatmapScorer":
+        """The same prepared heatmap scored under other ``conventions`` (the sort is not redone)."""
+        other = copy.copy(self)
+        other.conventions = check_conventions(conventions)
+        other.paper = other.conventions == "paper"
+        return other
 
     # ---------------------------------------------------------------- shared pieces
     def levels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
