@@ -13,17 +13,17 @@ test: setup
 # Full book on the embedded phantom default: execute the notebooks with papermill, then render.
 book: setup
 	$(PY) -m groundiff_core.book
-	$(PY) -m groundiff_core.bookcheck book/notebooks --dataset phantom
+	$(PY) -m groundiff_core.book.check book/notebooks --dataset phantom
 	.venv/bin/jupyter-book build book -W --keep-going
-	$(PY) -m groundiff_core.bookcheck --html book/_build/html
+	$(PY) -m groundiff_core.book.check --html book/_build/html
 
 # CI profile: fewer pairs, same notebooks, warnings are errors; then every page must have run
 # without error, state the phantom as its data and hold metrics in range.
 book-quick: setup
 	$(PY) -m groundiff_core.book --quick
-	$(PY) -m groundiff_core.bookcheck book/notebooks --dataset phantom
+	$(PY) -m groundiff_core.book.check book/notebooks --dataset phantom
 	.venv/bin/jupyter-book build book -W --keep-going
-	$(PY) -m groundiff_core.bookcheck --html book/_build/html
+	$(PY) -m groundiff_core.book.check --html book/_build/html
 
 # The five notebooks (quick profile, every pair) on an MS-CXR-shaped fixture and a MONAI bundle
 # written to a temporary folder (never into book/), then the same checks, and the HTML rendered with

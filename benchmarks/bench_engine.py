@@ -55,9 +55,9 @@ PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", 
 
 def bench_model(image_size: int = 128):
     """Random LDM, paper layout: VAE 128 -> 32 (factor 4), UNet channels (32, 64, 64)."""
-    from groundiff_core.architectures import TINY_VOCABULARY, paper_layout_unet, small_vae
-    from groundiff_core.model import LDM, NoiseSchedule
-    from groundiff_core.text import small_text_encoder, word_tokenizer
+    from groundiff_core.models.architectures import TINY_VOCABULARY, paper_layout_unet, small_vae
+    from groundiff_core.models.ldm import LDM, NoiseSchedule
+    from groundiff_core.models.text import small_text_encoder, word_tokenizer
 
     tok = word_tokenizer(TINY_VOCABULARY)
     text = small_text_encoder(len(tok), hidden_size=64, layers=2, heads=4, seed=0)
@@ -96,10 +96,10 @@ def child(method: str, k: int, n_images: int, window: tuple[int, int] | None, re
     import numpy as np
     import torch
 
-    import groundiff_core.grounder as grounder_module
-    from groundiff_core.aggregate import MapAccumulator
-    from groundiff_core.config import GroundingConfig
-    from groundiff_core.layers import cross_attention_layers
+    import groundiff_core.engine.grounder as grounder_module
+    from groundiff_core.engine.aggregate import MapAccumulator
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.layers import cross_attention_layers
     from naive_reference import naive_ground
 
     torch.manual_seed(0)
@@ -159,9 +159,9 @@ def paper_unet_child() -> dict:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from groundiff_core.layers import cross_attention_layers
-    from groundiff_core.loading.monai_unet import MonaiUNetConfig
-    from groundiff_core.recording import AttentionRecorder
+    from groundiff_core.engine.layers import cross_attention_layers
+    from groundiff_core.models.loading.monai_unet import MonaiUNetConfig
+    from groundiff_core.engine.recording import AttentionRecorder
 
     torch.manual_seed(0)
     t0 = time.perf_counter()

@@ -56,9 +56,9 @@ def build_model(scaled_down: bool, seed: int = 0):
     """The paper-size model with random weights, or a small one with the same layout (dry run)."""
     from diffusers import UNet2DConditionModel
 
-    from groundiff_core.architectures import TINY_VOCABULARY, paper_layout_unet, small_vae
-    from groundiff_core.model import LDM, NoiseSchedule
-    from groundiff_core.text import small_text_encoder, word_tokenizer
+    from groundiff_core.models.architectures import TINY_VOCABULARY, paper_layout_unet, small_vae
+    from groundiff_core.models.ldm import LDM, NoiseSchedule
+    from groundiff_core.models.text import small_text_encoder, word_tokenizer
 
     torch.manual_seed(seed)
     tok = word_tokenizer(TINY_VOCABULARY)
@@ -68,7 +68,7 @@ def build_model(scaled_down: bool, seed: int = 0):
         text = small_text_encoder(len(tok), hidden_size=32, layers=1, heads=2, seed=seed)
         vae = small_vae(channels=(8, 16, 16), in_channels=1, latent_channels=3, norm_groups=4, seed=seed)
     else:
-        from groundiff_core.loading.monai_unet import MonaiUNetConfig
+        from groundiff_core.models.loading.monai_unet import MonaiUNetConfig
 
         size, latent = 512, 64
         unet = UNet2DConditionModel(**MonaiUNetConfig.paper().to_diffusers(latent))
@@ -136,8 +136,8 @@ class StoreEverything:
 @torch.no_grad()
 def authors_style(model, image: np.ndarray, phrase: str, cfg) -> tuple[np.ndarray, int]:
     """One pair the authors' way; returns the raw mean map and the host bytes held for it."""
-    from groundiff_core.inversion import DDIMInversion
-    from groundiff_core.preprocess import prepare_image
+    from groundiff_core.engine.inversion import DDIMInversion
+    from groundiff_core.io.preprocess import prepare_image
 
     unet, device, dtype = model.unet, model.device, model.dtype
     x, _ = prepare_image(image, model.input_size, cfg.conventions)
@@ -177,7 +177,7 @@ def authors_style(model, image: np.ndarray, phrase: str, cfg) -> tuple[np.ndarra
 
 # ============================================================================ the measurements
 def measure_engine(model, cfg, images, phrases, batch: int, device) -> dict:
-    from groundiff_core.grounder import Grounder
+    from groundiff_core.engine.grounder import Grounder
 
     g = Grounder(model, cfg, batch_size=batch)
     _reset_peak(device)
@@ -222,8 +222,8 @@ def main() -> int:
                     "or engine_gpu_dryrun.json with --dry-run)")
     args = ap.parse_args()
 
-    from groundiff_core.config import GroundingConfig
-    from groundiff_core.layers import cross_attention_layers
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.layers import cross_attention_layers
 
     device = torch.device("cpu" if args.dry_run else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -254,7 +254,7 @@ def main() -> int:
         cross_attention_layers(model.unet)
         name = str(dtype).removeprefix("torch.")
         # warm-up of every batch shape (kernel selection, allocator), not timed
-        from groundiff_core.grounder import Grounder
+        from groundiff_core.engine.grounder import Grounder
 
         for bw in sorted(set(batches) | {2}):
             Grounder(model, paper.with_window(0, 2), batch_size=bw).ground_batch(

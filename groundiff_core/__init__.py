@@ -13,19 +13,29 @@ Public names are imported lazily so that ``import groundiff_core`` stays fast.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.grounder import Grounder
+    from groundiff_core.evaluation import metrics
+    from groundiff_core.heatmaps import Heatmaps, Recording
+    from groundiff_core.io.images import load_image
+    from groundiff_core.models.ldm import LDM, NoiseSchedule
+    from groundiff_core.models.loading import load_model
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "LDM": "model",
-    "NoiseSchedule": "model",
-    "GroundingConfig": "config",
-    "Grounder": "grounder",
-    "Heatmaps": "grounder",
-    "Recording": "grounder",
-    "load_image": "image_io",
-    "load_model": "loading",
-    "metrics": None,
+    "LDM": "models.ldm",
+    "NoiseSchedule": "models.ldm",
+    "GroundingConfig": "engine.config",
+    "Grounder": "engine.grounder",
+    "Heatmaps": "engine.grounder",
+    "Recording": "engine.grounder",
+    "load_image": "io.images",
+    "load_model": "models.loading",
+    "metrics": "evaluation.metrics",
 }
 
 __all__ = sorted(_LAZY)
@@ -33,8 +43,6 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str):
     if name in _LAZY:
-        mod = _LAZY[name]
-        if mod is None:
-            return importlib.import_module(f".{name}", __name__)
-        return getattr(importlib.import_module(f".{mod}", __name__), name)
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return module if _LAZY[name].endswith(f".{name}") else getattr(module, name)
     raise AttributeError(f"module 'groundiff_core' has no attribute {name!r}")

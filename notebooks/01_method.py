@@ -57,10 +57,12 @@ import torch
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core import bookdata, figures, metrics
-from groundiff_core.datasets import group_by_image
-from groundiff_core.image_io import load_image
-from groundiff_core.trajectory import inversion_trajectory
+from groundiff_core.book import pages as bookdata
+from groundiff_core.book import figures
+from groundiff_core.evaluation import metrics
+from groundiff_core.io.datasets import group_by_image
+from groundiff_core.io.images import load_image
+from groundiff_core.engine.trajectory import inversion_trajectory
 
 # %% tags=["hide-input"]
 out, data, ldm = bookdata.setup_notebook(
@@ -122,11 +124,11 @@ figures.publish(fig, out, "pair")
 #
 # The grounding method reads a *generative* model. Before reading its attention, a look at what it
 # has learned: images sampled from noise for a few phrases (deterministic DDIM with classifier-free
-# guidance, `groundiff_core.sampling.generate`; not part of the grounding method).
+# guidance, `groundiff_core.engine.sampling.generate`; not part of the grounding method).
 
 # %% tags=["hide-input"]
 if generate_phrases:
-    from groundiff_core.sampling import generate
+    from groundiff_core.engine.sampling import generate
 
     samples = generate(ldm, generate_phrases, num_steps=generate_steps, guidance_scale=guidance, seed=seed)
     fig, axes = figures.grid(len(samples), ncols=min(len(samples), 4), size=2.6)

@@ -20,7 +20,7 @@
 #
 # Every number comes with a 95% bootstrap confidence interval over the pairs (stratified by class
 # for the class average). The evaluation is groundiff's resumable runner
-# (`groundiff_core.evaluate`), exactly as `groundiff evaluate` runs it.
+# (`groundiff_core.evaluation.runner`), exactly as `groundiff evaluate` runs it.
 #
 # ```{note}
 # With the default parameters this runs on the **phantom test bed**, not on MS-CXR; see the
@@ -57,12 +57,13 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core import bookdata, figures
-from groundiff_core.attribution import make_method
-from groundiff_core.baselines import CentrePrior, RandomHeatmap
-from groundiff_core.datasets import subset
-from groundiff_core.evaluate import evaluate, load_results, summarize, summary_table
-from groundiff_core.image_io import load_image
+from groundiff_core.book import pages as bookdata
+from groundiff_core.book import figures
+from groundiff_core.methods.attribution import make_method
+from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
+from groundiff_core.io.datasets import subset
+from groundiff_core.evaluation.runner import evaluate, load_results, summarize, summary_table
+from groundiff_core.io.images import load_image
 
 # %% tags=["hide-input"]
 out, data, ldm = bookdata.setup_notebook(

@@ -54,10 +54,12 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core import bookdata, figures, metrics
-from groundiff_core.config import window_from_percent
-from groundiff_core.datasets import group_by_image
-from groundiff_core.image_io import load_image
+from groundiff_core.book import pages as bookdata
+from groundiff_core.book import figures
+from groundiff_core.evaluation import metrics
+from groundiff_core.engine.config import window_from_percent
+from groundiff_core.io.datasets import group_by_image
+from groundiff_core.io.images import load_image
 
 # %% tags=["hide-input"]
 out, data, ldm = bookdata.setup_notebook(

@@ -44,11 +44,13 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core import bookdata, figures, metrics
-from groundiff_core.datasets import group_by_image
-from groundiff_core.evaluate import evaluate, load_results
-from groundiff_core.image_io import load_image
-from groundiff_core.text import check_phrase
+from groundiff_core.book import pages as bookdata
+from groundiff_core.book import figures
+from groundiff_core.evaluation import metrics
+from groundiff_core.io.datasets import group_by_image
+from groundiff_core.evaluation.runner import evaluate, load_results
+from groundiff_core.io.images import load_image
+from groundiff_core.models.text import check_phrase
 
 # %% tags=["hide-input"]
 out, data, ldm = bookdata.setup_notebook(

@@ -15,7 +15,7 @@
 # scalar output of a network to its input. The scalar here is the **text-conditioned denoising
 # gain**: how much better the model predicts the noise added to the image's latent when it is told
 # the phrase than when it is given the empty prompt, averaged over a few fixed (timestep, noise)
-# draws around the middle of the schedule (`groundiff_core.attribution`). The pixels that raise
+# draws around the middle of the schedule (`groundiff_core.methods.attribution`). The pixels that raise
 # this gain are the pixels the phrase explains.
 #
 # The methods: Saliency {cite:p}`simonyan2014saliency`, Integrated Gradients
@@ -58,10 +58,11 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core import bookdata, figures
-from groundiff_core.attribution import ObjectiveConfig, make_method, measure_cost, token_attribution
-from groundiff_core.evaluate import evaluate
-from groundiff_core.image_io import load_image
+from groundiff_core.book import pages as bookdata
+from groundiff_core.book import figures
+from groundiff_core.methods.attribution import ObjectiveConfig, make_method, measure_cost, token_attribution
+from groundiff_core.evaluation.runner import evaluate
+from groundiff_core.io.images import load_image
 
 # %% tags=["hide-input"]
 out, data, ldm = bookdata.setup_notebook(

@@ -4,7 +4,7 @@ The fixture (``tests/book_fixture.py``): capitalised MS-CXR category names, JPEG
 the CSV states, multi-box pairs, "Left ..."/"right ..." phrases with punctuation, a pair whose box
 vanishes after the centre crop, and the paper's architecture scaled down as a MONAI bundle folder.
 Everything is written to a temporary folder (never into ``book/``); the notebooks run with the
-quick profile on every pair (``-p n_pairs 0``; notebook 5 on 4 of them), and :mod:`groundiff_core.bookcheck` then requires
+quick profile on every pair (``-p n_pairs 0``; notebook 5 on 4 of them), and :mod:`groundiff_core.book.check` then requires
 every page to have run without error, to state the dataset it ran on, and its metrics in range.
 
     python scripts/book_fixture.py [--workdir DIR] [--keep]    # make book-fixture
@@ -29,7 +29,7 @@ def _render_and_check(project: Path, names: list[str]) -> list[str]:
     (``jupyter-book build -W``) and check every notebook page's HTML."""
     import subprocess
 
-    from groundiff_core import bookcheck
+    from groundiff_core.book import check as bookcheck
 
     book_dir = project / "book"
     for name in ("_config.yml", "_toc.yml"):
@@ -67,7 +67,8 @@ def main(argv=None) -> int:
 
     from book_fixture import write_book_fixture
 
-    from groundiff_core import book, bookcheck
+    from groundiff_core.book import runner as book
+    from groundiff_core.book import check as bookcheck
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="groundiff-book-fixture-"))
     t0 = time.perf_counter()

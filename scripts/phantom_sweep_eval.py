@@ -29,10 +29,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="inference steps (default: the preset's)")
     args = ap.parse_args()
 
-    from groundiff_core.config import GroundingConfig
-    from groundiff_core.datasets import load_dataset
-    from groundiff_core.evaluate import evaluate
-    from groundiff_core.grounder import Grounder
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.io.datasets import load_dataset
+    from groundiff_core.evaluation.runner import evaluate
+    from groundiff_core.engine.grounder import Grounder
     from groundiff_core.phantom.generator import write_phantom_set
     from groundiff_core.phantom.model import load_phantom
 

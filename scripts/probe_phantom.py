@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import groundiff_core as gd
-from groundiff_core import metrics
+from groundiff_core.evaluation import metrics
 from groundiff_core.phantom.generator import SPLIT_SEEDS, make_phantom
 from groundiff_core.phantom.model import load_phantom
 

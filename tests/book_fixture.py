@@ -99,7 +99,7 @@ def vocabulary() -> list[str]:
 
 def write_text_encoder(root: Path, hidden: int = 128) -> None:
     """A tiny CLIP text encoder whose closed vocabulary holds every word of :func:`vocabulary`."""
-    from groundiff_core.text import small_text_encoder, word_tokenizer
+    from groundiff_core.models.text import small_text_encoder, word_tokenizer
 
     tok = word_tokenizer(vocabulary())
     text = small_text_encoder(len(tok), hidden_size=hidden, layers=1, heads=2, seed=3)

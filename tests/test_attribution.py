@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("captum")
 
 from groundiff_core import attribution as A  # noqa: E402
-from groundiff_core.architectures import tiny_ldm  # noqa: E402
+from groundiff_core.models.architectures import tiny_ldm  # noqa: E402
 
 FAST = A.ObjectiveConfig(n_draws=2, seed=0)
 # Small settings per method: enough to exercise each code path, cheap on CPU.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from groundiff_core import book as runner
+from groundiff_core.book import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 

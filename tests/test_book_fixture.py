@@ -1,7 +1,7 @@
 """The book's helpers on MS-CXR-shaped data, and the checks that make a notebook bug fail the fixture run.
 
 ``make book-fixture`` (run by ``.ci/run``) executes the five notebooks on ``tests/book_fixture.py``'s
-dataset and bundle and then :func:`groundiff_core.bookcheck.check_book`; the tests here show that
+dataset and bundle and then :func:`groundiff_core.book.check.check_book`; the tests here show that
 the helpers the notebooks use get the MS-CXR cases right, that the old notebook code got them wrong
 on this fixture, and that the check fails on what a broken notebook leaves behind.
 """
@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from groundiff_core import book as runner
-from groundiff_core import bookcheck, bookdata, metrics
+from groundiff_core.book import runner
+from groundiff_core.book import check as bookcheck
+from groundiff_core.book import pages as bookdata
+from groundiff_core.evaluation import metrics
 
 import book_fixture as fx
 
 
 @pytest.fixture(scope="module")
 def fixture_pairs(tmp_path_factory):
-    from groundiff_core.datasets import load_dataset
+    from groundiff_core.io.datasets import load_dataset
 
     root = tmp_path_factory.mktemp("mscxr")
     fx.write_images(root / "images")
@@ -66,7 +68,7 @@ def test_swap_sides_keeps_case_and_punctuation(fixture_pairs):
 
 # --------------------------------------------------------------------------- boxes as the runner scores them
 def test_scored_boxes_rescale_to_the_image_read_and_drop_what_the_crop_cuts(fixture_pairs):
-    from groundiff_core.image_io import load_image
+    from groundiff_core.io.images import load_image
 
     by_phrase = {p.phrase: p for p in fixture_pairs}
     p = by_phrase["Left pleural effusion"]
@@ -94,9 +96,9 @@ def test_scored_boxes_rescale_to_the_image_read_and_drop_what_the_crop_cuts(fixt
 
 
 def test_scored_boxes_match_the_runner(fixture_pairs, tmp_path):
-    from groundiff_core.baselines import CentrePrior
-    from groundiff_core.evaluate import evaluate, load_results
-    from groundiff_core.image_io import load_image
+    from groundiff_core.methods.baselines import CentrePrior
+    from groundiff_core.evaluation.runner import evaluate, load_results
+    from groundiff_core.io.images import load_image
 
     evaluate(CentrePrior(), fixture_pairs, tmp_path / "run", n_boot=10, progress=False)
     rows = {r["pair_id"]: r for r in load_results(tmp_path / "run")}
@@ -127,7 +129,7 @@ def test_show_images_defaults_to_the_phantom_only():
     assert bookdata.resolve_show_images(False, phantom) is False
     with pytest.raises(ValueError, match="show_images"):
         bookdata.resolve_show_images("maybe", mscxr)
-    from groundiff_core import figures
+    from groundiff_core.book import figures
 
     image = np.random.default_rng(0).random((6, 7))
     assert figures.screen(image, True) is not None and np.array_equal(figures.screen(image, True), image)
@@ -234,7 +236,7 @@ def test_one_pair_per_class_and_the_qualitative_grid(fixture_pairs, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from groundiff_core import figures
+    from groundiff_core.book import figures
 
     picked = bookdata.one_pair_per_class(fixture_pairs, crop_size=64)
     assert [p.category for p in picked] == sorted(fx.CATEGORIES)  # "Lung Opacity" via its scorable pair
@@ -311,7 +313,7 @@ def test_runner_records_each_pages_provenance_for_the_introduction(tmp_path):
 
 
 def test_keepmaps_keeps_only_the_phrases_asked_for():
-    from groundiff_core.baselines import RandomHeatmap
+    from groundiff_core.methods.baselines import RandomHeatmap
 
     image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
     kept = bookdata.KeepMaps(RandomHeatmap(seed=1), phrases=["b"])

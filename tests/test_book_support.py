@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from groundiff_core import bookdata, figures
-from groundiff_core import book as runner
+from groundiff_core.book import pages as bookdata
+from groundiff_core.book import figures
+from groundiff_core.book import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from groundiff_core.architectures import tiny_ldm
+    from groundiff_core.models.architectures import tiny_ldm
 
     return tiny_ldm()
 
@@ -53,8 +54,8 @@ def test_side_of_phrase():
 
 
 def test_keepmaps_returns_and_keeps(tmp_path):
-    from groundiff_core.baselines import CentrePrior, RandomHeatmap
-    from groundiff_core.evaluate import method_identity
+    from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
+    from groundiff_core.evaluation.runner import method_identity
 
     image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
     kept = bookdata.KeepMaps(RandomHeatmap(seed=1))
@@ -72,8 +73,8 @@ def test_save_json_cleans_numbers(tmp_path):
 
 
 def test_trajectory_shapes_and_ends(tiny):
-    from groundiff_core.config import GroundingConfig
-    from groundiff_core.trajectory import inversion_trajectory
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.trajectory import inversion_trajectory
 
     image = np.random.default_rng(0).random((40, 48)).astype(np.float32)
     cfg = GroundingConfig.paper().with_steps(20)

@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-from groundiff_core.datasets import (GroundingPair, load_dataset, load_mscxr, load_nih, load_vindr,
+from groundiff_core.io.datasets import (GroundingPair, load_dataset, load_mscxr, load_nih, load_vindr,
                                      subset)
-from groundiff_core.datasets.common import fit_boxes_to_image
+from groundiff_core.io.datasets.common import fit_boxes_to_image
 
 import mscxr_fixture as fx
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import groundiff_core as gd
-from groundiff_core import grounder as grounder_module
-from groundiff_core.aggregate import MapAccumulator
-from groundiff_core.architectures import tiny_ldm
-from groundiff_core.layers import cross_attention_layers
-from groundiff_core.recording import AttentionRecorder, RecordingProcessor
+from groundiff_core.engine import grounder as grounder_module
+from groundiff_core.engine.aggregate import MapAccumulator
+from groundiff_core.models.architectures import tiny_ldm
+from groundiff_core.engine.layers import cross_attention_layers
+from groundiff_core.engine.recording import AttentionRecorder, RecordingProcessor
 
 SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [12, 18)
 PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", "mild edema"]

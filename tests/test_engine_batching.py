@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import groundiff_core as gd
-from groundiff_core import evaluate as ev
-from groundiff_core.architectures import tiny_ldm
-from groundiff_core.datasets import load_mscxr
-from groundiff_core.layers import cross_attention_layers
+from groundiff_core.evaluation import runner as ev
+from groundiff_core.models.architectures import tiny_ldm
+from groundiff_core.io.datasets import load_mscxr
+from groundiff_core.engine.layers import cross_attention_layers
 
 import mscxr_fixture as fx
 

@@ -76,7 +76,7 @@ def test_preset_option_of_ground_and_evaluate():
 
     from groundiff_core.commands import evaluate as evaluate_command
     from groundiff_core.commands import ground as ground_command
-    from groundiff_core.config import GroundingConfig
+    from groundiff_core.engine.config import GroundingConfig
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from groundiff_core.config import GroundingConfig, middle_layers, window_from_percent
-from groundiff_core.inversion import DDIMInversion, inversion_timesteps
-from groundiff_core.model import NoiseSchedule
+from groundiff_core.engine.config import GroundingConfig, middle_layers, window_from_percent
+from groundiff_core.engine.inversion import DDIMInversion, inversion_timesteps
+from groundiff_core.models.ldm import NoiseSchedule
 
 
 def test_paper_preset():
@@ -120,8 +120,8 @@ def test_inversion_step_matches_diffusers(prediction_type):
 
 
 def test_single_token_selection_reads_one_position_and_rejects_bad_positions():
-    from groundiff_core.aggregate import token_weights
-    from groundiff_core.config import GroundingConfig
+    from groundiff_core.engine.aggregate import token_weights
+    from groundiff_core.engine.config import GroundingConfig
 
     w = token_weights([5, 4], 8, "token:2")
     assert w[0].tolist() == [0, 0, 1, 0, 0, 0, 0, 0] and w[1, 2] == 1 and float(w.sum()) == 2
@@ -141,9 +141,9 @@ def test_per_token_maps_average_to_the_phrase_map_before_postprocessing():
 
     import numpy as np
 
-    from groundiff_core.architectures import tiny_ldm
-    from groundiff_core.config import GroundingConfig
-    from groundiff_core.grounder import Grounder
+    from groundiff_core.models.architectures import tiny_ldm
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.grounder import Grounder
 
     model = tiny_ldm()
     cfg = dataclasses.replace(GroundingConfig.paper().with_steps(20), normalize="none", otsu=False,

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import groundiff_core as gd
-from groundiff_core.architectures import tiny_ldm
-from groundiff_core.layers import cross_attention_layers
-from groundiff_core.recording import AttentionRecorder
+from groundiff_core.models.architectures import tiny_ldm
+from groundiff_core.engine.layers import cross_attention_layers
+from groundiff_core.engine.recording import AttentionRecorder
 
 from naive_reference import naive_ground
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import groundiff_core as gd
-from groundiff_core.architectures import tiny_ldm
+from groundiff_core.models.architectures import tiny_ldm
 
 from naive_reference import naive_ground
 
@@ -115,7 +115,7 @@ def test_ground_command_on_a_resized_non_square_image_matches_the_naive_referenc
     from PIL import Image
 
     from groundiff_core.cli import main
-    from groundiff_core.image_io import load_image
+    from groundiff_core.io.images import load_image
 
     yy, xx = np.mgrid[0:75, 0:61]
     img = (127 + 100 * np.sin(xx / 6.0) * np.cos(yy / 8.0)).astype(np.uint8)

@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from groundiff_core import evaluate as ev
-from groundiff_core import metrics as M
-from groundiff_core.baselines import CentrePrior, RandomHeatmap
+from groundiff_core.evaluation import runner as ev
+from groundiff_core.evaluation import metrics as M
+from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 from groundiff_core.cli import main as cli_main
-from groundiff_core.datasets import load_mscxr
+from groundiff_core.io.datasets import load_mscxr
 
 import mscxr_fixture as fx
 
@@ -21,9 +21,9 @@ import mscxr_fixture as fx
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def tiny_grounder():
-    from groundiff_core.architectures import tiny_ldm
-    from groundiff_core.config import GroundingConfig
-    from groundiff_core.grounder import Grounder
+    from groundiff_core.models.architectures import tiny_ldm
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.grounder import Grounder
 
     # the paper's preset with 10 inference steps (window [4, 6)) so that a run takes a second
     return Grounder(tiny_ldm(), GroundingConfig.paper().with_steps(10))
@@ -82,7 +82,7 @@ def test_end_to_end_on_tiny_ldm(tiny_grounder, data, tmp_path):
     assert [o["pair_id"] for o in eff["others"]] == ["a1|cardiomegaly"]
 
     # the row's metrics are the metric functions applied to the grounder's own heatmap
-    from groundiff_core.image_io import load_image
+    from groundiff_core.io.images import load_image
     hm = tiny_grounder.ground(load_image(pairs[0].image_path), ["left pleural effusion", "cardiomegaly"])
     expect = M.all_metrics(hm.heatmaps[0], pairs[0].boxes)
     for m in ev.METRICS:
@@ -151,7 +151,7 @@ def test_resume_after_interruption_gives_each_pair_once_with_same_numbers(tiny_g
 def test_resume_refuses_another_configuration(tiny_grounder, data, tmp_path):
     from dataclasses import replace
 
-    from groundiff_core.grounder import Grounder
+    from groundiff_core.engine.grounder import Grounder
 
     pairs, _, _ = data
     out = tmp_path / "run"
@@ -206,7 +206,7 @@ def test_missing_and_unreadable_images_are_listed_as_skipped_then_retried(data, 
 
 
 def test_boxes_outside_the_read_image_are_rescaled_or_clipped(data, tmp_path):
-    from groundiff_core.datasets import GroundingPair
+    from groundiff_core.io.datasets import GroundingPair
 
     pairs, _, root = data
     p = pairs[1]  # cardiomegaly box (14, 18, 20, 14) annotated on 48x40
@@ -328,7 +328,7 @@ def test_text_sensitivity_definition():
 # ------------------------------------------------------------------------------ baselines
 def test_baselines(data):
     pairs, _, _ = data
-    from groundiff_core.image_io import load_image
+    from groundiff_core.io.images import load_image
 
     img = load_image(pairs[0].image_path)
     r = RandomHeatmap(seed=0)
@@ -389,10 +389,10 @@ def test_cli_evaluate_merge_and_errors(data, tmp_path, capsys):
 
 
 def test_cli_evaluates_the_ldm_method(data, tmp_path):
-    from groundiff_core import loading
+    from groundiff_core.models import loading
 
     if not hasattr(loading, "load_model"):
-        pytest.skip("groundiff_core.loading.load_model is not there yet")
+        pytest.skip("groundiff_core.models.loading.load_model is not there yet")
     _, csv, root = data
     out = tmp_path / "ldm"
     assert cli_main(["evaluate", "--model", "tiny", "--dataset", "mscxr", "--csv", str(csv),

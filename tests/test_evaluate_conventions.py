@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import mscxr_fixture as fx
-from groundiff_core import evaluate as ev
-from groundiff_core.datasets import load_mscxr
+from groundiff_core.evaluation import runner as ev
+from groundiff_core.io.datasets import load_mscxr
 
 EXTRA = [
     ("d4", "Atelectasis", "left basal atelectasis", 0, 10, 3, 10, "test"),  # vanishes after the crop

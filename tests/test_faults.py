@@ -69,7 +69,7 @@ def _png_header_claiming(path, width: int, height: int):
 
 
 def test_decompression_bomb_is_a_clear_value_error(tmp_path):
-    from groundiff_core.image_io import load_image
+    from groundiff_core.io.images import load_image
 
     bomb = _png_header_claiming(tmp_path / "bomb.png", 100_000, 100_000)
     with pytest.raises(ValueError, match=r"bomb\.png.*100000 x 100000 pixels"):
@@ -132,7 +132,7 @@ def test_corrupt_diffusers_folders_name_the_folder(tmp_path, capsys, png, kind):
 def test_unavailable_device_is_refused_before_any_work(tmp_path, capsys, monkeypatch, png, device):
     import torch
 
-    import groundiff_core.loading as loading
+    import groundiff_core.models.loading as loading
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -145,7 +145,7 @@ def test_unavailable_device_is_refused_before_any_work(tmp_path, capsys, monkeyp
 def test_evaluate_refuses_an_unavailable_device_before_loading_the_model(tmp_path, capsys, monkeypatch):
     import torch
 
-    import groundiff_core.loading as loading
+    import groundiff_core.models.loading as loading
     import mscxr_fixture as fx
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -203,21 +203,21 @@ def test_phantom_ground_is_quiet_with_no_progress(tmp_path, capfd, png):
     ({"guidance_scale": "1"}, "guidance_scale"),
 ])
 def test_bad_settings_are_refused(fields, needle):
-    from groundiff_core.config import GroundingConfig
+    from groundiff_core.engine.config import GroundingConfig
 
     with pytest.raises(ValueError, match=needle):
         GroundingConfig(**fields)
 
 
 def test_a_sigma_as_wide_as_the_image_is_still_allowed():
-    from groundiff_core.config import GroundingConfig
+    from groundiff_core.engine.config import GroundingConfig
 
     assert GroundingConfig(sigma_fraction=1.0).sigma_pixels(512) == 512.0
     assert GroundingConfig(sigma_fraction=None).sigma_pixels(512) == 0.0
 
 
 def test_a_layer_string_is_a_comma_separated_list():
-    from groundiff_core.config import GroundingConfig
+    from groundiff_core.engine.config import GroundingConfig
 
     cfg = GroundingConfig.paper()
     assert cfg.with_layers("3,4,6,7").layers == (3, 4, 6, 7)
@@ -229,14 +229,14 @@ def test_a_layer_string_is_a_comma_separated_list():
 @pytest.mark.parametrize("word,value", [("no", False), ("No", False), ("false", False), ("off", False),
                                         ("yes", True), ("TRUE", True), (True, True)])
 def test_booleans_parse_strictly(word, value):
-    from groundiff_core.config import parse_bool
+    from groundiff_core.engine.config import parse_bool
 
     assert parse_bool(word, "x") is value
 
 
 @pytest.mark.parametrize("word", ["maybe", "", "2", None, 1])
 def test_non_booleans_are_refused(word):
-    from groundiff_core.config import parse_bool
+    from groundiff_core.engine.config import parse_bool
 
     with pytest.raises(ValueError, match="must be a boolean"):
         parse_bool(word, "x")
@@ -326,7 +326,7 @@ def test_doctor_reads_legacy_checkpoints_as_the_loader_does(tmp_path):
     import torch
 
     from groundiff_core.commands import doctor
-    from groundiff_core.loading.checkpoints import read_state_dict
+    from groundiff_core.models.loading.checkpoints import read_state_dict
 
     state = {"conv.weight": torch.ones(4, 2), "conv.bias": torch.zeros(4)}
     for name in ("autoencoder.pth", "diffusion_model.pth"):

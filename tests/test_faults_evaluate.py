@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from groundiff_core import evaluate as ev
-from groundiff_core.baselines import CentrePrior, RandomHeatmap
+from groundiff_core.evaluation import runner as ev
+from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 from groundiff_core.cli import main as cli_main
-from groundiff_core.datasets import load_mscxr
-from groundiff_core.fileio import FolderBusyError, atomic_write, folder_lock
+from groundiff_core.io.datasets import load_mscxr
+from groundiff_core.util.fileio import FolderBusyError, atomic_write, folder_lock
 
 import mscxr_fixture as fx
 
@@ -142,9 +142,9 @@ def test_a_killed_session_is_recorded_at_the_next_start(data, tmp_path):
     script = f"""
 import os, signal, sys
 sys.path.insert(0, {str(ROOT / 'tests')!r})
-from groundiff_core import evaluate as ev
-from groundiff_core.baselines import CentrePrior
-from groundiff_core.datasets import load_mscxr
+from groundiff_core.evaluation import runner as ev
+from groundiff_core.methods.baselines import CentrePrior
+from groundiff_core.io.datasets import load_mscxr
 
 class Dies:  # the centre prior (same identity) whose second image kills the process (kill -9)
     calls = 0
@@ -192,7 +192,7 @@ def _save_sd_folder(model, root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from groundiff_core.architectures import tiny_ldm
+    from groundiff_core.models.architectures import tiny_ldm
 
     root = tmp_path_factory.mktemp("models") / "weights-v1"
     _save_sd_folder(tiny_ldm(), root)
@@ -200,9 +200,9 @@ def model_dir(tmp_path_factory):
 
 
 def _grounder(path: Path):
-    from groundiff_core.config import GroundingConfig
-    from groundiff_core.grounder import Grounder
-    from groundiff_core.loading import load_model
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.grounder import Grounder
+    from groundiff_core.models.loading import load_model
 
     return Grounder(load_model(path), GroundingConfig.paper().with_steps(10))
 
@@ -241,9 +241,9 @@ def test_moved_run_and_moved_model_resume_and_merge(data, model_dir, tmp_path):
     assert merged["n_pairs"] == 5
 
     # other weights are another evaluation
-    from groundiff_core.architectures import tiny_ldm
-    from groundiff_core.config import GroundingConfig
-    from groundiff_core.grounder import Grounder
+    from groundiff_core.models.architectures import tiny_ldm
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.grounder import Grounder
 
     other = Grounder(tiny_ldm(seed=1), GroundingConfig.paper().with_steps(10))
     with pytest.raises(ValueError, match=r"weights_sha256"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from groundiff_core.image_io import load_image
+from groundiff_core.io.images import load_image
 
 RAMP8 = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (20, 1))  # [20, 32]
 RAMP16 = (RAMP8.astype(np.uint16) * 257)  # same ramp at 16 bits

@@ -24,8 +24,8 @@ from test_loading_support import (UNET_KW, diffusers_cross_attention, monai_cros
 
 from groundiff_core import cli  # noqa: E402
 from groundiff_core.commands import doctor  # noqa: E402
-from groundiff_core.loading import MissingWeightsError, StateDictMismatchError, load_model  # noqa: E402
-from groundiff_core.loading.bundle import BundleError, read_bundle  # noqa: E402
+from groundiff_core.models.loading import MissingWeightsError, StateDictMismatchError, load_model  # noqa: E402
+from groundiff_core.models.loading.bundle import BundleError, read_bundle  # noqa: E402
 
 TOL = 1e-4
 LATENT = IMAGE // 8
@@ -270,7 +270,7 @@ def test_doctor_shows_what_it_found(tmp_path, capsys):
 
 
 def test_book_runner_takes_model_and_text_encoder(tmp_path, monkeypatch):
-    from groundiff_core import book
+    from groundiff_core.book import runner as book
 
     seen = {}
     monkeypatch.setattr(book, "run_book", lambda root, **kw: seen.update(kw) or [])

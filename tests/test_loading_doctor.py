@@ -11,7 +11,7 @@ import torch
 
 from groundiff_core import cli
 from groundiff_core.commands import doctor
-from groundiff_core.loading import catalog
+from groundiff_core.models.loading import catalog
 
 needs_monai = pytest.mark.skipif(
     importlib.util.find_spec("monai") is None or importlib.util.find_spec("einops") is None,

@@ -10,10 +10,10 @@ import pytest
 import torch
 from test_loading_support import AE_KW, UNET_KW, load_scaled_paper, to_generative_layout, write_paper_dir
 
-from groundiff_core.loading import (MissingWeightsError, StateDictMismatchError, UnsafeCheckpointError,
+from groundiff_core.models.loading import (MissingWeightsError, StateDictMismatchError, UnsafeCheckpointError,
                                     UnsupportedArchitectureError, load_model)
-from groundiff_core.loading.checkpoints import read_state_dict
-from groundiff_core.loading.monai_unet import MonaiUNetConfig, convert_unet
+from groundiff_core.models.loading.checkpoints import read_state_dict
+from groundiff_core.models.loading.monai_unet import MonaiUNetConfig, convert_unet
 
 needs_monai = pytest.mark.skipif(
     importlib.util.find_spec("monai") is None or importlib.util.find_spec("einops") is None,
@@ -189,7 +189,7 @@ def test_configurations_without_an_exact_equivalent_are_refused():
         MonaiUNetConfig.from_dict({**UNET_KW, "with_conditioning": False}).to_diffusers()
     with pytest.raises(ValueError, match="unknown DiffusionModelUNet argument"):
         MonaiUNetConfig.from_dict({"chanels": (1, 2)})
-    from groundiff_core.loading.monai_autoencoder import MonaiAutoencoderConfig
+    from groundiff_core.models.loading.monai_autoencoder import MonaiAutoencoderConfig
 
     with pytest.raises(UnsupportedArchitectureError, match="use_convtranspose"):
         MonaiAutoencoderConfig(use_convtranspose=True).validate()

@@ -21,9 +21,9 @@ from test_loading_support import (  # noqa: E402
     AE_KW, IMAGE, UNET_KW, diffusers_cross_attention, load_scaled_paper, monai_autoencoder, monai_cross_attention,
     monai_unet, to_generative_layout, write_paper_dir)
 
-from groundiff_core.layers import cross_attention_layers  # noqa: E402
-from groundiff_core.loading.monai_autoencoder import MonaiAutoencoderConfig, convert_autoencoder  # noqa: E402
-from groundiff_core.loading.monai_unet import MonaiUNetConfig, convert_unet, unet_state_for_diffusers  # noqa: E402
+from groundiff_core.engine.layers import cross_attention_layers  # noqa: E402
+from groundiff_core.models.loading.monai_autoencoder import MonaiAutoencoderConfig, convert_autoencoder  # noqa: E402
+from groundiff_core.models.loading.monai_unet import MonaiUNetConfig, convert_unet, unet_state_for_diffusers  # noqa: E402
 
 TOL = 1e-4
 LATENT = IMAGE // 8
@@ -87,7 +87,7 @@ def test_unet_variants_match_monai(overrides, unet_inputs, tmp_path):
     converted model survives save_pretrained / loading back (what the conversion cache does)."""
     from diffusers import UNet2DConditionModel
 
-    from groundiff_core.loading.statedict import load_saved, set_groupnorm_eps
+    from groundiff_core.models.loading.statedict import load_saved, set_groupnorm_eps
 
     monai = monai_unet(**overrides)
     cfg = MonaiUNetConfig.from_dict({**UNET_KW, **overrides})
@@ -218,7 +218,7 @@ def test_paper_layers_3_4_6_7_are_the_deepest(tmp_path, unet_inputs):
 
 def test_engine_recording_reads_monai_attention(unet_inputs):
     """The engine's recording processor, on the converted model, reads MONAI's attention exactly."""
-    from groundiff_core.recording import AttentionRecorder
+    from groundiff_core.engine.recording import AttentionRecorder
 
     monai = monai_unet()
     unet = convert_unet(monai.state_dict(), MonaiUNetConfig.from_dict(UNET_KW), sample_size=LATENT)

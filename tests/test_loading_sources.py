@@ -11,7 +11,7 @@ import torch
 from test_loading_support import IMAGE, TEXT_WORDS, load_scaled_paper, write_paper_dir, write_sd_dir
 
 import groundiff_core as gd
-from groundiff_core.loading import load_model
+from groundiff_core.models.loading import load_model
 
 needs_monai = pytest.mark.skipif(
     importlib.util.find_spec("monai") is None or importlib.util.find_spec("einops") is None,

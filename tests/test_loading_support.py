@@ -131,7 +131,7 @@ def monai_cross_attention(model, x, t, ctx) -> tuple[torch.Tensor, list[torch.Te
 # ------------------------------------------------------------------ folders on disk
 def write_text_encoder(root: Path, hidden: int = 128) -> None:
     """A tiny CLIP text encoder + closed-vocabulary tokenizer as ``root/text_encoder`` and ``root/tokenizer``."""
-    from groundiff_core.text import small_text_encoder, word_tokenizer
+    from groundiff_core.models.text import small_text_encoder, word_tokenizer
 
     tok = word_tokenizer(TEXT_WORDS)
     text = small_text_encoder(len(tok), hidden_size=hidden, layers=1, heads=2, seed=3)
@@ -170,7 +170,7 @@ def write_paper_dir(root: Path, layout: str = "generative", bundle_layout: bool 
 
 def load_scaled_paper(root: Path, **kw):
     """``load_model`` on a folder from :func:`write_paper_dir` with the scaled configuration."""
-    from groundiff_core.loading import load_model
+    from groundiff_core.models.loading import load_model
 
     ae = {k: v for k, v in AE_KW.items() if not k.startswith("with_")}
     return load_model(root, unet_config=UNET_KW, autoencoder_config=ae, input_size=IMAGE, **kw)
@@ -180,8 +180,8 @@ def write_sd_dir(root: Path, prediction_type: str = "epsilon", seed: int = 0):
     """A tiny Stable-Diffusion-layout folder (3-channel VAE, random weights); returns its components."""
     from diffusers import DDIMScheduler
 
-    from groundiff_core.architectures import paper_layout_unet, small_vae
-    from groundiff_core.text import small_text_encoder, word_tokenizer
+    from groundiff_core.models.architectures import paper_layout_unet, small_vae
+    from groundiff_core.models.text import small_text_encoder, word_tokenizer
 
     tok = word_tokenizer(TEXT_WORDS)
     text = small_text_encoder(len(tok), hidden_size=32, layers=1, heads=2, seed=seed)

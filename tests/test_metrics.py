@@ -13,13 +13,13 @@ from sklearn.metrics import roc_auc_score
 
 import functools
 
-from groundiff_core import metrics as _metrics
+from groundiff_core.evaluation import metrics as _metrics
 
 _TAKES_CONVENTIONS = {"iou_at", "miou", "auc_roc", "cnr", "pointing_game", "all_metrics", "HeatmapScorer"}
 
 
 class _Strict:
-    """``groundiff_core.metrics`` with ``conventions="strict"`` wherever a function takes it."""
+    """``groundiff_core.evaluation.metrics`` with ``conventions="strict"`` wherever a function takes it."""
 
     def __getattr__(self, name):
         f = getattr(_metrics, name)

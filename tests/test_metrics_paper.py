@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import paper_reference as ref
-from groundiff_core import metrics as M
-from groundiff_core.aggregate import otsu_mask, postprocess
-from groundiff_core.preprocess import CropGeometry, prepare_image
+from groundiff_core.evaluation import metrics as M
+from groundiff_core.engine.aggregate import otsu_mask, postprocess
+from groundiff_core.io.preprocess import CropGeometry, prepare_image
 
 TOL = 1e-6
 

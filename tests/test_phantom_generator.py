@@ -10,7 +10,7 @@ import pytest
 from groundiff_core.phantom.generator import (
     CATEGORIES, SIZE, SPLIT_SEEDS, make_phantom, vocabulary, write_phantom_set,
 )
-from groundiff_core.text import split_words, word_tokenizer
+from groundiff_core.models.text import split_words, word_tokenizer
 
 
 def test_same_seed_same_phantom_and_different_seeds_differ():

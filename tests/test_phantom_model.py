@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import groundiff_core as gd
-from groundiff_core import metrics
+from groundiff_core.evaluation import metrics
 from groundiff_core.phantom.generator import SPLIT_SEEDS, make_phantom
 from groundiff_core.phantom.model import WEIGHTS_DIR
 

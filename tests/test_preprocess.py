@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from groundiff_core.preprocess import CropGeometry, prepare_image
+from groundiff_core.io.preprocess import CropGeometry, prepare_image
 
 
 @pytest.mark.parametrize("h,w", [(64, 64), (64, 96), (96, 64), (50, 75), (33, 32)])

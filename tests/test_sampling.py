@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from groundiff_core.architectures import tiny_ldm
-from groundiff_core.sampling import generate
+from groundiff_core.models.architectures import tiny_ldm
+from groundiff_core.engine.sampling import generate
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``groundiff book``: execute the book's notebooks with papermill (see :mod:`groundiff_core.book`).
+"""``groundiff book``: execute the book's notebooks with papermill (see :mod:`groundiff_core.book.runner`).
 
 Render afterwards with ``jupyter-book build book`` (``make book`` does both)."""
 
@@ -10,7 +10,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from groundiff_core.book import add_arguments
+    from groundiff_core.book.runner import add_arguments
 
     p = subparsers.add_parser(
         "book",
@@ -23,6 +23,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from groundiff_core.book import run_from_args
+    from groundiff_core.book.runner import run_from_args
 
     return run_from_args(args, command=shlex.join(["groundiff", *sys.argv[1:]]))

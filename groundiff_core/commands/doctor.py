@@ -78,10 +78,10 @@ def _phantom() -> dict:
 def _inspect_checkpoint(path: Path, expected: dict) -> dict:
     """Tensor and parameter counts of a checkpoint against the published ones.
 
-    Read with the loader's own :func:`~groundiff_core.loading.checkpoints.read_state_dict` (memory-mapped
+    Read with the loader's own :func:`~groundiff_core.models.loading.checkpoints.read_state_dict` (memory-mapped
     where the format allows), so the doctor calls a file unreadable exactly when the loader cannot read it.
     """
-    from groundiff_core.loading.checkpoints import read_state_dict
+    from groundiff_core.models.loading.checkpoints import read_state_dict
 
     info: dict = {}
     try:
@@ -98,8 +98,8 @@ def _inspect_checkpoint(path: Path, expected: dict) -> dict:
 
 
 def _paper(paper_dir: str | None, hash_files: bool) -> dict:
-    from groundiff_core.loading.catalog import PAPER_DIR_ENV, checksums, default_paper_dir, find_paper_files
-    from groundiff_core.loading.checkpoints import fingerprint, sha256
+    from groundiff_core.models.loading.catalog import PAPER_DIR_ENV, checksums, default_paper_dir, find_paper_files
+    from groundiff_core.models.loading.checkpoints import fingerprint, sha256
 
     if paper_dir:
         root, origin = Path(paper_dir).expanduser(), "--paper-dir"
@@ -164,8 +164,8 @@ def _fits(part: str, path: Path, spec) -> tuple[bool, str | None]:
     """
     import torch
 
-    from groundiff_core.loading.monai_autoencoder import autoencoder_state_for_diffusers
-    from groundiff_core.loading.monai_unet import unet_state_for_diffusers
+    from groundiff_core.models.loading.monai_autoencoder import autoencoder_state_for_diffusers
+    from groundiff_core.models.loading.monai_unet import unet_state_for_diffusers
 
     obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
@@ -183,9 +183,9 @@ def _fits(part: str, path: Path, spec) -> tuple[bool, str | None]:
 
 def _bundle(folder: str, text_encoder: str | None, hash_files: bool) -> dict:
     """What the loader finds in a MONAI bundle folder, without converting or writing anything."""
-    from groundiff_core.loading.bundle import find_bundle_config, read_bundle
-    from groundiff_core.loading.catalog import find_paper_files
-    from groundiff_core.loading.checkpoints import sha256
+    from groundiff_core.models.loading.bundle import find_bundle_config, read_bundle
+    from groundiff_core.models.loading.catalog import find_paper_files
+    from groundiff_core.models.loading.checkpoints import sha256
 
     root = Path(folder).expanduser()
     out: dict = {"dir": str(root), "config": None, "problems": []}
@@ -243,9 +243,9 @@ def _bundle(folder: str, text_encoder: str | None, hash_files: bool) -> dict:
 def report(paper_dir: str | None = None, hash_files: bool = False, model: str | None = None,
            text_encoder: str | None = None) -> dict:
     """The doctor's findings as a JSON-able dict (``model``: a MONAI bundle folder to inspect)."""
-    from groundiff_core.loading.bundle import find_bundle_config
-    from groundiff_core.loading.catalog import checksums
-    from groundiff_core.loading.hub import hub_offline
+    from groundiff_core.models.loading.bundle import find_bundle_config
+    from groundiff_core.models.loading.catalog import checksums
+    from groundiff_core.models.loading.hub import hub_offline
 
     devices = _devices()
     paper = _paper(paper_dir, hash_files)

@@ -20,7 +20,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from groundiff_core.distributed import clear_shard_done, launch_rank, mark_shard_done, shard_folder, wait_for_shards
+from groundiff_core.evaluation.distributed import clear_shard_done, launch_rank, mark_shard_done, shard_folder, wait_for_shards
 
 METHODS = ("ldm", "random", "centre")
 PRESETS = ("paper", "fast")  # GroundingConfig.preset(name)
@@ -82,7 +82,7 @@ def register(subparsers) -> None:
 
 def build_method(args: argparse.Namespace):
     """The grounding method the options ask for."""
-    from groundiff_core.baselines import CentrePrior, RandomHeatmap
+    from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 
     if args.method != "ldm" and (args.model or args.steps or args.text_encoder):
         raise ValueError(f"--model, --text-encoder and --steps apply to --method ldm, not {args.method!r}")
@@ -92,9 +92,9 @@ def build_method(args: argparse.Namespace):
         return CentrePrior()
     if not args.model:
         raise ValueError("--method ldm needs --model (e.g. --model phantom)")
-    from groundiff_core.config import GroundingConfig
-    from groundiff_core.grounder import Grounder
-    from groundiff_core.loading import load_model, resolve_device
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.grounder import Grounder
+    from groundiff_core.models.loading import load_model, resolve_device
 
     device = resolve_device(args.device)  # an unavailable device is refused before the model loads
     model = load_model(args.model, text_encoder=args.text_encoder)
@@ -147,7 +147,7 @@ def _require_results(summary: dict, hint: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from groundiff_core import evaluate as ev
+    from groundiff_core.evaluation import runner as ev
 
     check_args(args)
     if args.merge:
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [f"--{n}" for n in ("dataset", "csv") if getattr(args, n) is None]
     if missing:
         raise ValueError(f"evaluate needs {' and '.join(missing)} (or --merge DIR...)")
-    from groundiff_core.datasets import load_dataset
+    from groundiff_core.io.datasets import load_dataset
 
     shard = ev.parse_shard(args.shard)  # check before the (slow) model load
     launch = _launch(args)

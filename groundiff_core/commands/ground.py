@@ -88,8 +88,8 @@ def _parse_ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~groundiff_core.config.GroundingConfig` the command line asks for."""
-    from ..config import GroundingConfig
+    """The :class:`~groundiff_core.engine.config.GroundingConfig` the command line asks for."""
+    from groundiff_core.engine.config import GroundingConfig
 
     cfg = GroundingConfig.preset(getattr(args, "preset", "paper"))
     if getattr(args, "conventions", None):
@@ -122,7 +122,7 @@ def config_from_args(args: argparse.Namespace):
 def _device_and_dtype(device: str, dtype: str):
     import torch
 
-    from ..loading import resolve_device, resolve_dtype
+    from groundiff_core.models.loading import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     if dtype == "auto":  # half precision on an accelerator; on the CPU keep the stored precision
@@ -154,9 +154,9 @@ def write_overlay(path: str | Path, image01, heatmaps) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..grounder import Grounder
-    from ..image_io import load_image
-    from ..loading import load_model
+    from groundiff_core.engine.grounder import Grounder
+    from groundiff_core.io.images import load_image
+    from groundiff_core.models.loading import load_model
 
     # every option is checked before any work: settings, output names, device, then the image
     cfg = config_from_args(args)

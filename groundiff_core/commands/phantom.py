@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..phantom.generator import write_phantom_set
+    from groundiff_core.phantom.generator import write_phantom_set
 
     path = write_phantom_set(args.out, args.n, split=args.split, seed=args.seed, progress=not args.no_progress)
     print(f"wrote {args.n} phantoms and {path}")

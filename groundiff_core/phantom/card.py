@@ -13,14 +13,14 @@ import json
 import platform
 from pathlib import Path
 
-from .model import WEIGHTS_DIR
+from groundiff_core.phantom.model import WEIGHTS_DIR
 
 TARGETS = {"auc": 0.85, "miou": 0.25, "cnr_abs": 1.0, "text_sensitivity": 0.80}
 
 
 def alt_config(layers: tuple[int, ...]):
     """The paper's preset reading other cross-attention layers (chosen on validation phantoms)."""
-    from ..config import GroundingConfig
+    from groundiff_core.engine.config import GroundingConfig
 
     return GroundingConfig.paper().with_layers(layers)
 
@@ -29,13 +29,13 @@ def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path,
                    alt_layers: tuple[int, ...] | None = None, alt_pairs: int | None = None,
                    device: str | None = None, batch_images: int = 1) -> dict[str, dict]:
     """Evaluate ldm/random/centre (and ``ldm-alt``) on the phantom test split; return the summaries."""
-    from ..baselines import CentrePrior, RandomHeatmap
-    from ..config import GroundingConfig
-    from ..datasets import load_dataset
-    from ..evaluate import evaluate
-    from ..grounder import Grounder
-    from .generator import write_phantom_set
-    from .model import load_phantom
+    from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.io.datasets import load_dataset
+    from groundiff_core.evaluation.runner import evaluate
+    from groundiff_core.engine.grounder import Grounder
+    from groundiff_core.phantom.generator import write_phantom_set
+    from groundiff_core.phantom.model import load_phantom
 
     data = work / "testset"
     csv = data / "annotations.csv"
@@ -69,7 +69,7 @@ def _fmt(stat: dict | None) -> str:
 
 def _geometry(meta: dict) -> dict:
     """Latent and attention-grid sizes of the model described by ``phantom.json``."""
-    from .model import PhantomSpec
+    from groundiff_core.phantom.model import PhantomSpec
 
     spec = meta.get("spec", {})
     latent = PhantomSpec(image_size=int(meta.get("input_size", 128)),
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     alt = tuple(int(x) for x in a.alt_layers.split(",")) if a.alt_layers else None
     names = ["ldm", "random", "centre"] + (["ldm-alt"] if alt else [])
     if a.merge:
-        from ..evaluate import merge
+        from groundiff_core.evaluation.runner import merge
 
         summaries = {name: merge([a.work / f"{name}-{i}of{a.shards}" for i in range(a.shards)],
                                  a.work / name) for name in names}

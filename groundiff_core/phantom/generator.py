@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..text import split_words
+from groundiff_core.models.text import split_words
 
 __all__ = [
     "CATEGORIES", "Finding", "Phantom", "make_phantom", "write_phantom_set", "vocabulary",

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from ..architectures import paper_layout_unet, small_vae
-from ..loading.diffusers_dir import component_errors
-from ..model import LDM, NoiseSchedule
-from ..quiet import quiet_libraries
-from ..text import small_text_encoder, word_tokenizer
-from .generator import SIZE, vocabulary
+from groundiff_core.models.architectures import paper_layout_unet, small_vae
+from groundiff_core.models.loading.diffusers_dir import component_errors
+from groundiff_core.models.ldm import LDM, NoiseSchedule
+from groundiff_core.util.quiet import quiet_libraries
+from groundiff_core.models.text import small_text_encoder, word_tokenizer
+from groundiff_core.phantom.generator import SIZE, vocabulary
 
 __all__ = ["PhantomSpec", "build_phantom", "save_phantom", "load_phantom", "WEIGHTS_DIR"]
 

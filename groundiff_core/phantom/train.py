@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .generator import make_phantom, train_seeds
-from .model import WEIGHTS_DIR, PhantomSpec, build_phantom, save_phantom
+from groundiff_core.phantom.generator import make_phantom, train_seeds
+from groundiff_core.phantom.model import WEIGHTS_DIR, PhantomSpec, build_phantom, save_phantom
 
 
 def _log(out: Path, **row) -> None:

@@ -1,0 +1,229 @@
+"""Check what the book's notebooks wrote: every page ran, says what it ran on, and its metrics are in range.
+
+After ``python -m groundiff_core.book.runner`` each notebook ``NN_name`` leaves ``book/notebooks/NN_name.ipynb``
+and a folder ``NN_name_files/`` with its metrics JSON and ``provenance.json``. :func:`check_book`
+reads them and lists every problem:
+
+* a notebook whose executed copy is missing or holds an error output;
+* a missing ``provenance.json``, or one that names another dataset than expected;
+* a metric outside its range: mIoU, AUC-ROC (exact and binned), the pointing game and the text
+  sensitivity in [0, 1], |CNR| >= 0, every number finite, every confidence interval around its mean;
+* a metrics file without a single metric (a notebook that silently evaluated nothing).
+
+:func:`check_html` does the same for the rendered pages: a provenance box, numbered figures whose
+images exist, no error output.
+
+``python -m groundiff_core.book.check book/notebooks [--dataset mscxr] [--html book/_build/html]``
+exits 1 on any problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["METRIC_FILES", "check_book", "check_html", "check_metrics", "main"]
+
+# the metrics file each notebook writes into its output folder
+METRIC_FILES = {
+    "01_method": "method_walkthrough.json",
+    "02_main_table": "main_table.json",
+    "03_ablation": "ablation.json",
+    "04_failure_cases": "failure_cases.json",
+    "05_captum": "captum.json",
+}
+UNIT = {"miou", "auc", "auc_binned", "pointing", "mIoU", "AUC-ROC", "text_sensitivity", "named_side_share",
+        "AUC-ROC on original boxes", "mIoU on original boxes", "confusions"}
+NON_NEGATIVE = {"cnr_abs", "|CNR|"}
+ANY_REAL = {"cnr_signed", "CNR (signed)"}
+
+
+def _stat_problems(name: str, where: str, value: Any) -> list[str]:
+    """Problems of one metric entry: a number, or a ``{mean, ci_low, ci_high}`` summary."""
+    out = []
+    if isinstance(value, dict):
+        if "mean" in value:
+            lo, m, hi = value.get("ci_low"), value.get("mean"), value.get("ci_high")
+            if m is not None and lo is not None and hi is not None and not (lo - 1e-9 <= m <= hi + 1e-9):
+                out.append(f"{where}: mean {m} outside its interval [{lo}, {hi}]")
+            vals = [(k, value.get(k)) for k in ("mean", "ci_low", "ci_high")]
+        elif "value" in value:  # text sensitivity
+            vals = [(k, value.get(k)) for k in ("value", "ci_low", "ci_high")]
+        else:
+            vals = [(f"{k}", v) for k, v in value.items()  # a row-keyed table; counts are not the metric
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and not str(k).startswith("n_")]
+    else:
+        vals = [("", value)]
+    for k, v in vals:
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        label = f"{where}{'.' + k if k else ''}"
+        if not math.isfinite(v):
+            out.append(f"{label}: {v} is not finite")
+        elif name in UNIT and not (-1e-9 <= v <= 1 + 1e-9):
+            out.append(f"{label}: {v} outside [0, 1]")
+        elif name in NON_NEGATIVE and v < -1e-9:
+            out.append(f"{label}: {v} is negative")
+    return out
+
+
+def check_metrics(obj: Any) -> tuple[list[str], int]:
+    """``(problems, n_metrics)`` of a metrics JSON object: every entry under a metric's name
+    (see the module docstring) checked against that metric's range; ``n_metrics`` counts the
+    entries that held a number."""
+    problems: list[str] = []
+    count = 0
+
+    def walk(o: Any, path: str) -> None:
+        nonlocal count
+        if isinstance(o, dict):
+            for k, v in o.items():
+                where = f"{path}.{k}" if path else str(k)
+                if k in UNIT | NON_NEGATIVE | ANY_REAL:
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) or \
+                            isinstance(v, dict) and any(isinstance(x, (int, float)) for x in v.values()):
+                        count += 1
+                    problems.extend(_stat_problems(k, where, v))
+                    if isinstance(v, dict) and not {"mean", "value"} & set(v):
+                        walk(v, where)  # e.g. a table keyed by metric then by row
+                else:
+                    walk(v, where)
+        elif isinstance(o, list):
+            for i, v in enumerate(o):
+                walk(v, f"{path}[{i}]")
+
+    walk(obj, "")
+    return problems, count
+
+
+def _notebook_errors(ipynb: Path) -> list[str]:
+    nb = json.loads(ipynb.read_text())
+    out = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        for o in cell.get("outputs", []) or []:
+            if o.get("output_type") == "error":
+                out.append(f"{ipynb.name}: cell {i} raised {o.get('ename')}: {o.get('evalue')}")
+    return out
+
+
+def check_book(notebooks_dir: str | Path, *, dataset: str | None = None,
+               names: Sequence[str] | None = None) -> list[str]:
+    """Every problem of the executed notebooks in ``notebooks_dir`` (empty list: all fine).
+
+    ``dataset``: the dataset name every page's provenance must state (``"phantom"``, ``"mscxr"``);
+    ``names``: the notebooks to check (default: those of :data:`METRIC_FILES`).
+    """
+    root = Path(notebooks_dir)
+    problems: list[str] = []
+    for name in names or list(METRIC_FILES):
+        ipynb = root / f"{name}.ipynb"
+        files = root / f"{name}_files"
+        if not ipynb.is_file():
+            problems.append(f"{name}: not executed ({ipynb} missing)")
+            continue
+        problems += _notebook_errors(ipynb)
+        prov_path = files / "provenance.json"
+        if not prov_path.is_file():
+            problems.append(f"{name}: no provenance.json (the page does not say what it ran on)")
+        else:
+            prov = json.loads(prov_path.read_text())
+            got = (prov.get("dataset") or {}).get("name")
+            if dataset is not None and got != dataset:
+                problems.append(f"{name}: ran on dataset {got!r}, expected {dataset!r}")
+            if not (prov.get("model") or {}).get("weights_sha256"):
+                problems.append(f"{name}: provenance has no weights fingerprint")
+        metrics_file = files / METRIC_FILES.get(name, "")
+        if name in METRIC_FILES:
+            if not metrics_file.is_file():
+                problems.append(f"{name}: no {metrics_file.name}")
+                continue
+            found, n = check_metrics(json.loads(metrics_file.read_text()))
+            problems += [f"{name}/{metrics_file.name}: {p}" for p in found]
+            if n == 0:
+                problems.append(f"{name}/{metrics_file.name}: holds no metric")
+    return problems
+
+
+class _Page(HTMLParser):
+    """The parts of a rendered notebook page that :func:`check_html` looks at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.classes: list[str] = []
+        self.figure_numbers = 0
+        self._in_number = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        cls = a.get("class") or ""
+        self.classes.append(cls)
+        if tag == "img":
+            self.images.append(a.get("src") or "")
+        if tag == "span" and "caption-number" in cls.split():
+            self.figure_numbers += 1
+
+
+def check_html(html_dir: str | Path, names: Sequence[str] | None = None) -> list[str]:
+    """Problems of the rendered notebook pages in ``html_dir`` (``book/_build/html``): each page
+    must exist, open with its provenance box (an admonition of class ``provenance``), show at least
+    one numbered figure (a ``caption-number``) whose images all exist, and hold no error output."""
+    root = Path(html_dir)
+    problems: list[str] = []
+    for name in names or list(METRIC_FILES):
+        page = root / "notebooks" / f"{name}.html"
+        if not page.is_file():
+            problems.append(f"{name}: no rendered page {page}")
+            continue
+        html = page.read_text(encoding="utf-8")
+        parsed = _Page()
+        parsed.feed(html)
+        if not any("provenance" in c.split() for c in parsed.classes):
+            problems.append(f"{name}: the page has no provenance box")
+        if parsed.figure_numbers == 0:
+            problems.append(f"{name}: the page has no numbered figure")
+        for src in parsed.images:
+            if src.startswith(("http:", "https:", "data:")) or "logo" in src:
+                continue
+            if not (page.parent / src.split("#")[0]).resolve().is_file():
+                problems.append(f"{name}: image {src!r} does not exist")
+        if any("output_error" in c or "traceback" in c.lower() for c in parsed.classes) or "Traceback (most recent" in html:
+            problems.append(f"{name}: the page shows an error output")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m groundiff_core.book.check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks_dir", type=Path, nargs="?", help="the folder of executed notebooks (book/notebooks)")
+    parser.add_argument("--html", type=Path, metavar="DIR", help="also check the rendered pages in DIR (book/_build/html)")
+    parser.add_argument("--dataset", help="dataset name every page must state (phantom, mscxr, ...)")
+    parser.add_argument("--only", action="append", default=None, metavar="NAME", help="check only this notebook")
+    args = parser.parse_args(argv)
+    if args.notebooks_dir is None and args.html is None:
+        parser.error("give the notebooks folder, --html DIR, or both")
+    problems = []
+    if args.notebooks_dir is not None:
+        problems += check_book(args.notebooks_dir, dataset=args.dataset, names=args.only)
+    if args.html is not None:
+        problems += check_html(args.html, names=args.only)
+    for p in problems:
+        print(f"[bookcheck] {p}", file=sys.stderr)
+    if problems:
+        print(f"[bookcheck] {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    done = []
+    if args.notebooks_dir is not None:
+        done.append(f"{args.notebooks_dir}: every notebook ran, states its data, metrics in range")
+    if args.html is not None:
+        done.append(f"{args.html}: every page has its provenance box, numbered figures that load, no error")
+    print("[bookcheck] " + "; ".join(done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,502 @@
+"""Data plumbing shared by the book's notebooks: their common setup (:func:`setup_notebook`), which
+pairs a notebook runs on, and where its results go. Keeps the notebooks to narrative and plots.
+
+A notebook's ``parameters`` cell names a dataset either as a CSV (MS-CXR layout, VinDr-CXR or NIH,
+with an image root) or, by default, as ``None``/``"phantom"``: then the phantom test split
+(seeds never used in training) is generated into the notebook's output folder, so the book runs
+offline anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from groundiff_core.models.ldm import LDM
+
+__all__ = ["BookData", "KeepMaps", "class_averaged_ci", "load_book_data", "nested_count", "one_pair_per_class", "paired_difference", "provenance", "provenance_box", "reference_table", "resolve_show_images",
+           "save_json", "scorable_pairs", "scored_boxes", "setup_notebook", "side_of_phrase", "swap_sides", "unrelated_finding"]
+
+PHANTOM_TEST_IMAGES = 200  # ~2 findings per image: about 400 image-phrase pairs
+
+
+@dataclass
+class BookData:
+    """The pairs a notebook evaluates and where they came from.
+
+    ``pairs`` is the whole dataset (the evaluation runner also uses the other pairs of an image,
+    for the text-sensitivity check); ``selected`` the seeded subset of ``n_pairs`` of them.
+    """
+
+    pairs: list
+    selected: list
+    description: dict = field(default_factory=dict)
+
+    @property
+    def is_phantom(self) -> bool:
+        return self.description.get("name") == "phantom"
+
+
+def load_book_data(dataset_csv: str | os.PathLike | None, images_root: str | os.PathLike | None,
+                   output_dir: str | os.PathLike, *, n_pairs: int | None, seed: int = 0,
+                   dataset: str = "mscxr", split: str | None = None,
+                   phantom_images: int = PHANTOM_TEST_IMAGES) -> BookData:
+    """Resolve a notebook's dataset parameters to pairs.
+
+    Parameters
+    ----------
+    dataset_csv : the annotation CSV, or ``None``/``""``/``"phantom"`` for the phantom test split
+        generated into ``output_dir/phantom_test`` (``phantom_images`` images)
+    images_root : image folder of a real dataset (ignored for the phantom)
+    n_pairs : how many pairs to select (seeded, nested in larger ``n_pairs``); ``None`` or ``0``:
+        all of them
+    dataset : ``"mscxr"`` (also any CSV in its layout), ``"vindr"`` or ``"nih"``
+    split : the MS-CXR v1.1.0 ``split`` to keep (e.g. ``"test"``), if any
+    """
+    from groundiff_core.io.datasets import load_dataset, subset
+
+    n = None if not n_pairs else int(n_pairs)
+    if n is not None and n < 0:
+        raise ValueError(f"n_pairs must be >= 0 (0 = all pairs), got {n_pairs}")
+    if dataset_csv in (None, "", "phantom"):
+        from groundiff_core.phantom.generator import SPLIT_SEEDS, write_phantom_set
+
+        if int(phantom_images) < 1:
+            raise ValueError(f"phantom_images must be >= 1, got {phantom_images}")
+        csv = write_phantom_set(Path(output_dir) / "phantom_test", int(phantom_images), split="test",
+                                progress=False)
+        pairs = load_dataset("phantom", csv)
+        desc = {"name": "phantom", "split": "test", "images": int(phantom_images),
+                "first_seed": SPLIT_SEEDS["test"]}
+    else:
+        csv = Path(dataset_csv)
+        if not csv.is_file():
+            raise FileNotFoundError(f"dataset_csv {csv} does not exist (give an annotation CSV, or None "
+                                    "for the phantom test set)")
+        if images_root is None:
+            raise ValueError(f"dataset_csv {csv} needs images_root (the folder its image paths are under)")
+        pairs = load_dataset(dataset, csv, images_root, split=split)
+        desc = {"name": dataset, "csv": csv.name, "split": split}
+    if not pairs:
+        raise ValueError(f"the dataset has no image-phrase pairs ({desc})")
+    selected = subset(pairs, n, seed=seed)
+    desc.update(pairs=len(pairs), selected=len(selected), selection_seed=seed)
+    return BookData(pairs=pairs, selected=selected, description=desc)
+
+
+def setup_notebook(output_dir: str | os.PathLike, *, seed: int, model: str | os.PathLike,
+                   device: Any = None, dtype: Any = None, text_encoder: str | os.PathLike | None = None,
+                   dataset_csv: str | os.PathLike | None = None, images_root: str | os.PathLike | None = None,
+                   n_pairs: int | None, dataset: str = "mscxr", split: str | None = None,
+                   phantom_images: int = PHANTOM_TEST_IMAGES,
+                   display_precision: int | None = 3) -> tuple[Path, BookData, "LDM"]:
+    """The common first steps of a notebook, from its ``parameters`` cell: ``(out, data, ldm)``.
+
+    In order: seeds torch's global generator with ``seed``; creates ``output_dir`` (``out``);
+    sets pandas' ``display.precision`` to ``display_precision`` (``None`` leaves it alone); resolves
+    the dataset parameters with :func:`load_book_data` (``data``, the phantom written under
+    ``out``); loads ``model`` with :func:`groundiff_core.load_model` on ``device``/``dtype``
+    (``ldm``).
+    """
+    import torch
+
+    from groundiff_core.models.loading import load_model
+
+    torch.manual_seed(seed)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if display_precision is not None:
+        import pandas as pd
+
+        pd.set_option("display.precision", display_precision)
+    data = load_book_data(dataset_csv, images_root, out, n_pairs=n_pairs, seed=seed, dataset=dataset,
+                          split=split, phantom_images=phantom_images)
+    ldm = load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
+    return out, data, ldm
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_json(obj: Any, output_dir: str | os.PathLike, name: str) -> Path:
+    """Write ``obj`` as ``output_dir/name.json`` (NaN -> null, numpy scalars -> numbers)."""
+    path = Path(output_dir) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(obj), indent=2, default=str) + "\n")
+    return path
+
+
+def side_of_phrase(phrase: str) -> str:
+    """The laterality a phrase states: ``"right"``, ``"left"``, ``"bilateral"`` or ``"none"``
+    (words "right"/"left"/"bilateral"/"bibasilar"; both sides named -> "bilateral")."""
+    words = set(phrase.lower().replace(",", " ").split())
+    if words & {"bilateral", "bibasilar", "bibasal"} or {"right", "left"} <= words:
+        return "bilateral"
+    if "right" in words:
+        return "right"
+    if "left" in words:
+        return "left"
+    return "none"
+
+
+def scored_boxes(pair: Any, hw: tuple[int, int], *, conventions: str = "paper",
+                 crop_size: int | None = None) -> tuple["np.ndarray", list[str]]:
+    """The boxes the evaluation runner scores ``pair`` with, on an image read as ``hw = (H, W)``.
+
+    The annotation's boxes rescaled to the image actually read (a downsampled MIMIC-CXR-JPG copy is
+    smaller than the CSV's ``image_width``/``image_height``) and clipped
+    (:func:`groundiff_core.io.datasets.common.fit_boxes_to_image`); under the paper's conventions, the
+    boxes none of whose pixels survives the model's resize + centre crop (``crop_size``, the model's
+    input side; default 512) dropped as well. Returns ``(boxes [N, 4], notes)``; an empty array
+    means the runner skips the pair. Use it wherever a notebook scores or draws a pair's boxes
+    itself, so its numbers are the runner's.
+    """
+    from groundiff_core.io.datasets.common import fit_boxes_to_image
+    from groundiff_core.evaluation.runner import PAPER_INPUT_SIZE, _boxes_for
+
+    fitted, notes = fit_boxes_to_image(pair, int(hw[0]), int(hw[1]))
+    boxes, crop_notes = _boxes_for(conventions, fitted, (int(hw[0]), int(hw[1])),
+                                   int(crop_size or PAPER_INPUT_SIZE))
+    return boxes, notes + crop_notes
+
+
+def nested_count(wanted: int | None, n_pairs: int | None) -> int | None:
+    """How many pairs a costly method gets inside a run on ``n_pairs`` (``0``/``None`` = all):
+    ``wanted`` capped at ``n_pairs``; ``None`` means all pairs only when ``wanted`` is 0 too.
+
+    ``nested_count(20, 0) == 20`` (all pairs for the cheap methods, 20 for the costly one),
+    ``nested_count(20, 8) == 8``, ``nested_count(0, 8) == 8``, ``nested_count(0, 0) is None``.
+    """
+    for name, v in (("pairs", wanted), ("n_pairs", n_pairs)):
+        if v is not None and int(v) < 0:
+            raise ValueError(f"{name} must be >= 0 (0 = all pairs), got {v}")
+    w, n = int(wanted or 0), int(n_pairs or 0)
+    if w and n:
+        return min(w, n)
+    return (w or n) or None
+
+
+_METRIC_ALIASES = {"miou": "miou", "mean iou": "miou", "auc": "auc", "auc-roc": "auc", "auroc": "auc",
+                   "auc_roc": "auc", "cnr": "cnr_abs", "cnr_abs": "cnr_abs", "|cnr|": "cnr_abs"}
+
+
+def reference_table(summary: dict, reference_csv: str | os.PathLike, *, label: str = "this run"):
+    """Published figures beside a run's: a DataFrame indexed by (class, metric), one column for the
+    run (``summary``: an :func:`groundiff_core.evaluation.runner.evaluate` summary) and one per method of the
+    CSV.
+
+    ``reference_csv`` has the columns ``method,class,metric,value`` (a reader fills it in from a
+    paper; the book ships none). ``class`` is a finding's name in any case, or ``average`` for the
+    class average; ``metric`` one of ``miou``, ``auc``, ``cnr`` (also ``mIoU``, ``AUC-ROC``, ``|CNR|``).
+    Rows of classes the run has no pairs of show an empty cell for the run. An unknown metric or a
+    missing column is a ``ValueError``.
+    """
+    import pandas as pd
+
+    ref = pd.read_csv(reference_csv)
+    missing = {"method", "class", "metric", "value"} - set(ref.columns)
+    if missing:
+        raise ValueError(f"{reference_csv}: missing column(s) {sorted(missing)}; expected method,class,metric,value")
+    metric = ref["metric"].astype(str).str.strip().str.lower().map(_METRIC_ALIASES)
+    if metric.isna().any():
+        bad = sorted(set(ref.loc[metric.isna(), "metric"].astype(str)))
+        raise ValueError(f"{reference_csv}: unknown metric(s) {bad}; use miou, auc or cnr")
+    ref = ref.assign(metric=metric, key=ref["class"].map(_norm_category))
+    ours_by_key = {_norm_category(c): (c, st) for c, st in summary.get("per_class", {}).items()}
+    ours_by_key["average"] = ("class average", summary.get("class_averaged", {}))
+    names = {k: v[0] for k, v in ours_by_key.items()}
+    ref["class"] = [names.get(k, c) for k, c in zip(ref["key"], ref["class"])]
+    table = ref.pivot_table(index=["class", "metric"], columns="method", values="value", aggfunc="first")
+    ours = []
+    for cls, m in table.index:
+        st = ours_by_key.get(_norm_category(cls) if cls != "class average" else "average", (None, {}))[1]
+        ours.append((st.get(m) or {}).get("mean"))
+    table.insert(0, label, ours)
+    table.columns.name = None
+    return table
+
+
+def scorable_pairs(pairs: Sequence[Any], *, conventions: str = "paper", crop_size: int | None = None) -> list:
+    """The pairs of ``pairs`` that the evaluation runner scores: those left with a box after
+    :func:`scored_boxes` on the image as read (each image's size is read once, from its file)."""
+    from groundiff_core.io.images import load_image
+
+    sizes: dict = {}
+    keep = []
+    for p in pairs:
+        if p.image_path not in sizes:
+            sizes[p.image_path] = load_image(p.image_path).shape
+        if len(scored_boxes(p, sizes[p.image_path], conventions=conventions, crop_size=crop_size)[0]):
+            keep.append(p)
+    return keep
+
+
+def _class_boot(values: "np.ndarray", cats: "np.ndarray", n_boot: int, seed: int) -> tuple[float, "np.ndarray"]:
+    """Class-averaged mean of ``values`` and ``n_boot`` stratified bootstrap replicates of it
+    (pairs resampled with replacement within each class)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(cats == c) for c in np.unique(cats)]
+    point = float(np.mean([values[g].mean() for g in groups]))
+    reps = np.zeros(n_boot)
+    for g in groups:
+        draws = rng.integers(0, len(g), size=(n_boot, len(g)))
+        reps += values[g][draws].mean(axis=1)
+    return point, reps / len(groups)
+
+
+def class_averaged_ci(df: Any, metric: str, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The class-averaged mean of ``metric`` over the rows of ``df`` (columns ``category`` and
+    ``metric``, one row per pair) with a 95% bootstrap interval stratified by class:
+    ``{"mean", "ci_low", "ci_high", "n_pairs"}``. Rows with a missing value are left out."""
+    import numpy as np
+
+    d = df[["category", metric]].dropna()
+    if len(d) == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n_pairs": 0}
+    point, reps = _class_boot(d[metric].to_numpy(float), d["category"].to_numpy(), n_boot, seed)
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {"mean": point, "ci_low": float(lo), "ci_high": float(hi), "n_pairs": int(len(d))}
+
+
+def paired_difference(a: Any, b: Any, metric: str, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Class-averaged ``metric`` of setting ``a`` minus that of setting ``b`` on the pairs both
+    scored (DataFrames with ``pair_id``, ``category`` and ``metric``), with a 95% paired bootstrap
+    interval: the same resampled pairs (within each class) for both settings.
+
+    Returns ``{"difference", "ci_low", "ci_high", "n_pairs", "separated"}``; ``separated`` is
+    True when the interval excludes 0, the only case in which one setting may be called better.
+    """
+    import numpy as np
+
+    m = a[["pair_id", "category", metric]].merge(b[["pair_id", metric]], on="pair_id", suffixes=("_a", "_b"))
+    m = m.dropna()
+    if len(m) == 0:
+        return {"difference": None, "ci_low": None, "ci_high": None, "n_pairs": 0, "separated": False}
+    diff = m[f"{metric}_a"].to_numpy(float) - m[f"{metric}_b"].to_numpy(float)
+    point, reps = _class_boot(diff, m["category"].to_numpy(), n_boot, seed)
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {"difference": point, "ci_low": float(lo), "ci_high": float(hi), "n_pairs": int(len(m)),
+            "separated": bool(lo > 0 or hi < 0)}
+
+
+def one_pair_per_class(pairs: Sequence[Any], *, conventions: str = "paper", crop_size: int | None = None,
+                       classes: int | None = None) -> list:
+    """The first scorable pair (:func:`scorable_pairs`) of each class, classes in sorted order,
+    at most ``classes`` of them (``None``: all): the examples of a qualitative figure."""
+    chosen: dict[str, Any] = {}
+    for p in pairs:
+        key = _norm_category(p.category)
+        if key in chosen or (classes is not None and len(chosen) >= classes and key not in chosen):
+            continue
+        if scorable_pairs([p], conventions=conventions, crop_size=crop_size):
+            chosen[key] = p
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def _norm_category(name: str) -> str:
+    return " ".join(str(name).lower().replace("_", " ").split())
+
+
+def unrelated_finding(category: str, candidates: Sequence[str] = ("cardiomegaly", "pneumothorax",
+                                                                  "pleural effusion")) -> str:
+    """The first of ``candidates`` that is not the finding ``category``, compared without case,
+    underscores or extra spaces ("Pleural Effusion" is "pleural effusion"), returned lower-case.
+
+    Raises ``ValueError`` when every candidate is the category itself.
+    """
+    own = _norm_category(category)
+    for c in candidates:
+        if _norm_category(c) != own:
+            return _norm_category(c)
+    raise ValueError(f"no candidate other than {category!r} in {list(candidates)}")
+
+
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def swap_sides(text: str) -> str:
+    """``text`` with the words "left" and "right" exchanged, whatever their case or the punctuation
+    around them ("Left basilar opacity." -> "Right basilar opacity."); the case of each word is
+    kept (Left -> Right, LEFT -> RIGHT, left -> right). Unchanged when neither word occurs."""
+    def repl(m: "re.Match[str]") -> str:
+        w = m.group(0)
+        other = "right" if w.lower() == "left" else "left"
+        if w.isupper():
+            return other.upper()
+        if w[0].isupper():
+            return other.capitalize()
+        return other
+
+    return _SIDE.sub(repl, text)
+
+
+def resolve_show_images(show_images: Any, data: "BookData") -> bool:
+    """Whether a notebook may draw the dataset's images: ``show_images`` if it is a yes/no, and
+    for ``None`` (the notebooks' default) only on the phantom. Real chest X-rays (MIMIC-CXR under
+    the PhysioNet data-use agreement) stay out of a page that may be published unless asked for."""
+    if show_images is None:
+        return data.is_phantom
+    from groundiff_core.engine.config import parse_bool
+
+    return parse_bool(show_images, "show_images")
+
+
+# --------------------------------------------------------------------------- provenance
+def provenance(data: "BookData", ldm: Any, *, preset: str = "paper", conventions: str = "paper",
+               config: Any = None, output_dir: str | os.PathLike | None = None,
+               extra: dict | None = None) -> dict:
+    """What a notebook page was computed from, as a dict (and ``output_dir/provenance.json``).
+
+    Keys: ``dataset`` (the data description: name, CSV, split, pairs), ``pairs_per_class`` of the
+    selected pairs, ``model`` (name, source, input size, ``weights_sha256``: the evaluation
+    runner's fingerprint of every tensor of the networks), ``preset``, ``conventions``, ``config``
+    (the grounding configuration, if given), ``device``, ``dtype``, ``versions``
+    (:func:`groundiff_core.evaluation.runner.versions`), ``git`` (commit and whether the tree had
+    uncommitted changes, when run inside a git checkout) and ``date`` (UTC).
+    """
+    import datetime as _dt
+    from collections import Counter
+
+    from groundiff_core.evaluation.runner import _model_content, versions
+
+    content = _model_content(ldm) if hasattr(ldm, "unet") else {}
+    info = getattr(ldm, "info", None) or {}
+    per_class = dict(sorted(Counter(p.category for p in data.selected).items()))
+    prov = {
+        "dataset": dict(data.description),
+        "pairs_per_class": per_class,
+        "model": {"name": getattr(ldm, "name", type(ldm).__name__), "source": info.get("source"),
+                  "input_size": getattr(ldm, "input_size", None),
+                  "weights_sha256": content.get("weights_sha256")},
+        "preset": preset,
+        "conventions": conventions,
+        "config": config.to_dict() if callable(getattr(config, "to_dict", None)) else config,
+        "device": str(getattr(ldm, "device", "")),
+        "dtype": str(getattr(ldm, "dtype", "")).replace("torch.", ""),
+        "versions": versions(),
+        "git": _git_state(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra:
+        prov.update(extra)
+    if output_dir is not None:
+        save_json(prov, output_dir, "provenance")
+    return prov
+
+
+def _git_state() -> dict | None:
+    """Commit of the working directory's git checkout and whether it has uncommitted changes."""
+    from groundiff_core.book.runner import _git
+
+    state = _git(Path.cwd())
+    return state if state.get("commit") else None
+
+
+def provenance_markdown(prov: dict) -> str:
+    """The provenance of :func:`provenance` as a MyST ``admonition`` (a box at the top of a page)."""
+    ds = prov.get("dataset", {})
+    name = ds.get("name", "?")
+    where = "the phantom test split (synthetic images)" if name == "phantom" else \
+        f"{name} ({ds.get('csv', '?')}{', split ' + str(ds['split']) if ds.get('split') else ''})"
+    per_class = ", ".join(f"{c} {n}" for c, n in prov.get("pairs_per_class", {}).items())
+    model = prov.get("model", {})
+    sha = model.get("weights_sha256") or ""
+    v = prov.get("versions", {})
+    packages = ", ".join(f"{k} {v[k]}" for k in ("groundiff_core", "torch", "diffusers", "numpy") if v.get(k))
+    git = prov.get("git") or {}
+    commit = f"`{git['commit'][:12]}`" + (" (with uncommitted changes)" if git.get("dirty") else "") \
+        if git.get("commit") else "not in a git checkout"
+    rows = [
+        ("Data", f"{where}: {ds.get('selected', '?')} of {ds.get('pairs', '?')} pairs"
+                 + (f" (seed {ds['selection_seed']})" if ds.get("selection_seed") is not None else "")),
+        ("Pairs per class", per_class or "none"),
+        ("Model", f"{model.get('name', '?')}" + (f", input {model['input_size']} px" if model.get("input_size") else "")
+                  + (f", weights SHA-256 `{sha[:16]}`" if sha else "")),
+        ("Preset and conventions", f"{prov.get('preset')} preset, {prov.get('conventions')} scoring conventions"),
+        ("Device", f"{prov.get('device')}, {prov.get('dtype')}"),
+        ("Software", f"Python {v.get('python', '?')}; {packages}"),
+        ("Commit", commit),
+        ("Run", f"{prov.get('date', '?')} (UTC)"),
+    ]
+    kind = "note" if name == "phantom" else "important"
+    title = "Computed on the synthetic phantom" if name == "phantom" else f"Computed on {name}"
+    body = "\n".join(f"| {k} | {str(val).replace('|', '/')} |" for k, val in rows)
+    return (f"```{{admonition}} {title}\n:class: {kind} provenance\n\n| | |\n|---|---|\n{body}\n```\n")
+
+
+def provenance_box(data: "BookData", ldm: Any, **kw):
+    """Compute :func:`provenance` (written to ``output_dir/provenance.json`` when given) and return
+    it as an IPython ``Markdown`` object: the box that opens each notebook page."""
+    from IPython.display import Markdown
+
+    return Markdown(provenance_markdown(provenance(data, ldm, **kw)))
+
+
+class KeepMaps:
+    """Wrap a grounding method so that the heatmaps it returns are kept for plotting.
+
+    ``KeepMaps(method).ground(image, phrases)`` returns what ``method`` returns and stores each
+    phrase's ``[H, W]`` map under ``(image digest, phrase)`` (only the maps of ``phrases`` when
+    given); :meth:`get` finds it again from the
+    image and phrase. The evaluation runner sees the wrapped method's identity unchanged.
+    """
+
+    def __init__(self, method: Any, phrases: Sequence[str] | None = None):
+        self.method = method
+        self.maps: dict[tuple[int, str], Any] = {}
+        # keep only these phrases' maps (None: all), so a run over many full-size images stays small
+        self.phrases = None if phrases is None else set(phrases)
+
+    @staticmethod
+    def _digest(image: Any) -> int:
+        import zlib
+
+        import numpy as np
+
+        from groundiff_core.io.images import load_image
+
+        a = np.ascontiguousarray(load_image(image))
+        return zlib.crc32(a.tobytes()) ^ (a.shape[0] << 16) ^ a.shape[1]
+
+    def ground(self, image: Any, phrases: Any):
+        result = self.method.ground(image, phrases)
+        key = self._digest(image)
+        for phrase, hm in zip(result.phrases, result.heatmaps):
+            if self.phrases is None or phrase in self.phrases:
+                self.maps[(key, phrase)] = hm
+        return result
+
+    def get(self, image: Any, phrase: str):
+        """The kept ``[H, W]`` heatmap of ``phrase`` on ``image`` (KeyError if never grounded)."""
+        return self.maps[(self._digest(image), phrase)]
+
+    def describe(self) -> dict:
+        from groundiff_core.evaluation.runner import method_identity
+
+        return method_identity(self.method)
+
+    def __getattr__(self, name: str):  # model, config, name ... of the wrapped method
+        if name == "method":
+            raise AttributeError(name)
+        return getattr(self.method, name)

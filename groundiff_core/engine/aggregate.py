@@ -1,0 +1,147 @@
+"""From recorded attention to heatmaps: token selection, per-map normalisation, resize, mean,
+Gaussian smoothing and Otsu (steps 5-7 of the paper's Algorithm 1).
+
+The mean over layers and steps is computed as a running sum per layer at the layer's native
+resolution: bilinear (and nearest) resizing is linear, so resizing each layer's sum once equals
+summing the resized maps, while the memory stays ``[R, h, w]`` per layer whatever the number of
+steps. Post-processing (:func:`postprocess`) is a pure function on numpy arrays ``[K, S, S]``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from groundiff_core.conventions import check_conventions
+
+__all__ = ["token_weights", "minmax", "resize_maps", "MapAccumulator", "gaussian_smooth", "otsu_mask",
+           "postprocess"]
+
+
+def token_weights(token_counts: Sequence[int], max_tokens: int, selection: str = "phrase") -> torch.Tensor:
+    """Averaging weights over token positions, ``[K, max_tokens]`` float32, each row summing to 1.
+
+    ``token_counts[k]`` is the length of phrase ``k`` tokenised with its start and end tokens.
+    "phrase" selects positions ``1 .. n-2`` (the phrase's own tokens, the paper's choice);
+    "phrase+end" selects ``1 .. n-1``; "token:i" selects the single position ``i`` (1 = the first
+    token after the start token), for per-token maps.
+    """
+    if selection.startswith("token:"):
+        i = int(selection.split(":", 1)[1])
+        w = torch.zeros(len(token_counts), max_tokens, dtype=torch.float32)
+        for k, n in enumerate(token_counts):
+            if not 1 <= i <= n - 2:
+                raise ValueError(f"token position {i} is outside phrase {k}'s tokens 1..{n - 2}")
+            w[k, i] = 1.0
+        return w
+    if selection not in ("phrase", "phrase+end"):
+        raise ValueError(f"token selection must be 'phrase', 'phrase+end' or 'token:i', got {selection!r}")
+    w = torch.zeros(len(token_counts), max_tokens, dtype=torch.float32)
+    for k, n in enumerate(token_counts):
+        stop = n - 1 if selection == "phrase" else n
+        stop = min(stop, max_tokens)
+        if stop <= 1:
+            raise ValueError(f"phrase {k} has no tokens between its start and end tokens")
+        w[k, 1:stop] = 1.0 / (stop - 1)
+    return w
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map ``[..., h, w]`` to [0, 1] over its last two dims; a constant map becomes 0."""
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - lo
+    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(maps))
+
+
+def resize_maps(maps: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``[R, h, w]`` maps to ``[R, size, size]`` (``align_corners=False``, no antialiasing)."""
+    if maps.shape[-2:] == (size, size):
+        return maps
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(maps[:, None], size=(size, size), mode=mode, **kw)[:, 0]
+
+
+class MapAccumulator:
+    """Mean over (layer, step) of per-map-normalised attention maps, kept as per-layer running sums.
+
+    ``add(layer, maps [R, h, w])`` normalises each map (``normalize="minmax"``) and adds it to the
+    layer's sum; :meth:`mean` resizes each layer's sum to the input size and divides by the number
+    of maps added per row. Memory: one ``[R, h, w]`` float32 tensor per layer.
+    """
+
+    def __init__(self, normalize: str = "minmax"):
+        if normalize not in ("minmax", "none"):
+            raise ValueError(f"normalize must be 'minmax' or 'none', got {normalize!r}")
+        self.normalize = normalize
+        self.sums: dict[int, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, layer: int, maps: torch.Tensor) -> None:
+        maps = maps.to(torch.promote_types(maps.dtype, torch.float32))
+        if self.normalize == "minmax":
+            maps = minmax(maps)
+        if layer in self.sums:
+            self.sums[layer] += maps
+        else:
+            self.sums[layer] = maps.clone()
+        self.count += 1
+
+    __call__ = add  # usable directly as a recording sink
+
+    def mean(self, size: int, mode: str = "bilinear") -> torch.Tensor:
+        """``[R, size, size]`` (float32 or float64): the mean of every added map, resized to ``size``."""
+        if not self.sums:
+            raise ValueError("no attention maps were recorded: check the window and the layers")
+        total = None
+        for layer in sorted(self.sums):
+            r = resize_maps(self.sums[layer], size, mode)
+            total = r if total is None else total + r
+        return total / self.count
+
+
+def gaussian_smooth(maps: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian filter of each ``[S, S]`` map of ``[K, S, S]`` (scipy, 'reflect' borders, truncate 4)."""
+    from scipy.ndimage import gaussian_filter
+
+    maps = np.asarray(maps, dtype=np.float64)
+    if not sigma_px:
+        return maps.copy()
+    return np.stack([gaussian_filter(m, sigma=sigma_px) for m in maps])
+
+
+def otsu_mask(m: np.ndarray, conventions: str = "paper") -> np.ndarray:
+    """Boolean ``m > threshold`` of one map, Otsu's threshold on 256 bins; all False for a constant map.
+
+    "paper": scikit-image's ``threshold_multiotsu(m, classes=2)``, as the authors' code;
+    "strict": ``threshold_otsu(m)``. Both maximise the between-class variance of the same histogram
+    but index its bins differently, so the threshold can differ by one bin.
+    """
+    from skimage.filters import threshold_multiotsu, threshold_otsu
+
+    if not np.isfinite(m).all() or m.max() == m.min():
+        return np.zeros(m.shape, dtype=bool)
+    if check_conventions(conventions) == "paper":
+        return m > threshold_multiotsu(m, classes=2)[0]
+    return m > threshold_otsu(m)
+
+
+def _minmax_np(m: np.ndarray) -> np.ndarray:
+    lo, hi = m.min(), m.max()
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def postprocess(raw: np.ndarray, sigma_px: float, otsu: bool = True,
+                conventions: str = "paper") -> np.ndarray:
+    """Paper's step 7 on ``[K, S, S]`` maps: Gaussian (sigma in pixels), min-max to [0, 1], then,
+    with ``otsu``, the map times its Otsu mask (values above the threshold keep their strength;
+    ``conventions`` picks the Otsu variant, see :func:`otsu_mask`).
+    Returns float32 ``[K, S, S]`` in [0, 1]."""
+    smooth = gaussian_smooth(raw, sigma_px)
+    out = np.stack([_minmax_np(m) for m in smooth])
+    if otsu:
+        out = np.stack([m * otsu_mask(m, conventions) for m in out])
+    return out.astype(np.float32)

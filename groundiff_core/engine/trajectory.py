@@ -1,0 +1,71 @@
+"""The DDIM inversion trajectory as pictures: decoded latents at chosen steps.
+
+For the method walk-through (book notebook 1) only. With guidance 0 (the paper's setting) the
+trajectory that :class:`~groundiff_core.engine.grounder.Grounder` follows is driven by the unconditional
+prediction alone, so it is the same for every phrase of an image; this function walks it with the
+same schedule and update (:class:`~groundiff_core.engine.inversion.DDIMInversion`) and decodes the latents
+that were asked for. The grounder itself never decodes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from groundiff_core.engine.config import GroundingConfig
+from groundiff_core.io.images import ImageInput, load_image
+from groundiff_core.engine.inversion import DDIMInversion
+from groundiff_core.models.ldm import LDM
+from groundiff_core.io.preprocess import prepare_image
+
+__all__ = ["Trajectory", "inversion_trajectory"]
+
+
+@dataclass
+class Trajectory:
+    """Decoded latents of one image's inversion.
+
+    ``steps[j]`` is an inversion step (``-1`` = the clean latent ``z0`` before the first step);
+    ``timesteps[j]`` the noise level the latent is at after that step (``-1`` for ``z0``);
+    ``images`` float32 ``[J, S, S]`` in [0, 1], the decoded latents on the model grid.
+    """
+
+    steps: list[int]
+    timesteps: list[int]
+    images: np.ndarray
+    n_steps: int
+
+
+@torch.no_grad()
+def inversion_trajectory(model: LDM, image: ImageInput, steps: Sequence[int],
+                         config: GroundingConfig | None = None) -> Trajectory:
+    """Walk the unconditional DDIM inversion of ``image`` and decode the latent after each of
+    ``steps`` (indices into the trajectory; ``-1`` = ``z0``). ``config`` gives the schedule
+    (default: the paper's 334 trailing steps)."""
+    config = config or GroundingConfig.paper()
+    if config.guidance_scale != 0:
+        raise ValueError("the shared trajectory exists only with guidance_scale 0 (the paper's setting)")
+    sched = DDIMInversion(model.schedule, config)
+    n = len(sched)
+    wanted = sorted({int(s) for s in steps})
+    bad = [s for s in wanted if not -1 <= s < n]
+    if bad:
+        raise ValueError(f"steps {bad} are outside the trajectory: -1 (z0) .. {n - 1}")
+    x, _ = prepare_image(load_image(image), model.input_size)
+    z = model.encode_image(x).float()
+    uncond = model.encode_text([""])
+    kept: dict[int, torch.Tensor] = {}
+    if -1 in wanted:
+        kept[-1] = z.clone()
+    last = max(wanted)
+    for i in range(last + 1):
+        out = model.unet(z.to(model.dtype), sched.timestep(i), encoder_hidden_states=uncond, return_dict=False)[0]
+        z = sched.step(z, out, i)
+        if i in wanted:
+            kept[i] = z.clone()
+    images = torch.cat([model.decode_latent(kept[s].to(model.dtype)) for s in wanted])[:, 0]
+    ts = [-1 if s == -1 else sched.timestep(s) for s in wanted]
+    return Trajectory(steps=wanted, timesteps=ts, images=images.float().cpu().numpy(), n_steps=n)

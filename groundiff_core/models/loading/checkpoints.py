@@ -1,0 +1,111 @@
+"""Reading weight files safely: tensors only, never arbitrary unpickling.
+
+PyTorch ``.pth`` checkpoints are pickles, and unpickling can run code. :func:`read_state_dict` uses
+``torch.load(..., weights_only=True)``, which admits tensors and plain containers only, and turns a
+refusal into an :class:`~.errors.UnsafeCheckpointError` that says why. It also unwraps the common
+containers (``{"state_dict": ...}``, ``{"model": ...}``, ``module.`` prefixes of DataParallel).
+
+:func:`fingerprint` identifies a (possibly multi-GB) file cheaply, to tell whether a converted
+cache is still the conversion of the file next to it; :func:`sha256` hashes a whole file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+
+from groundiff_core.models.loading.errors import MissingWeightsError, UnsafeCheckpointError
+
+__all__ = ["read_state_dict", "fingerprint", "sha256"]
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "network", "net", "weights")
+
+
+def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.pth``/``.pt``/``.bin`` (pickle, weights only) or ``.safetensors`` file, on CPU.
+
+    ``mmap=True`` maps a zip-format checkpoint instead of reading it (``groundiff doctor`` counts the
+    tensors of GB-sized files this way); a legacy (non-zip) checkpoint cannot be mapped and is read
+    in full instead, exactly as the loader reads it. This is the one check of "can groundiff read this
+    file": the loader and the doctor both call it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = _torch_load(path, mmap)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "global" in text.lower():
+            detail = next((ln.strip() for ln in text.splitlines() if "global" in ln.lower()), "")
+            raise UnsafeCheckpointError(
+                f"{path} stores Python objects besides tensors ({detail[:160]}); groundiff reads checkpoints "
+                "with torch.load(weights_only=True) and refuses anything that needs arbitrary unpickling, "
+                "because unpickling can run code. If you trust the file, re-save its tensors only, e.g. "
+                "torch.save(model.state_dict(), 'weights.pth')."
+            ) from None
+        raise UnsafeCheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {text.splitlines()[-3:]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+    return _unwrap(obj, path)
+
+
+def _torch_load(path: Path, mmap: bool):
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "_use_new_zipfile_serialization" not in str(e):  # not the legacy-format refusal
+                raise
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _is_tensor_dict(obj) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    if not _is_tensor_dict(obj) and isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if _is_tensor_dict(obj.get(key)):
+                obj = obj[key]
+                break
+    if not _is_tensor_dict(obj):
+        what = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path} does not hold a state dict of tensors (found {what})")
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def fingerprint(path: str | Path, chunk: int = 1 << 20) -> dict:
+    """``{"name", "size", "head_tail_sha256"}``: size plus a hash of the first and last MiB (fast)."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(chunk, size - chunk))
+            h.update(f.read(chunk))
+    return {"name": path.name, "size": int(size), "head_tail_sha256": h.hexdigest()}
+
+
+def sha256(path: str | Path, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a whole file (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

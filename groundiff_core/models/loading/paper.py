@@ -1,0 +1,222 @@
+"""The paper's model: MONAI's chest X-ray LDM plus the SD 2.1 base text encoder, as an :class:`LDM`.
+
+Inputs are the two MONAI checkpoints (``autoencoder.pth``, ``diffusion_model.pth``, old
+GenerativeModels or MONAI core layout) and a local copy of ``text_encoder/`` and ``tokenizer/`` of
+``stabilityai/stable-diffusion-2-1-base`` (see :mod:`.catalog` for where they are looked for). The
+checkpoints are converted once into diffusers models (:mod:`.monai_unet`, :mod:`.monai_autoencoder`)
+and cached with ``save_pretrained`` next to them (``groundiff-diffusers/``), or, where that folder is
+not writable, under ``~/.cache/groundiff/converted/``; later loads read the cache (seconds) after
+checking that it was made from the same files (size and a hash of their ends) with the same
+settings. Everything not stored in the weights comes from ``METHOD.md``: v-prediction,
+"scaled linear" betas 0.0015..0.0205 over 1000 steps, latent scale 0.3, input range [0, 1],
+512x512, one channel. Every setting can be overridden.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+from tqdm.auto import tqdm
+
+from groundiff_core.models.ldm import LDM, NoiseSchedule
+from groundiff_core.models.loading.catalog import PaperFiles, cache_root, checksums, default_paper_dir, find_paper_files, missing_paper_message
+from groundiff_core.models.loading.checkpoints import fingerprint, read_state_dict
+from groundiff_core.models.loading.errors import MissingWeightsError
+from groundiff_core.models.loading.hub import download_snapshot
+from groundiff_core.models.loading.monai_autoencoder import MonaiAutoencoderConfig, MonaiAutoencoderKL, convert_autoencoder
+from groundiff_core.models.loading.monai_unet import MonaiUNetConfig, convert_unet
+from groundiff_core.models.loading.statedict import load_saved, set_groupnorm_eps
+
+__all__ = ["load_paper_model", "convert_paper_checkpoints", "PAPER_OVERRIDES", "CONVERTER_VERSION"]
+
+CONVERTER_VERSION = 1
+CACHE_NAME = "groundiff-diffusers"
+RECORD = "conversion.json"
+
+PAPER_OVERRIDES = ("autoencoder", "diffusion_model", "tokenizer", "unet_config", "autoencoder_config",
+                   "cache_dir", "input_size", "scale_factor", "input_range", "prediction_type", "beta_start",
+                   "beta_end", "beta_schedule", "num_train_timesteps", "name")
+
+
+def _unet_config(value) -> MonaiUNetConfig:
+    if value is None:
+        return MonaiUNetConfig.paper()
+    if isinstance(value, MonaiUNetConfig):
+        return value
+    if isinstance(value, Mapping):
+        return MonaiUNetConfig.from_dict(value)
+    raise ValueError("unet_config must be a MonaiUNetConfig or a dict of DiffusionModelUNet arguments, "
+                     f"got {type(value).__name__}")
+
+
+def _autoencoder_config(value) -> MonaiAutoencoderConfig:
+    if value is None:
+        return MonaiAutoencoderConfig.paper()
+    if isinstance(value, MonaiAutoencoderConfig):
+        return value
+    if isinstance(value, Mapping):
+        return MonaiAutoencoderConfig.from_dict(value)
+    raise ValueError(f"autoencoder_config must be a MonaiAutoencoderConfig or a dict of AutoencoderKL arguments, "
+                     f"got {type(value).__name__}")
+
+
+def _user_cache() -> Path:
+    base = os.environ.get("GROUNDIFF_CACHE_DIR")
+    if base:
+        return Path(base).expanduser()
+    return cache_root() / "converted"
+
+
+def _cache_candidates(files: PaperFiles, cache_dir: str | Path | None, key: str) -> list[Path]:
+    if cache_dir is not None:
+        return [Path(cache_dir).expanduser()]
+    return [files.diffusion_model.parent / CACHE_NAME, _user_cache() / key]
+
+
+def _normalised(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _read_record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _load_cached(folder: Path, unet_cfg: MonaiUNetConfig, ae_cfg: MonaiAutoencoderConfig):
+    from diffusers import UNet2DConditionModel
+
+    unet = load_saved(UNet2DConditionModel, folder / "unet")
+    vae = load_saved(MonaiAutoencoderKL, folder / "vae")
+    set_groupnorm_eps(unet, unet_cfg.norm_eps)
+    set_groupnorm_eps(vae, ae_cfg.norm_eps)
+    return unet.eval(), vae.eval()
+
+
+def _save_cache(folder: Path, unet, vae, record: dict) -> bool:
+    """Write the cache atomically (a temporary sibling folder, then a rename); False if not writable."""
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        unet.save_pretrained(tmp / "unet")
+        vae.save_pretrained(tmp / "vae")
+        (tmp / RECORD).write_text(json.dumps(record, indent=2))
+        (tmp / "README.txt").write_text(
+            "diffusers copies of the MONAI checkpoints named in conversion.json, written by groundiff_core.models.loading "
+            "so that later loads are fast. Safe to delete: they are rebuilt from the .pth files when needed.\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        return True
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+
+
+def convert_paper_checkpoints(files: PaperFiles, unet_config: MonaiUNetConfig | None = None,
+                              autoencoder_config: MonaiAutoencoderConfig | None = None, *,
+                              input_size: int = 512, scale_factor: float = 0.3,
+                              cache_dir: str | Path | None = None):
+    """``(unet, vae, info)``: the two MONAI checkpoints as diffusers models, from the cache when it is current.
+
+    ``info`` holds the checkpoints' fingerprints and, under ``"conversion"``, where the cache is
+    (``None`` if none could be written) and whether it was used.
+    """
+    unet_cfg = unet_config or MonaiUNetConfig.paper()
+    ae_cfg = autoencoder_config or MonaiAutoencoderConfig.paper()
+    unet_cfg.validate()
+    ae_cfg.validate()
+    latent = int(input_size) // 2 ** (len(ae_cfg.channels) - 1)
+    sources = {"diffusion_model": fingerprint(files.diffusion_model), "autoencoder": fingerprint(files.autoencoder)}
+    request = _normalised({
+        "converter": CONVERTER_VERSION, "sources": sources, "unet_config": unet_cfg.to_dict(),
+        "autoencoder_config": ae_cfg.to_dict(), "latent_size": latent, "input_size": int(input_size),
+        "scale_factor": float(scale_factor),
+    })
+    candidates = _cache_candidates(files, cache_dir, sources["diffusion_model"]["head_tail_sha256"][:16])
+    for folder in candidates:
+        record = _read_record(folder)
+        if record is not None and record.get("request") == request:
+            resolved = MonaiAutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                 for k, v in record["autoencoder_resolved"].items()})
+            unet, vae = _load_cached(folder, unet_cfg, resolved)
+            return unet, vae, _info(sources, resolved, str(folder), True)
+    with tqdm(total=3, desc="converting the MONAI checkpoints to diffusers (once)", leave=False) as bar:
+        unet = convert_unet(read_state_dict(files.diffusion_model), unet_cfg, sample_size=latent)
+        bar.update()
+        vae, resolved = convert_autoencoder(read_state_dict(files.autoencoder), ae_cfg, sample_size=int(input_size),
+                                            scaling_factor=float(scale_factor))
+        bar.update()
+        record = {"request": request, "autoencoder_resolved": resolved.to_dict(),
+                  "note": "made by groundiff_core.models.loading.paper; see monai_unet.py / monai_autoencoder.py"}
+        written = next((f for f in candidates if _save_cache(f, unet, vae, record)), None)
+        bar.update()
+    return unet, vae, _info(sources, resolved, None if written is None else str(written), False)
+
+
+def _info(sources: dict, resolved: MonaiAutoencoderConfig, cache: str | None, from_cache: bool) -> dict:
+    """Stable facts (recorded with results) plus, nested, where the conversion came from this time."""
+    return {
+        "diffusion_model_fingerprint": sources["diffusion_model"]["head_tail_sha256"][:16],
+        "autoencoder_fingerprint": sources["autoencoder"]["head_tail_sha256"][:16],
+        "autoencoder_middle_attention": bool(resolved.with_encoder_nonlocal_attn),
+        "conversion": {"cache": cache, "from_cache": from_cache},
+    }
+
+
+def load_paper_model(root: str | Path | None = None, *, text_encoder: str | Path | None = None,
+                     tokenizer: str | Path | None = None, autoencoder: str | Path | None = None,
+                     diffusion_model: str | Path | None = None, unet_config=None, autoencoder_config=None,
+                     cache_dir: str | Path | None = None, input_size: int = 512, scale_factor: float = 0.3,
+                     input_range: tuple[float, float] = (0.0, 1.0), prediction_type: str = "v_prediction",
+                     beta_start: float = 0.0015, beta_end: float = 0.0205, beta_schedule: str = "scaled_linear",
+                     num_train_timesteps: int = 1000, name: str = "monai-cxr-ldm",
+                     allow_download: bool = False) -> LDM:
+    """The paper's model from local files (``root`` default: ``$GROUNDIFF_PAPER_DIR``).
+
+    Raises :class:`MissingWeightsError` listing what is missing, where to get it and where to put it.
+    With ``allow_download=True`` a missing text encoder/tokenizer is fetched from the Hugging Face Hub
+    into ``root/stable-diffusion-2-1-base`` (the MONAI checkpoints are never downloaded).
+    """
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root = Path(root).expanduser() if root is not None else default_paper_dir()
+    where = dict(autoencoder=autoencoder, diffusion_model=diffusion_model, text_encoder=text_encoder,
+                 tokenizer=tokenizer)
+    files = find_paper_files(root, **where)
+    if allow_download and (files.text_encoder is None or files.tokenizer is None) and text_encoder is None:
+        repo = checksums()["paper"]["text_encoder"]["repository"]
+        download_snapshot(repo, root / repo.split("/")[-1], ["text_encoder/*", "tokenizer/*"])
+        files = find_paper_files(root, **where)
+    if files.missing():
+        raise MissingWeightsError(missing_paper_message(files, root))
+    unet_cfg = _unet_config(unet_config)
+    ae_cfg = _autoencoder_config(autoencoder_config)
+    unet, vae, info = convert_paper_checkpoints(files, unet_cfg, ae_cfg, input_size=input_size,
+                                                scale_factor=scale_factor, cache_dir=cache_dir)
+    try:
+        text = CLIPTextModel.from_pretrained(files.text_encoder, local_files_only=True)
+        tok = CLIPTokenizer.from_pretrained(files.tokenizer, local_files_only=True)
+    except OSError as e:
+        raise MissingWeightsError(f"could not load the text encoder/tokenizer from {files.text_encoder} / "
+                                  f"{files.tokenizer}: {e}") from None
+    if int(text.config.hidden_size) != unet_cfg.cross_attention_dim:
+        raise ValueError(
+            f"the text encoder in {files.text_encoder} has hidden size {text.config.hidden_size}, but the UNet "
+            f"attends to {unet_cfg.cross_attention_dim}-dim text (the paper uses the SD 2.1 base encoder, 1024)")
+    schedule = NoiseSchedule(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                             beta_schedule=beta_schedule, prediction_type=prediction_type)
+    return LDM(
+        unet=unet, vae=vae, tokenizer=tok, text_encoder=text, schedule=schedule, scale_factor=float(scale_factor),
+        input_size=int(input_size), input_range=tuple(float(v) for v in input_range),
+        image_channels=int(ae_cfg.in_channels), name=name,
+        info={"source": "monai", "root": str(root), "autoencoder": str(files.autoencoder),
+              "diffusion_model": str(files.diffusion_model), "text_encoder": str(files.text_encoder),
+              **info},
+    )
