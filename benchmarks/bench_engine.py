@@ -1,4 +1,4 @@
-"""Benchmark: the grounding engine against the naive Algorithm 1 (``tests/naive_reference.py``), on CPU.
+"""Benchmark: the grounding engine against the naive Algorithm 1 (``groundiff_core/testing/naive.py``), on CPU.
 
 Part 1, the benchmark model: a randomly initialised model with the paper's UNet layout that is large
 enough for compute to dominate (128 x 128 input, UNet channels 32/64/64, latent 32 x 32). Per image,
@@ -48,7 +48,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", "mild edema"]
 
@@ -100,7 +99,7 @@ def child(method: str, k: int, n_images: int, window: tuple[int, int] | None, re
     from groundiff_core.engine.aggregate import MapAccumulator
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.engine.layers import cross_attention_layers
-    from naive_reference import naive_ground
+    from groundiff_core.testing.naive import naive_ground
 
     torch.manual_seed(0)
     model = bench_model()

@@ -21,7 +21,7 @@ from groundiff_core.models.architectures import tiny_ldm
 from groundiff_core.engine.layers import cross_attention_layers
 from groundiff_core.engine.recording import AttentionRecorder
 
-from naive_reference import naive_ground
+from groundiff_core.testing.naive import naive_ground
 
 SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [12, 18)
 PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", "mild edema"]

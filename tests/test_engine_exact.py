@@ -1,6 +1,6 @@
 """Exactness: the engine computes the paper's Algorithm 1, as the naive reference does.
 
-The naive reference (``naive_reference.py``) runs every step with both prompts, stores every
+The naive reference (``groundiff_core/testing/naive.py``) runs every step with both prompts, stores every
 cross-attention map and aggregates at the end, one phrase at a time. The engine shares one
 trajectory per image, batches phrases, reads only the window and reduces on the fly.
 
@@ -22,7 +22,7 @@ import torch
 import groundiff_core as gd
 from groundiff_core.models.architectures import tiny_ldm
 
-from naive_reference import naive_ground
+from groundiff_core.testing.naive import naive_ground
 
 TOL = 1e-5
 PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", "mild edema"]

@@ -1,6 +1,6 @@
 """The paper's conventions (the default) against an independent reference written from METHOD.md.
 
-``paper_reference.py`` re-implements each metric, the preprocessing and the back-projection from
+``groundiff_core/testing/reference.py`` re-implements each metric, the preprocessing and the back-projection from
 METHOD.md's prose, naively and without importing groundiff_core; its binned AUROC is torcheval's
 own function. Random heatmaps with NaN margins (portrait and landscape) and 1 to 3 boxes that
 overlap, reach into the margin or lie wholly in it, plus constant and all-zero maps: every metric
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import paper_reference as ref
+from groundiff_core.testing import reference as ref
 from groundiff_core.evaluation import metrics as M
 from groundiff_core.engine.aggregate import otsu_mask, postprocess
 from groundiff_core.io.preprocess import CropGeometry, prepare_image

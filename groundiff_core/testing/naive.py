@@ -1,7 +1,7 @@
 """A deliberately naive implementation of the paper's Algorithm 1, for tests and benchmarks only.
 
 Written straight from METHOD.md and independently of the engine (it imports nothing from
-``groundiff_core``; its preprocessing and back-projection are ``paper_reference``'s): one phrase at a time, every
+``groundiff_core``; its preprocessing and back-projection are ``reference``'s): one phrase at a time, every
 step of the schedule, both prompts ``["", phrase]`` stacked in every UNet call, every
 cross-attention probability tensor of every layer and step stored (on the CPU), and everything
 aggregated at the end. Slow and memory-hungry on purpose: it is the yardstick.
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from skimage.filters import threshold_multiotsu
 
-from paper_reference import back_project, preprocess
+from groundiff_core.testing.reference import back_project, preprocess
 
 
 class StoringProcessor:
