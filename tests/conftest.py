@@ -1,0 +1,47 @@
+"""Shared fixtures: the tiny random models every engine test grounds with, the MONAI skip, phrases.
+
+Module-scoped: each test module gets its own instances (``LDM.to`` moves networks in place, so a
+session-wide model could leak a dtype change from one module into another).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from groundiff_core.models.architectures import tiny_ldm
+
+PHRASES = ["left pleural effusion", "cardiomegaly", "small right pneumothorax"]
+
+needs_monai = pytest.mark.skipif(
+    importlib.util.find_spec("monai") is None or importlib.util.find_spec("einops") is None,
+    reason="MONAI (and einops) not installed: pip install -e '.[monai]'")
+
+
+@pytest.fixture(scope="module")
+def tiny_v():
+    """A tiny random v-prediction LDM in float32 (seed 0)."""
+    return tiny_ldm(prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="module")
+def tiny64_eps():
+    """A tiny random epsilon-prediction LDM (seed 1) in float64, for exactness tests."""
+    return tiny_ldm(prediction_type="epsilon", seed=1).to(dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def tiny64_v():
+    """A tiny random v-prediction LDM (seed 0) in float64, for exactness tests."""
+    return tiny_ldm(prediction_type="v_prediction").to(dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def textured_image() -> np.ndarray:
+    """A 40 x 32 (non-square, so back-projection pads a NaN margin) textured float32 image in [0, 1]."""
+    yy, xx = np.mgrid[0:40, 0:32]
+    rng = np.random.default_rng(3)
+    return (0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.1 * rng.random((40, 32))).astype(np.float32)
