@@ -2,34 +2,29 @@
 
 A bundle carries its own definition (``configs/inference.json`` or ``.yaml``) beside its weights
 (``models/autoencoder.pth``, ``models/diffusion_model.pth``), so loading one needs no out-of-band
-knowledge. :func:`read_bundle` finds, by their ``_target_`` class and never by key name,
+knowledge. The config's syntax (references, ``_target_`` definitions) is read by
+:mod:`.bundle_config`; here :func:`read_bundle` turns the definitions into the architecture, the
+noise schedule, the latent scale factor and the input size, and :func:`load_bundle` builds the model.
 
-- the autoencoder: ``AutoencoderKL`` of ``generative.networks.nets`` (MONAI GenerativeModels) or
-  ``monai.networks.nets`` (MONAI core >= 1.4),
-- the diffusion UNet: ``DiffusionModelUNet`` of the same packages,
-- when present, the training noise scheduler (``DDPMScheduler``, ``DDIMScheduler``,
-  ``PNDMScheduler`` of ``generative.networks.schedulers`` or ``monai.networks.schedulers``) and a
-  ``LatentDiffusionInferer`` (``generative.inferers`` / ``monai.inferers``) for the latent scale factor.
-
-Argument values may be ``"@key"`` references to other entries (``#`` separates nested keys, as in
-MONAI); those are resolved. Python expressions (``"$..."``) and macros (``"%..."``) are not run:
-an argument that needs one is an error naming the file and the key. What a bundle does not state
-falls back to the paper's model (METHOD.md): the scheduler (v-prediction, scaled-linear betas
-0.0015..0.0205), the latent scale factor 0.3 and the 512 px input; :attr:`BundleSpec.sources` says
-where each value came from. Whether the autoencoder has a middle attention block
-(``with_*_nonlocal_attn``) is read from the checkpoint's tensors, as for the paper's model, because
-the model zoo's CXR bundle changed that setting between versions. The checkpoints are converted by the same code as the paper's
-(:mod:`.paper`, :mod:`.monai_unet`, :mod:`.monai_autoencoder`), old GenerativeModels or MONAI core layout.
+What a bundle does not state falls back to the paper's model (METHOD.md): the scheduler
+(v-prediction, scaled-linear betas 0.0015..0.0205), the latent scale factor 0.3 and the 512 px
+input; :attr:`BundleSpec.sources` says where each value came from. Whether the autoencoder has a
+middle attention block (``with_*_nonlocal_attn``) is read from the checkpoint's tensors, as for the
+paper's model, because the model zoo's CXR bundle changed that setting between versions. The
+checkpoints are converted by the same code as the paper's (:mod:`.paper`, :mod:`.monai_unet`,
+:mod:`.monai_autoencoder`), old GenerativeModels or MONAI core layout.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from groundiff_core.models.loading.bundle_config import (CONFIG_NAMES, BundleError, Definition, Resolver,
+                                                         find_bundle_config, find_definitions, parse_config)
 from groundiff_core.models.loading.errors import MissingWeightsError, StateDictMismatchError
 from groundiff_core.models.loading.monai_autoencoder import MonaiAutoencoderConfig
 from groundiff_core.models.loading.monai_unet import MonaiUNetConfig
@@ -37,31 +32,15 @@ from groundiff_core.models.loading.monai_unet import MonaiUNetConfig
 __all__ = ["BundleError", "BundleSpec", "Definition", "CONFIG_NAMES", "find_bundle_config", "read_bundle",
            "load_bundle", "BUNDLE_OVERRIDES"]
 
-CONFIG_NAMES = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml",
-                "inference.json", "inference.yaml", "inference.yml")
 CHECKPOINTS = {"autoencoder": ("models/autoencoder.pth", "autoencoder.pth"),
                "diffusion_model": ("models/diffusion_model.pth", "diffusion_model.pth")}
 
-_NETS = ("generative.networks.nets", "monai.networks.nets")
-_SCHEDULERS = ("generative.networks.schedulers", "monai.networks.schedulers")
-_INFERERS = ("generative.inferers", "monai.inferers")
-_MONAI_PACKAGES = ("generative.", "monai.")
-# role -> (packages, accepted class names, what the error calls it)
-_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "autoencoder": (_NETS, ("AutoencoderKL",), "autoencoder"),
-    "unet": (_NETS, ("DiffusionModelUNet",), "diffusion UNet"),
-    "scheduler": (_SCHEDULERS, ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler"), "noise scheduler"),
-    "inferer": (_INFERERS, ("LatentDiffusionInferer",), "latent diffusion inferer"),
-}
-# bundle syntax inside a definition that is not a constructor argument
-_BUNDLE_KEYS = ("_target_", "_requires_", "_disabled_", "_desc_", "_mode_")
 # MONAI / GenerativeModels schedule names -> groundiff's NoiseSchedule.beta_schedule
 _SCHEDULES = {"linear_beta": "linear", "scaled_linear_beta": "scaled_linear", "linear": "linear",
               "scaled_linear": "scaled_linear"}
 # scheduler arguments that only steer sampling, not the training noise schedule the inversion follows
 _SAMPLING_ONLY = ("clip_sample", "clip_sample_min", "clip_sample_max", "set_alpha_to_one", "steps_offset",
                   "variance_type", "skip_prk_steps")
-_REFERENCE = re.compile(r"\$?@([A-Za-z0-9_]+(?:(?:#|::)[A-Za-z0-9_]+)*)")  # "@key", "@a#b", "$@key"
 _PAPER_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0205,
                        beta_schedule="scaled_linear", prediction_type="v_prediction")
 _PAPER_SCALE_FACTOR = 0.3
@@ -70,19 +49,6 @@ _PAPER_INPUT_SIZE = 512
 BUNDLE_OVERRIDES = ("autoencoder", "diffusion_model", "tokenizer", "unet_config", "autoencoder_config",
                     "cache_dir", "input_size", "scale_factor", "input_range", "prediction_type", "beta_start",
                     "beta_end", "beta_schedule", "num_train_timesteps", "name")
-
-
-class BundleError(ValueError):
-    """A bundle config that cannot be read; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
-class Definition:
-    """One ``_target_`` definition of a bundle: where it is, its class, its resolved arguments."""
-
-    key: str  # MONAI id, nested keys joined by '#', e.g. "diffusion_def" or "inferer#scheduler"
-    target: str
-    args: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,114 +90,7 @@ class BundleSpec:
         }
 
 
-def find_bundle_config(folder: str | Path) -> Path | None:
-    """The bundle's inference config in ``folder`` (``configs/`` first, then the top), or ``None``."""
-    root = Path(folder).expanduser()
-    return next((root / name for name in CONFIG_NAMES if (root / name).is_file()), None)
-
-
 # ------------------------------------------------------------------------------------ reading
-def _parse(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise BundleError(f"{path}: cannot read the bundle config ({e.strerror or e})") from None
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            try:
-                import yaml
-            except ImportError:
-                raise BundleError(f"{path}: reading a YAML bundle config needs PyYAML (pip install pyyaml)") from None
-            data = yaml.safe_load(text)
-    except BundleError:
-        raise
-    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: the parser's message says where
-        raise BundleError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{path}: the bundle config must be a mapping of keys, got {type(data).__name__}")
-    return data
-
-
-def _walk(node: Any, key: str = "") -> Iterator[tuple[str, dict]]:
-    """Every dict with a string ``_target_`` (not disabled), with its MONAI id."""
-    if isinstance(node, dict):
-        if isinstance(node.get("_target_"), str) and node.get("_disabled_") not in (True, "true", "True", 1):
-            yield key, node
-        for k, v in node.items():
-            yield from _walk(v, f"{key}#{k}" if key else str(k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _walk(v, f"{key}#{i}")
-
-
-def _role_of(target: str) -> str | None:
-    module, _, cls = target.rpartition(".")
-    for role, (packages, classes, _) in _ROLES.items():
-        if cls in classes and any(module == p or module.startswith(p + ".") for p in packages):
-            return role
-    return None
-
-
-class _Resolver:
-    """Resolves ``"@id"`` (and the plain-reference expression ``"$@id"``) within one config."""
-
-    def __init__(self, data: dict, path: Path):
-        self.data, self.path = data, path
-
-    def lookup(self, ref: str, where: str) -> Any:
-        node: Any = self.data
-        for part in ref.replace("::", "#").split("#"):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                raise BundleError(f"{self.path}: {where}: the reference '@{ref}' names no entry of the config")
-        return node
-
-    def resolve(self, value: Any, where: str, seen: tuple[str, ...] = ()) -> Any:
-        if isinstance(value, dict):
-            return {k: self.resolve(v, f"{where}#{k}", seen) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.resolve(v, f"{where}#{i}", seen) for i, v in enumerate(value)]
-        if not isinstance(value, str):
-            return value
-        m = _REFERENCE.fullmatch(value)
-        if m is not None:
-            ref = m.group(1)
-            if ref in seen:
-                raise BundleError(f"{self.path}: {where}: circular reference '@{ref}'")
-            return self.resolve(self.lookup(ref, where), where, (*seen, ref))
-        if value.startswith(("$", "%", "@")):
-            raise BundleError(
-                f"{self.path}: {where}: cannot resolve {value!r} (groundiff reads plain values and '@key' "
-                "references, and runs no '$' expressions or '%' macros); write the value itself there")
-        return value
-
-
-def _definition(resolver: _Resolver, key: str, node: dict) -> Definition:
-    args = {k: resolver.resolve(v, f"{key}#{k}") for k, v in node.items() if k not in _BUNDLE_KEYS}
-    return Definition(key=key, target=node["_target_"], args=args)
-
-
-def _find(found: dict[str, list[tuple[str, dict]]], role: str, path: Path, others: list[tuple[str, str]],
-          required: bool) -> tuple[str, dict] | None:
-    hits = found.get(role, [])
-    if len(hits) > 1:
-        keys = ", ".join(f"{k} ({n['_target_']})" for k, n in hits)
-        raise BundleError(f"{path}: more than one {_ROLES[role][2]} definition: {keys}; keep one")
-    if hits:
-        return hits[0]
-    if not required:
-        return None
-    packages, classes, what = _ROLES[role]
-    wanted = " or ".join(f"{p}.{c}" for p in packages for c in classes)
-    seen = "; ".join(f"{k}: {t}" for k, t in others) or "none"
-    raise BundleError(f"{path}: no {what} definition (a '_target_' of {wanted}); MONAI definitions found: {seen}")
-
-
 def _arch(cls, definition: Definition, path: Path):
     try:
         cfg = cls.from_dict(definition.args)
@@ -263,15 +122,7 @@ def _schedule(definition: Definition, path: Path) -> dict:
     return out
 
 
-def _number(resolver: _Resolver, key: str, value: Any, kind=float):
-    value = resolver.resolve(value, key)
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise BundleError(f"{resolver.path}: {key}: expected a number, got {value!r}") from None
-
-
-def _input_size(resolver: _Resolver, data: dict, unet_cfg: MonaiUNetConfig,
+def _input_size(resolver: Resolver, data: dict, unet_cfg: MonaiUNetConfig,
                 ae_cfg: MonaiAutoencoderConfig) -> tuple[int, str] | None:
     """The image side from ``input_size``/``image_size``/``spatial_size`` or a ``latent_shape`` [C, H, W]."""
     for key in ("input_size", "image_size", "spatial_size"):
@@ -280,12 +131,12 @@ def _input_size(resolver: _Resolver, data: dict, unet_cfg: MonaiUNetConfig,
             sides = value if isinstance(value, list) else [value]
             if len(sides) not in (1, 2) or len({str(s) for s in sides}) != 1:
                 raise BundleError(f"{resolver.path}: {key}: groundiff needs one square side, got {value!r}")
-            return _number(resolver, key, sides[0], int), key
+            return resolver.number(key, sides[0], int), key
     if "latent_shape" in data:
         shape = resolver.resolve(data["latent_shape"], "latent_shape")
         if not (isinstance(shape, list) and len(shape) == 3 and shape[1] == shape[2]):
             raise BundleError(f"{resolver.path}: latent_shape: groundiff needs [channels, side, side], got {shape!r}")
-        return _number(resolver, "latent_shape", shape[1], int) * 2 ** (len(ae_cfg.channels) - 1), "latent_shape"
+        return resolver.number("latent_shape", shape[1], int) * 2 ** (len(ae_cfg.channels) - 1), "latent_shape"
     return None
 
 
@@ -310,25 +161,10 @@ def read_bundle(folder: str | Path, *, scale_factor: float | None = None, input_
     config = find_bundle_config(root)
     if config is None:
         raise FileNotFoundError(f"{root}: no MONAI bundle config (looked for {', '.join(CONFIG_NAMES)})")
-    data = _parse(config)
-    resolver = _Resolver(data, config)
-    found: dict[str, list[tuple[str, dict]]] = {}
-    others: list[tuple[str, str]] = []
-    for key, node in _walk(data):
-        role = _role_of(node["_target_"])
-        if role is not None:
-            found.setdefault(role, []).append((key, node))
-        elif node["_target_"].startswith(_MONAI_PACKAGES):
-            others.append((key, node["_target_"]))
-    ae = _definition(resolver, *_find(found, "autoencoder", config, others, True))
-    unet = _definition(resolver, *_find(found, "unet", config, others, True))
-    hit = _find(found, "scheduler", config, others, False)
-    scheduler = None if hit is None else _definition(resolver, *hit)
-    hit = _find(found, "inferer", config, others, False)
-    inferer = None
-    if hit is not None:  # only its scale factor matters; its scheduler is found on its own above
-        key, node = hit
-        inferer = Definition(key, node["_target_"], {k: v for k, v in node.items() if k == "scale_factor"})
+    data = parse_config(config)
+    resolver = Resolver(data, config)
+    defs = find_definitions(resolver)
+    ae, unet, scheduler, inferer = defs.autoencoder, defs.unet, defs.scheduler, defs.inferer
     unet_cfg = _arch(MonaiUNetConfig, unet, config)
     # the middle attention is read from the checkpoint's keys (exact), not from the definition: the model
     # zoo's cxr bundle changed with_*_nonlocal_attn between versions while its weights stayed the same
@@ -348,10 +184,10 @@ def read_bundle(folder: str | Path, *, scale_factor: float | None = None, input_
     if scale_factor is not None:
         sources["scale_factor"] = "given by the caller"
     elif inferer is not None and "scale_factor" in inferer.args:
-        scale_factor = _number(resolver, f"{inferer.key}#scale_factor", inferer.args["scale_factor"])
+        scale_factor = resolver.number(f"{inferer.key}#scale_factor", inferer.args["scale_factor"])
         sources["scale_factor"] = f"{rel}: {inferer.key}#scale_factor"
     elif "scale_factor" in data:
-        scale_factor = _number(resolver, "scale_factor", data["scale_factor"])
+        scale_factor = resolver.number("scale_factor", data["scale_factor"])
         sources["scale_factor"] = f"{rel}: scale_factor"
     else:
         scale_factor = _PAPER_SCALE_FACTOR
