@@ -17,8 +17,9 @@ import torch
 
 pytest.importorskip("captum")
 
-from groundiff_core import attribution as A  # noqa: E402
+from groundiff_core.methods import attribution as A  # noqa: E402
 from groundiff_core.models.architectures import tiny_ldm  # noqa: E402
+from groundiff_core.util.profiling import measure_cost  # noqa: E402
 
 FAST = A.ObjectiveConfig(n_draws=2, seed=0)
 # Small settings per method: enough to exercise each code path, cheap on CPU.
@@ -101,6 +102,46 @@ def test_objective_config_validation():
         A.ObjectiveConfig(n_draws=0)
     with pytest.raises(ValueError, match="t_window"):
         A.ObjectiveConfig(t_window=(0.6, 0.3))
+
+
+# ------------------------------------------------------------------------------ references
+@pytest.mark.parametrize("sigma", [0.5, 1.3, 2.0, 4.0])
+def test_blur_is_scipy_gaussian_filter(sigma):
+    """The blurred reference follows SciPy's rule (radius int(4 sigma + 0.5), as the engine's
+    smoothing): equal to gaussian_filter with mirror borders everywhere, and to the engine's
+    default 'reflect' borders farther than the radius from the border."""
+    from scipy.ndimage import gaussian_filter
+
+    img = np.random.default_rng(1).random((37, 29))
+    got = A.gaussian_blur(torch.as_tensor(img, dtype=torch.float32)[None, None], sigma)[0, 0].numpy()
+    np.testing.assert_allclose(got, gaussian_filter(img, sigma, mode="mirror"), atol=1e-5)
+    r = int(4 * sigma + 0.5)
+    inner = (slice(r, -r), slice(r, -r))
+    np.testing.assert_allclose(got[inner], gaussian_filter(img, sigma)[inner], atol=1e-5)
+    assert not np.allclose(got, gaussian_filter(img, sigma, truncate=3.0), atol=1e-5)  # not the old 3 sigma
+
+
+def test_blur_radius_larger_than_the_image_and_bad_input():
+    """Reflection folds as often as needed (SciPy's 'mirror'), so a wide blur of a small image works."""
+    from scipy.ndimage import gaussian_filter
+
+    img = np.random.default_rng(2).random((5, 6))
+    got = A.gaussian_blur(torch.as_tensor(img, dtype=torch.float32)[None, None], 3.0)[0, 0].numpy()
+    np.testing.assert_allclose(got, gaussian_filter(img, 3.0, mode="mirror"), atol=1e-5)
+    with pytest.raises(ValueError, match="sigma"):
+        A.gaussian_blur(torch.zeros(1, 1, 4, 4), 0.0)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        A.gaussian_blur(torch.zeros(4, 4), 1.0)
+
+
+def test_make_baseline_kinds():
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert A.make_baseline(x, "black").abs().max() == 0
+    assert torch.allclose(A.make_baseline(x, "mean"), x.mean().expand_as(x))
+    blur = A.make_baseline(x, "blur", blur_frac=1 / 16)  # sigma 2 px at 32
+    assert torch.allclose(blur, A.gaussian_blur(x, 2.0)) and blur.std() < x.std() / 2
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        A.make_baseline(x, "white")
 
 
 # ------------------------------------------------------------------------------ every method
@@ -262,8 +303,32 @@ def test_token_attribution_words_and_completeness(ldm):
 
 def test_measure_cost(ldm):
     method = A.make_method("saliency", ldm, objective=FAST)
-    cost = A.measure_cost(method, _image(32, 32), [PHRASE, "cardiomegaly"])
+    cost = measure_cost(method, _image(32, 32), [PHRASE, "cardiomegaly"])
     assert cost.method == "saliency" and cost.n_pairs == 2
     assert cost.seconds > 0 and cost.seconds_per_pair == pytest.approx(cost.seconds / 2)
     assert cost.peak_bytes >= 0 and cost.memory == "torch_cpu_profiler" and cost.peak_bytes > 0
     json.dumps(cost.as_dict())
+
+
+class _Fixed(A.AttributionGrounder):
+    """A stand-in method whose attribution is a given map, to test the shared post-processing."""
+
+    name = "fixed"
+
+    def __init__(self, model, attr: torch.Tensor) -> None:
+        super().__init__(model, objective=FAST)
+        self.attr = attr
+
+    def _attribute(self, f, inputs, x01):
+        return self.attr
+
+
+def test_post_processing_minmax(ldm):
+    """A constant attribution carries no location and gives zeros (not NaN); a tiny but real span
+    is scaled to [0, 1] like any other (the shared util minmax has no near-constant tolerance)."""
+    flat = _Fixed(ldm, torch.full((1, 1, 32, 32), 3.0)).ground(_image(32, 32), [PHRASE])
+    assert np.array_equal(flat.model_maps, np.zeros((1, 32, 32), np.float32))
+    tiny = torch.full((1, 1, 32, 32), 1e-20)
+    tiny[..., 5, 7] = 2e-20
+    m = _Fixed(ldm, tiny).ground(_image(32, 32), [PHRASE]).model_maps[0]
+    assert m[5, 7] == 1.0 and m.sum() == 1.0

@@ -1,0 +1,134 @@
+"""Runtime and peak memory of one ``ground`` call, for any grounding method.
+
+Kept apart from the methods so that every method (the cross-attention ``Grounder``, the Captum
+methods, the baselines) is measured by the same code; notebook 5 shows its cost table with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = ["Cost", "measure_cost"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Runtime and peak memory of one ``ground`` call on ``n_pairs`` image-phrase pairs.
+
+    ``peak_bytes`` is measured as ``memory`` says, above what was allocated before the call:
+    ``"cuda_max_allocated"`` (torch's peak CUDA allocation), ``"torch_cpu_profiler"`` (peak of
+    torch's CPU tensor allocations, replayed from the profiler's allocation events in a second,
+    untimed call: neither ``tracemalloc``, which sees only the Python heap, nor the resident set
+    size, which the allocator's reuse of freed memory hides, measures tensors), ``"cpu_rss_peak"``
+    (fallback when the profiler's events are unavailable: resident-set peak sampled every 5 ms, a
+    lower bound) or ``"not_measured"``.
+    """
+
+    method: str
+    n_pairs: int
+    seconds: float
+    seconds_per_pair: float
+    peak_bytes: int
+    memory: str
+    device: str
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _rss_bytes() -> int | None:
+    """Resident set size of this process (Linux ``/proc``), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_peak_profiled(call: Callable[[], Any]) -> tuple[int, str]:
+    """Peak of live CPU tensor bytes during ``call()``, from torch profiler allocation events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call()
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        events.sort(key=lambda e: e.start_ns())
+        live = peak = 0
+        for e in events:
+            if e.device_type() == torch.autograd.DeviceType.CPU:
+                live += int(e.nbytes())
+                peak = max(peak, live)
+        return peak, "torch_cpu_profiler"
+    except (AttributeError, TypeError):  # private profiler API changed: sample the RSS instead
+        return _cpu_peak_rss(call)
+
+
+def _cpu_peak_rss(call: Callable[[], Any]) -> tuple[int, str]:
+    """Resident-set peak above the start during ``call()``, sampled every 5 ms (a lower bound)."""
+    start = _rss_bytes()
+    if start is None:
+        call()
+        return 0, "not_measured"
+    peak, stop = [start], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes() or 0)
+            stop.wait(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        call()
+    finally:
+        stop.set()
+        thread.join()
+    return max(peak[0], _rss_bytes() or 0) - start, "cpu_rss_peak"
+
+
+def measure_cost(method: Any, image: Any, phrases: Sequence[str], device: str | torch.device | None = None,
+                 memory: bool = True) -> Cost:
+    """Time ``method.ground(image, phrases)`` for any grounding method (the cross-attention
+    ``Grounder`` included) and measure its peak memory; ``device`` defaults to ``method.model``'s.
+
+    On CUDA one call gives both. On CPU the wall time comes from a clean call and, with
+    ``memory=True``, the peak from a second call under the torch profiler (so ``ground`` runs twice).
+    """
+    phrases = list(phrases)
+    if device is None:
+        model = getattr(method, "model", None)
+        device = model.device if model is not None else torch.device("cpu")
+    device = torch.device(device)
+    name = getattr(method, "name", type(method).__name__)
+
+    def call() -> None:
+        method.ground(image, phrases)
+
+    gc.collect()
+    peak, kind = 0, "not_measured"
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    t0 = time.perf_counter()
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device) - before, "cuda_max_allocated"
+    elif memory:
+        gc.collect()
+        peak, kind = _cpu_peak_profiled(call)
+    n = len(phrases)
+    return Cost(method=name, n_pairs=n, seconds=seconds, seconds_per_pair=seconds / max(n, 1),
+                peak_bytes=int(max(peak, 0)), memory=kind, device=str(device))
