@@ -80,7 +80,7 @@ def main(argv=None) -> int:
             shutil.copy(src, project / "notebooks" / src.name)
         common = {"model": str(fx["model"]), "dataset_csv": str(fx["csv"]),
                   "images_root": str(fx["images_root"]), "device": "cpu"}
-        names = [s.stem for s in book._select(book.discover(project / "notebooks"), args.only)]
+        names = [s.stem for s in book.select(book.discover(project / "notebooks"), args.only)]
         # every pair (all the fixture's cases) for notebooks 1-4; the Captum notebook, which runs six
         # attribution methods per pair, on a seeded third of them
         batches = [([n for n in names if n != "05_captum"], {"n_pairs": 0}),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from groundiff_core.book import runner
+from groundiff_core.book import parameters, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,8 +68,59 @@ def test_parse_value_types():
 
 def test_declared_parameters_reads_the_tagged_cell(tmp_path):
     src = write_source(tmp_path, "01_p", PARAM_NOTEBOOK)
-    nb = runner._read_source(src)
-    assert runner.declared_parameters(nb) == {"n_pairs": 3, "seed": 0, "output_dir": "out"}
+    declared = runner.declared_parameters(runner.read_source(src))
+    assert {k: p.value for k, p in declared.items()} == {"n_pairs": 3, "seed": 0, "output_dir": "out"}
+    assert declared["output_dir"].default == '"out"' and declared["n_pairs"].type_name == "int"
+    assert runner.declared_parameters(src) == declared  # the source path reads the same
+
+
+def test_declared_parameters_keep_text_types_and_help(tmp_path):
+    src = write_source(tmp_path, "01_typed", """
+        # %% tags=["parameters"]
+        flag: bool = False  # draw the extra figure
+        steps = 50  # DDIM steps
+        model = "phantom"
+        classes = ["Edema",
+                   "Pneumonia"]
+        root = os.getcwd()
+        dtype = None
+
+        # %%
+        x = 1
+        """)
+    declared = runner.declared_parameters(src)
+    assert list(declared) == ["flag", "steps", "model", "classes", "root", "dtype"]
+    assert declared["flag"] == parameters.Parameter("flag", "False", "bool", "draw the extra figure")
+    assert declared["steps"].help == "DDIM steps" and declared["steps"].type_name == "int"
+    assert declared["classes"].value == ["Edema", "Pneumonia"] and declared["classes"].type_name == "list"
+    # not a literal: the source text, type unknown
+    assert declared["root"].value == "os.getcwd()" and declared["root"].type_name is None
+    assert declared["dtype"].value is None and declared["dtype"].type_name == "NoneType"
+    # no parameters cell: nothing declared
+    bare = write_source(tmp_path, "02_bare", "# %%\nx = 1\n")
+    assert runner.declared_parameters(bare) == {}
+
+
+def test_injected_parameters_follow_profile_overrides_and_declarations(tmp_path):
+    src = write_source(tmp_path, "03_ablation", """
+        # %% tags=["parameters"]
+        n_pairs = 12
+        num_inference_steps = 300
+        flag = True
+        output_dir = "out"
+        """)
+    declared = runner.declared_parameters(src)
+    quick = parameters.PROFILES["quick"]
+    inject = parameters.injected_parameters("03_ablation", declared, profile="quick",
+                                            overrides={"flag": "no", "seed": 3}, output_dir="book/x")
+    # the notebook's own profile entry wins over "*", undeclared keys (phantom_images, seed) are left out
+    assert inject == {"n_pairs": quick["03_ablation"]["n_pairs"],
+                      "num_inference_steps": quick["03_ablation"]["num_inference_steps"],
+                      "flag": False, "output_dir": "book/x"}
+    with pytest.raises(ValueError, match="notebook parameter 'flag' of 03_ablation must be a boolean"):
+        parameters.injected_parameters("03_ablation", declared, overrides={"flag": "maybe"})
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        parameters.injected_parameters("03_ablation", declared, profile="fast")
 
 
 # --------------------------------------------------------------------------- execution
@@ -251,6 +302,6 @@ def test_repository_book_config_is_wired():
         if not f.startswith("notebooks/"):
             assert (ROOT / "book" / f"{f}.md").is_file(), f
     for src in runner.discover(ROOT / "notebooks"):
-        params = runner.declared_parameters(runner._read_source(src))
+        params = runner.declared_parameters(runner.read_source(src))
         for required in ("model", "n_pairs", "seed", "device", "output_dir"):
             assert required in params, f"{src.name} lacks parameter {required!r}"

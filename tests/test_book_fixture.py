@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from groundiff_core.book import runner
+from groundiff_core.book.markdown import data_sources_markdown
 from groundiff_core.book import check as bookcheck
 from groundiff_core.book import pages as bookdata
 from groundiff_core.evaluation import metrics
@@ -188,9 +189,9 @@ def test_data_sources_say_when_pages_ran_on_other_data():
                 "provenance": {"dataset": {"name": name, "csv": "ms.csv", "pairs": 5, "selected": 5},
                                "model": {"name": "m", "weights_sha256": "cd" * 32}}}
 
-    only = runner.data_sources_markdown({"notebooks": {"01_method": nb("phantom"), "02_main_table": nb("phantom")}})
+    only = data_sources_markdown({"notebooks": {"01_method": nb("phantom"), "02_main_table": nb("phantom")}})
     assert "Every notebook page of this build was computed on the synthetic phantom" in only
-    mixed = runner.data_sources_markdown({"notebooks": {"01_method": nb("phantom"), "02_main_table": nb("mscxr")}})
+    mixed = data_sources_markdown({"notebooks": {"01_method": nb("phantom"), "02_main_table": nb("mscxr")}})
     assert "Every notebook page" not in mixed and "different data" in mixed and "mscxr" in mixed
     assert "| 02_main_table | mscxr (`ms.csv`), 5 of 5 pairs | m | `cdcdcdcdcdcdcdcd` |" in mixed
 

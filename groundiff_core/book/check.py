@@ -1,6 +1,6 @@
 """Check what the book's notebooks wrote: every page ran, says what it ran on, and its metrics are in range.
 
-After ``python -m groundiff_core.book.runner`` each notebook ``NN_name`` leaves ``book/notebooks/NN_name.ipynb``
+After ``python -m groundiff_core.book`` each notebook ``NN_name`` leaves ``book/notebooks/NN_name.ipynb``
 and a folder ``NN_name_files/`` with its metrics JSON and ``provenance.json``. :func:`check_book`
 reads them and lists every problem:
 

@@ -407,9 +407,9 @@ def provenance(data: "BookData", ldm: Any, *, preset: str = "paper", conventions
 
 def _git_state() -> dict | None:
     """Commit of the working directory's git checkout and whether it has uncommitted changes."""
-    from groundiff_core.book.runner import _git
+    from groundiff_core.util.environment import git_state
 
-    state = _git(Path.cwd())
+    state = git_state(Path.cwd())
     return state if state.get("commit") else None
 
 
