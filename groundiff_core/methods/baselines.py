@@ -2,7 +2,9 @@
 
 Both answer the same verb as the cross-attention grounder, ``.ground(image, phrases) -> Heatmaps``,
 and produce their maps directly on the ORIGINAL image grid ``[K, H, W]`` (no crop, no NaN margin;
-so ``Heatmaps.geometry`` is None).
+so ``Heatmaps.geometry`` is None). Phrases are checked as every method checks them
+(:func:`~groundiff_core.util.phrases.as_phrase_list`: blank phrases are refused), although the maps
+ignore them.
 
 * :class:`RandomHeatmap` - i.i.d. uniform values in [0, 1); deterministic per (seed, image,
   phrase), independent of call order (so resumed evaluations reproduce the same numbers);
@@ -19,6 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from groundiff_core.engine.grounder import Heatmaps
+from groundiff_core.util.arrays import minmax
+from groundiff_core.util.phrases import as_phrase_list
 
 __all__ = ["RandomHeatmap", "CentrePrior"]
 
@@ -28,15 +32,6 @@ def _image01(image) -> np.ndarray:
     from groundiff_core.io.images import load_image
 
     return load_image(image)
-
-
-def _check_phrases(phrases: Sequence[str]) -> list[str]:
-    if isinstance(phrases, str):
-        phrases = [phrases]
-    phrases = list(phrases)
-    if not phrases:
-        raise ValueError("phrases must be a non-empty list of strings")
-    return phrases
 
 
 @dataclass(frozen=True)
@@ -53,9 +48,9 @@ class RandomHeatmap:
     def describe(self) -> dict:
         return {"method": self.name, "seed": self.seed}
 
-    def ground(self, image, phrases: Sequence[str]) -> Heatmaps:
+    def ground(self, image, phrases: Sequence[str] | str) -> Heatmaps:
         """``[K, H, W]`` float32 maps, uniform in [0, 1), one per phrase."""
-        phrases = _check_phrases(phrases)
+        phrases = as_phrase_list(phrases)
         img = _image01(image)
         key = zlib.crc32(np.ascontiguousarray(img).tobytes())
         maps = np.stack([
@@ -72,7 +67,8 @@ class CentrePrior:
 
     ``sigma_fraction`` is the standard deviation as a share of each side (rows: of the height,
     columns: of the width). The map is ``exp(-(dy^2/2sy^2 + dx^2/2sx^2))`` at pixel centres,
-    min-max normalised to [0, 1].
+    min-max normalised to [0, 1] (:func:`~groundiff_core.util.arrays.minmax`; a 1 x 1 image, the
+    only constant case, gives 0).
     """
 
     sigma_fraction: float = 0.25
@@ -89,14 +85,11 @@ class CentrePrior:
         """The ``[H, W]`` float32 map."""
         y = (np.arange(height) + 0.5 - height / 2) / (self.sigma_fraction * height)
         x = (np.arange(width) + 0.5 - width / 2) / (self.sigma_fraction * width)
-        g = np.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))
-        lo, hi = g.min(), g.max()
-        g = (g - lo) / (hi - lo) if hi > lo else np.ones_like(g)
-        return g.astype(np.float32)
+        return minmax(np.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))).astype(np.float32)
 
-    def ground(self, image, phrases: Sequence[str]) -> Heatmaps:
+    def ground(self, image, phrases: Sequence[str] | str) -> Heatmaps:
         """``[K, H, W]`` float32: the same centre prior for each phrase."""
-        phrases = _check_phrases(phrases)
+        phrases = as_phrase_list(phrases)
         h, w = _image01(image).shape
         g = self.prior(h, w)
         return Heatmaps(heatmaps=np.repeat(g[None], len(phrases), axis=0), phrases=phrases,
