@@ -34,11 +34,6 @@ SMALL = {
 PHRASE = "left pleural effusion"
 
 
-@pytest.fixture(scope="module")
-def ldm():
-    return tiny_ldm("v_prediction")
-
-
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((h, w)).astype(np.float32)
 
@@ -72,20 +67,20 @@ def test_gain_matches_diffusers_noising_and_target(prediction_type):
     assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
 
 
-def test_objective_deterministic_and_seeded(ldm):
+def test_objective_deterministic_and_seeded(tiny_v):
     img = _image(32, 32)
-    g1 = A.denoising_gain(ldm, img, PHRASE, FAST)
-    g2 = A.denoising_gain(ldm, img, PHRASE, FAST)
-    g3 = A.denoising_gain(ldm, img, PHRASE, dataclasses.replace(FAST, seed=1))
+    g1 = A.denoising_gain(tiny_v, img, PHRASE, FAST)
+    g2 = A.denoising_gain(tiny_v, img, PHRASE, FAST)
+    g3 = A.denoising_gain(tiny_v, img, PHRASE, dataclasses.replace(FAST, seed=1))
     assert g1 == g2
     assert np.isfinite(g1) and g1 != g3
     # the global RNG does not matter: draws come from the objective's own generator
     torch.manual_seed(123)
-    assert A.denoising_gain(ldm, img, PHRASE, FAST) == g1
+    assert A.denoising_gain(tiny_v, img, PHRASE, FAST) == g1
 
 
-def test_objective_batch_is_per_example_and_differentiable(ldm):
-    f = A.DenoisingGain(ldm, PHRASE, FAST)
+def test_objective_batch_is_per_example_and_differentiable(tiny_v):
+    f = A.DenoisingGain(tiny_v, PHRASE, FAST)
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
     g = f(x)
     assert g.shape == (2,)
@@ -146,9 +141,9 @@ def test_make_baseline_kinds():
 
 # ------------------------------------------------------------------------------ every method
 @pytest.mark.parametrize("name", sorted(A.CAPTUM_METHODS))
-def test_method_heatmaps_on_original_grid(ldm, name):
+def test_method_heatmaps_on_original_grid(tiny_v, name):
     """Non-square 40x32 input: [K, 40, 32], finite in [0, 1] inside the crop, NaN outside."""
-    method = A.make_method(name, ldm, objective=FAST, **SMALL[name])
+    method = A.make_method(name, tiny_v, objective=FAST, **SMALL[name])
     out = method.ground(_image(40, 32), [PHRASE, "cardiomegaly"], return_raw=True)
     maps = out.heatmaps
     assert maps.shape == (2, 40, 32) and maps.dtype == np.float32
@@ -161,15 +156,15 @@ def test_method_heatmaps_on_original_grid(ldm, name):
     assert out.raw.shape == (2, 32, 32) and np.isfinite(out.raw).all()
     assert out.phrases == [PHRASE, "cardiomegaly"]
     np.testing.assert_array_equal(out.model_maps.max(axis=(1, 2)), 1.0)
-    assert out.info["method"] == name and out.info["model"] == ldm.name
+    assert out.info["method"] == name and out.info["model"] == tiny_v.name
     d = method.describe()
     assert d["method"] == name == method.name
     json.dumps(d)
 
 
 @pytest.mark.parametrize("name", ["gradient_shap", "smoothgrad"])
-def test_random_methods_repeatable(ldm, name):
-    method = A.make_method(name, ldm, objective=FAST, **SMALL[name])
+def test_random_methods_repeatable(tiny_v, name):
+    method = A.make_method(name, tiny_v, objective=FAST, **SMALL[name])
     img = _image(32, 32, seed=4)
     a = method.ground(img, [PHRASE]).heatmaps
     torch.manual_seed(99)
@@ -178,21 +173,21 @@ def test_random_methods_repeatable(ldm, name):
     np.testing.assert_array_equal(a, b)
 
 
-def test_latent_mode(ldm):
-    method = A.make_method("integrated_gradients", ldm, objective=FAST, wrt="latent", n_steps=4)
+def test_latent_mode(tiny_v):
+    method = A.make_method("integrated_gradients", tiny_v, objective=FAST, wrt="latent", n_steps=4)
     maps = method.ground(_image(32, 32), [PHRASE]).heatmaps
     assert maps.shape == (1, 32, 32) and np.isfinite(maps).all()
     assert method.describe()["wrt"] == "latent"
 
 
-def test_bad_input(ldm):
+def test_bad_input(tiny_v):
     with pytest.raises(ValueError, match="unknown Captum method"):
-        A.make_method("lime", ldm)
+        A.make_method("lime", tiny_v)
     with pytest.raises(ValueError, match="wrt"):
-        A.make_method("saliency", ldm, wrt="pixels")
+        A.make_method("saliency", tiny_v, wrt="pixels")
     with pytest.raises(ValueError, match="baseline"):
-        A.make_method("integrated_gradients", ldm, baseline="white")
-    method = A.make_method("saliency", ldm, objective=FAST)
+        A.make_method("integrated_gradients", tiny_v, baseline="white")
+    method = A.make_method("saliency", tiny_v, objective=FAST)
     with pytest.raises(ValueError, match="non-empty list"):
         method.ground(_image(32, 32), [])
     with pytest.raises(ValueError, match="phrase 0 is empty"):
@@ -283,26 +278,26 @@ def test_grad_cam_accepts_explicit_layer(square_model):
 
 
 # ------------------------------------------------------------------------------ tokens and cost
-def test_token_attribution_words_and_completeness(ldm):
+def test_token_attribution_words_and_completeness(tiny_v):
     img = _image(32, 32, seed=2)
-    scores = A.token_attribution(ldm, img, PHRASE, FAST, n_steps=16)
+    scores = A.token_attribution(tiny_v, img, PHRASE, FAST, n_steps=16)
     assert [tok for tok, _ in scores] == ["left", "pleural", "effusion"]
     assert all(np.isfinite(s) for _, s in scores)
     # Completeness of integrated gradients: the scores add up to G(phrase) - G(baseline prompt).
-    f = A.DenoisingGain(ldm, PHRASE, FAST)
-    pad = ldm.tokenizer.pad_token_id
-    ids = ldm.tokenize([PHRASE])["input_ids"]
+    f = A.DenoisingGain(tiny_v, PHRASE, FAST)
+    pad = tiny_v.tokenizer.pad_token_id
+    ids = tiny_v.tokenize([PHRASE])["input_ids"]
     ids[0, 1:4] = pad
     with torch.no_grad():
-        z0 = ldm.encode_image(torch.as_tensor(img)[None, None])
-        ref_ctx = ldm.text_encoder(input_ids=ids).last_hidden_state
+        z0 = tiny_v.encode_image(torch.as_tensor(img)[None, None])
+        ref_ctx = tiny_v.text_encoder(input_ids=ids).last_hidden_state
         delta = float(f.gain(z0) - f.gain(z0, ref_ctx))
     total = sum(s for _, s in scores)
     assert total == pytest.approx(delta, rel=0.05, abs=1e-3 * abs(delta) + 1e-9)
 
 
-def test_measure_cost(ldm):
-    method = A.make_method("saliency", ldm, objective=FAST)
+def test_measure_cost(tiny_v):
+    method = A.make_method("saliency", tiny_v, objective=FAST)
     cost = measure_cost(method, _image(32, 32), [PHRASE, "cardiomegaly"])
     assert cost.method == "saliency" and cost.n_pairs == 2
     assert cost.seconds > 0 and cost.seconds_per_pair == pytest.approx(cost.seconds / 2)
@@ -323,12 +318,12 @@ class _Fixed(A.AttributionGrounder):
         return self.attr
 
 
-def test_post_processing_minmax(ldm):
+def test_post_processing_minmax(tiny_v):
     """A constant attribution carries no location and gives zeros (not NaN); a tiny but real span
     is scaled to [0, 1] like any other (the shared util minmax has no near-constant tolerance)."""
-    flat = _Fixed(ldm, torch.full((1, 1, 32, 32), 3.0)).ground(_image(32, 32), [PHRASE])
+    flat = _Fixed(tiny_v, torch.full((1, 1, 32, 32), 3.0)).ground(_image(32, 32), [PHRASE])
     assert np.array_equal(flat.model_maps, np.zeros((1, 32, 32), np.float32))
     tiny = torch.full((1, 1, 32, 32), 1e-20)
     tiny[..., 5, 7] = 2e-20
-    m = _Fixed(ldm, tiny).ground(_image(32, 32), [PHRASE]).model_maps[0]
+    m = _Fixed(tiny_v, tiny).ground(_image(32, 32), [PHRASE]).model_maps[0]
     assert m[5, 7] == 1.0 and m.sum() == 1.0
