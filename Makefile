@@ -14,6 +14,7 @@ test: setup
 book: setup
 	$(PY) -m groundiff_core.book
 	$(PY) -m groundiff_core.book.check book/notebooks --dataset phantom
+	$(PY) -m groundiff_core.book.cost book/_generated/cost.md
 	.venv/bin/jupyter-book build book -W --keep-going
 	$(PY) -m groundiff_core.book.check --html book/_build/html
 
@@ -22,6 +23,7 @@ book: setup
 book-quick: setup
 	$(PY) -m groundiff_core.book --quick
 	$(PY) -m groundiff_core.book.check book/notebooks --dataset phantom
+	$(PY) -m groundiff_core.book.cost book/_generated/cost.md
 	.venv/bin/jupyter-book build book -W --keep-going
 	$(PY) -m groundiff_core.book.check --html book/_build/html
 

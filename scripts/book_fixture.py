@@ -39,6 +39,10 @@ def _render_and_check(project: Path, names: list[str]) -> list[str]:
     for page in (ROOT / "book").glob("*.md"):
         shutil.copy(page, book_dir / page.name)
     shutil.copy(ROOT / "book/references.bib", book_dir / "references.bib")
+    from groundiff_core.book.cost import cost_markdown  # included by cost.md
+
+    (book_dir / "_generated").mkdir(parents=True, exist_ok=True)
+    (book_dir / "_generated/cost.md").write_text(cost_markdown(ROOT / "benchmarks/results"))
     card = ROOT / "groundiff_core/phantom/weights/MODEL_CARD.md"  # included by phantom.md
     (project / "groundiff_core/phantom/weights").mkdir(parents=True, exist_ok=True)
     shutil.copy(card, project / "groundiff_core/phantom/weights/MODEL_CARD.md")

@@ -55,7 +55,7 @@ def test_side_of_phrase():
 
 def test_keepmaps_returns_and_keeps(tmp_path):
     from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
-    from groundiff_core.evaluation.runner import method_identity
+    from groundiff_core.evaluation import method_identity
 
     image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
     kept = bookdata.KeepMaps(RandomHeatmap(seed=1))
@@ -119,3 +119,97 @@ def test_main_table_notebook_runs_on_the_tiny_model(tmp_path):
     result = json.loads((files / "main_table.json").read_text())
     assert result["summaries"]["cross-attention (paper preset)"]["n_pairs"] == 2
     assert (files / "per_class_bars.png").is_file()
+
+
+# --------------------------------------------------------------------------- shipped runs
+def _row(pid, category="a", **metrics):
+    base = {"miou": 0.25, "auc": 0.75, "auc_binned": 0.7, "cnr_abs": 1.5, "cnr_signed": 1.5, "pointing": 1.0}
+    return {"pair_id": pid, "category": category, "status": "ok", "key": f"k-{pid}", **base, **metrics}
+
+
+def test_recheck_comparison_passes_within_and_fails_beyond_tolerance():
+    from groundiff_core.book import shipped
+
+    ship = [_row("p1"), _row("p2", auc=None)]
+    live = [_row("p1", miou=0.25 + 5e-7), _row("p2", auc=None)]
+    report = shipped.compare_rows(ship, live, tolerance=1e-6)
+    assert report["pairs"] == 2 and report["max_abs_diff"]["miou"] == pytest.approx(5e-7)
+    assert report["max_abs_diff"]["auc"] == 0.0
+    with pytest.raises(shipped.RecheckMismatch, match=r"pair 'p1', metric miou: shipped 0.25, re-run 0.25\d+, tolerance 1e-06"):
+        shipped.compare_rows(ship, [_row("p1", miou=0.25 + 2e-6)], tolerance=1e-6)
+    with pytest.raises(shipped.RecheckMismatch, match="metric auc: shipped None"):
+        shipped.compare_rows(ship, [_row("p2", auc=0.5)])
+    with pytest.raises(shipped.RecheckMismatch, match="key shipped"):
+        shipped.compare_rows(ship, [{**_row("p1"), "key": "other"}])
+    with pytest.raises(shipped.RecheckMismatch, match="no shipped row"):
+        shipped.compare_rows(ship, [_row("p3")])
+
+
+def test_recheck_selection_takes_whole_images_nested(tmp_path):
+    from groundiff_core.book import shipped
+
+    data = bookdata.load_book_data(None, None, tmp_path, n_pairs=0, phantom_images=10)
+    small = shipped.recheck_selection(data.pairs, 2, seed=0)
+    big = shipped.recheck_selection(data.pairs, 6, seed=0)
+    assert len(small) >= 2 and len(big) >= 6
+    assert {p.pair_id for p in small} <= {p.pair_id for p in big}
+    for sel in (small, big):  # every phrase of a chosen image is in
+        images = {p.image_path for p in sel}
+        assert {p.pair_id for p in data.pairs if p.image_path in images} == {p.pair_id for p in sel}
+    with pytest.raises(ValueError, match="at least 1 pair"):
+        shipped.recheck_selection(data.pairs, 0)
+
+
+def test_shipped_run_loads_checks_and_summarizes(tmp_path):
+    from groundiff_core.book import shipped
+    from groundiff_core.engine.config import GroundingConfig
+
+    folder = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="results.jsonl is missing"):
+        shipped.load_shipped(folder)
+    folder.mkdir()
+    rows = [_row("p1", "a"), _row("p2", "b", miou=0.5), {**_row("p1", "a"), "miou": 0.75}]  # p1 rerun: latest wins
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = GroundingConfig.paper()
+    (folder / "run.json").write_text(json.dumps({
+        "created": "2026-01-01T00:00:00+00:00", "info": {"command": "groundiff evaluate ..."},
+        "identity": {"method": {"config": cfg.to_dict(), "model": {"weights_sha256": "abc"}},
+                     "scoring": {"conventions": "paper"}}}))
+    run = shipped.load_shipped(folder)
+    assert len(run.ok_rows) == 2 and run.pairs_per_class() == {"a": 1, "b": 1}
+    s = run.summarize(n_boot=20)
+    assert s["n_pairs"] == 2 and s["class_averaged"]["miou"]["mean"] == pytest.approx((0.75 + 0.5) / 2)
+    run.require_pairs(2)
+    with pytest.raises(ValueError, match="2 scored pairs, fewer than the 3"):
+        run.require_pairs(3)
+    run.check_config(cfg, "paper")
+    with pytest.raises(ValueError, match=r"differs in num_inference_steps \(shipped 300, here 100\)"):
+        run.check_config(cfg.with_steps(100), "paper")
+    with pytest.raises(ValueError, match="'paper' conventions, this page asks for 'strict'"):
+        run.check_config(cfg, "strict")
+    assert shipped.uses_shipped("phantom", None, "book/results/x")
+    assert not shipped.uses_shipped("tiny", None, "book/results/x")
+    assert not shipped.uses_shipped("phantom", "a.csv", "book/results/x")
+
+
+def test_cost_page_copies_the_benchmark_numbers():
+    from groundiff_core.book import cost
+
+    results = ROOT / "benchmarks/results"
+    text = cost.cost_markdown(results)
+    data = json.loads((results / "engine_cpu.json").read_text())
+    assert "### `benchmarks/results/engine_cpu.json`" in text or "engine_cpu.json`" in text
+    assert f"{data['cpu_count']} cores" in text and f"torch {data['torch']}" in text
+    for res in data["results"]:
+        e, n = res["engine"], res["naive"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {res['k']} | engine, paper preset |"))
+        assert f"| {e['cpu_s_per_image']:.2f} |" in row and f"| {e['wall_s_per_image']:.2f} |" in row
+        assert f"| {n['cpu_s_per_image'] / e['cpu_s_per_image']:.2f} |" in row
+        naive = next(line for line in text.splitlines() if line.startswith(f"| {res['k']} | naive"))
+        assert f"| {n['recording_bytes'] / 1024 ** 2:.1f} MiB |" in naive
+    unet = data["paper_unet_512"]
+    assert f"**{unet['full_pass_cpu_s']:.2f} CPU s**" in text and f"**{unet['truncated_pass_cpu_s']:.2f} CPU s**" in text
+    assert "committed 20" in text or "file modified 20" in text
+    gpu = json.loads((results / "engine_gpu_dryrun.json").read_text())
+    assert gpu["dry_run"] and "**dry run**" in text
+    assert f"| {gpu['runs'][0]['authors']['s_per_pair']:.3f} |" in text
