@@ -1,0 +1,56 @@
+"""The cost profiler measures any grounding method (here the text-blind baselines, no Captum needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from groundiff_core.methods.baselines import CentrePrior
+from groundiff_core.util import profiling
+
+
+class _Allocates:
+    """A stand-in method that holds a known tensor allocation while it grounds."""
+
+    name = "allocates"
+
+    def __init__(self, n_bytes: int) -> None:
+        self.n_bytes = n_bytes
+        self.calls = 0
+
+    def ground(self, image, phrases):
+        self.calls += 1
+        buf = torch.ones(self.n_bytes // 4, dtype=torch.float32)
+        return float(buf.sum())
+
+
+def test_measure_cost_of_a_method_without_model(textured_image):
+    cost = profiling.measure_cost(CentrePrior(), textured_image, ["a", "b", "c"])
+    assert cost.method == "centre" and cost.n_pairs == 3 and cost.device == "cpu"
+    assert cost.seconds > 0 and cost.seconds_per_pair == pytest.approx(cost.seconds / 3)
+    assert cost.memory == "torch_cpu_profiler" and cost.peak_bytes >= 0
+    json.dumps(cost.as_dict())
+
+
+def test_cpu_peak_sees_tensor_allocations():
+    method = _Allocates(8 * 2**20)
+    cost = profiling.measure_cost(method, np.zeros((4, 4), np.float32), ["x"])
+    assert method.calls == 2  # one timed call, one under the profiler
+    assert cost.memory == "torch_cpu_profiler" and cost.peak_bytes >= 8 * 2**20
+    no_mem = profiling.measure_cost(method, None, ["x"], memory=False)
+    assert no_mem.memory == "not_measured" and no_mem.peak_bytes == 0 and method.calls == 3
+
+
+def test_rss_fallback_is_a_lower_bound():
+    if profiling._rss_bytes() is None:
+        pytest.skip("no /proc/self/statm on this system")
+    held = []
+
+    def call() -> None:
+        held.append(np.ones(64 * 2**20 // 8))  # 64 MiB, touched, kept until the end
+
+    peak, kind = profiling._cpu_peak_rss(call)
+    assert kind == "cpu_rss_peak" and peak >= 32 * 2**20
