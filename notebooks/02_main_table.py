@@ -62,7 +62,7 @@ from groundiff_core.book import figures
 from groundiff_core.methods.attribution import make_method
 from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 from groundiff_core.io.datasets import subset
-from groundiff_core.evaluation.runner import evaluate, load_results, summarize, summary_table
+from groundiff_core.evaluation import evaluate, load_results, summarize, summary_table
 from groundiff_core.io.images import load_image
 
 # %% tags=["hide-input"]

@@ -48,7 +48,7 @@ from groundiff_core.book import pages as bookdata
 from groundiff_core.book import figures
 from groundiff_core.evaluation import metrics
 from groundiff_core.io.datasets import group_by_image
-from groundiff_core.evaluation.runner import evaluate, load_results
+from groundiff_core.evaluation import evaluate, load_results
 from groundiff_core.io.images import load_image
 from groundiff_core.models.text import check_phrase
 

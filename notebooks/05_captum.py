@@ -62,7 +62,7 @@ from groundiff_core.book import pages as bookdata
 from groundiff_core.book import figures
 from groundiff_core.methods.attribution import ObjectiveConfig, make_method, token_attribution
 from groundiff_core.util.profiling import measure_cost
-from groundiff_core.evaluation.runner import evaluate
+from groundiff_core.evaluation import evaluate
 from groundiff_core.io.images import load_image
 
 # %% tags=["hide-input"]

@@ -31,7 +31,7 @@ def main() -> int:
 
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.io.datasets import load_dataset
-    from groundiff_core.evaluation.runner import evaluate
+    from groundiff_core.evaluation import evaluate
     from groundiff_core.engine.grounder import Grounder
     from groundiff_core.phantom.generator import write_phantom_set
     from groundiff_core.phantom.model import load_phantom

@@ -98,7 +98,7 @@ def test_scored_boxes_rescale_to_the_image_read_and_drop_what_the_crop_cuts(fixt
 
 def test_scored_boxes_match_the_runner(fixture_pairs, tmp_path):
     from groundiff_core.methods.baselines import CentrePrior
-    from groundiff_core.evaluation.runner import evaluate, load_results
+    from groundiff_core.evaluation import evaluate, load_results
     from groundiff_core.io.images import load_image
 
     evaluate(CentrePrior(), fixture_pairs, tmp_path / "run", n_boot=10, progress=False)

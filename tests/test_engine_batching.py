@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import groundiff_core as gd
-from groundiff_core.evaluation import runner as ev
+from groundiff_core import evaluation as ev
 from groundiff_core.models.architectures import tiny_ldm
 from groundiff_core.io.datasets import load_mscxr
 from groundiff_core.engine.layers import cross_attention_layers

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from groundiff_core.evaluation import runner as ev
+from groundiff_core import evaluation as ev
 from groundiff_core.evaluation import metrics as M
 from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 from groundiff_core.cli import main as cli_main

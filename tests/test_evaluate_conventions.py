@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mscxr_fixture as fx
-from groundiff_core.evaluation import runner as ev
+from groundiff_core import evaluation as ev
 from groundiff_core.io.datasets import load_mscxr
 
 EXTRA = [

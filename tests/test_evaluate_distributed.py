@@ -16,7 +16,7 @@ import time
 import pytest
 
 from groundiff_core.evaluation import distributed as dist
-from groundiff_core.evaluation import runner as ev
+from groundiff_core import evaluation as ev
 from groundiff_core.cli import main as cli_main
 
 import mscxr_fixture as fx

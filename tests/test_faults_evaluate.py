@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from groundiff_core.evaluation import runner as ev
+from groundiff_core import evaluation as ev
 from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 from groundiff_core.cli import main as cli_main
 from groundiff_core.io.datasets import load_mscxr
@@ -142,7 +142,7 @@ def test_a_killed_session_is_recorded_at_the_next_start(data, tmp_path):
     script = f"""
 import os, signal, sys
 sys.path.insert(0, {str(ROOT / 'tests')!r})
-from groundiff_core.evaluation import runner as ev
+from groundiff_core import evaluation as ev
 from groundiff_core.methods.baselines import CentrePrior
 from groundiff_core.io.datasets import load_mscxr
 

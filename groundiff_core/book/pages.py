@@ -372,15 +372,16 @@ def provenance(data: "BookData", ldm: Any, *, preset: str = "paper", conventions
     selected pairs, ``model`` (name, source, input size, ``weights_sha256``: the evaluation
     runner's fingerprint of every tensor of the networks), ``preset``, ``conventions``, ``config``
     (the grounding configuration, if given), ``device``, ``dtype``, ``versions``
-    (:func:`groundiff_core.evaluation.runner.versions`), ``git`` (commit and whether the tree had
+    (:func:`groundiff_core.util.environment.versions`), ``git`` (commit and whether the tree had
     uncommitted changes, when run inside a git checkout) and ``date`` (UTC).
     """
     import datetime as _dt
     from collections import Counter
 
-    from groundiff_core.evaluation.runner import _model_content, versions
+    from groundiff_core.evaluation.identity import model_content
+    from groundiff_core.util.environment import versions
 
-    content = _model_content(ldm) if hasattr(ldm, "unet") else {}
+    content = model_content(ldm) if hasattr(ldm, "unet") else {}
     info = getattr(ldm, "info", None) or {}
     per_class = dict(sorted(Counter(p.category for p in data.selected).items()))
     prov = {
@@ -492,7 +493,7 @@ class KeepMaps:
         return self.maps[(self._digest(image), phrase)]
 
     def describe(self) -> dict:
-        from groundiff_core.evaluation.runner import method_identity
+        from groundiff_core.evaluation import method_identity
 
         return method_identity(self.method)
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import sys
-from importlib import metadata
 from pathlib import Path
 
 __all__ = ["register", "run", "report"]
@@ -45,24 +43,16 @@ def register(subparsers) -> None:
 
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    from groundiff_core.util.environment import versions
+
+    return versions(PACKAGES)
 
 
 def _devices() -> dict:
-    import torch
+    from groundiff_core.util.environment import hardware
 
-    cuda = [{"name": torch.cuda.get_device_name(i),
-             "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
-            for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    mps = getattr(torch.backends, "mps", None)
-    return {"cpu_threads": torch.get_num_threads(), "cuda": cuda,
-            "mps": bool(mps is not None and mps.is_available())}
+    hw = hardware()
+    return {"cpu_threads": hw["cpu_threads"], "cuda": hw["cuda_devices"], "mps": hw["mps"]}
 
 
 def _phantom() -> dict:
@@ -99,7 +89,8 @@ def _inspect_checkpoint(path: Path, expected: dict) -> dict:
 
 def _paper(paper_dir: str | None, hash_files: bool) -> dict:
     from groundiff_core.models.loading.catalog import PAPER_DIR_ENV, checksums, default_paper_dir, find_paper_files
-    from groundiff_core.models.loading.checkpoints import fingerprint, sha256
+    from groundiff_core.models.loading.checkpoints import fingerprint
+    from groundiff_core.util.fingerprint import file_sha256
 
     if paper_dir:
         root, origin = Path(paper_dir).expanduser(), "--paper-dir"
@@ -118,7 +109,7 @@ def _paper(paper_dir: str | None, hash_files: bool) -> dict:
             entry["size"] = path.stat().st_size
             entry.update(_inspect_checkpoint(path, expected))
             if hash_files:
-                entry["sha256"] = sha256(path)
+                entry["sha256"] = file_sha256(path)
                 if expected.get("sha256"):
                     entry["sha256_matches"] = entry["sha256"] == expected["sha256"]
             if not entry.get("readable"):
@@ -185,7 +176,7 @@ def _bundle(folder: str, text_encoder: str | None, hash_files: bool) -> dict:
     """What the loader finds in a MONAI bundle folder, without converting or writing anything."""
     from groundiff_core.models.loading.bundle import find_bundle_config, read_bundle
     from groundiff_core.models.loading.catalog import find_paper_files
-    from groundiff_core.models.loading.checkpoints import sha256
+    from groundiff_core.util.fingerprint import file_sha256
 
     root = Path(folder).expanduser()
     out: dict = {"dir": str(root), "config": None, "problems": []}
@@ -220,7 +211,7 @@ def _bundle(folder: str, text_encoder: str | None, hash_files: bool) -> dict:
             else:
                 out["problems"].append(f"{part}.pth unreadable: {entry.get('problem')}")
             if hash_files:
-                entry["sha256"] = sha256(path)
+                entry["sha256"] = file_sha256(path)
         out["checkpoints"][part] = entry
     files = find_paper_files(None if text_encoder else root, text_encoder=text_encoder)
     te: dict = {"path": None if files.text_encoder is None else str(files.text_encoder),

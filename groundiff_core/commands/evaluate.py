@@ -147,7 +147,7 @@ def _require_results(summary: dict, hint: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from groundiff_core.evaluation import runner as ev
+    from groundiff_core import evaluation as ev
 
     check_args(args)
     if args.merge:

@@ -8,7 +8,7 @@ environment: ``RANK`` (0..N-1), ``WORLD_SIZE`` (N) and ``LOCAL_RANK`` (its accel
   an ordinary, resumable evaluation folder, and when it has finished writes the completion marker
   ``DIR/shard-r-of-N/shard-done.json`` (it removes its own marker when it starts);
 * rank 0, after its own shard, waits for every other shard's marker (polling the file system, up to a
-  timeout) and merges the shard folders into ``DIR`` (:func:`groundiff_core.evaluation.runner.merge`).
+  timeout) and merges the shard folders into ``DIR`` (:func:`groundiff_core.evaluation.merge`).
 
 The barrier is a file one on purpose: it needs no process group, no open port and no network
 between ranks beyond the shared ``DIR`` (the ranks of several nodes need a shared file system),

@@ -32,7 +32,7 @@ def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path,
     from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.io.datasets import load_dataset
-    from groundiff_core.evaluation.runner import evaluate
+    from groundiff_core.evaluation import evaluate
     from groundiff_core.engine.grounder import Grounder
     from groundiff_core.phantom.generator import write_phantom_set
     from groundiff_core.phantom.model import load_phantom
@@ -186,7 +186,7 @@ Per class (cross-attention, paper preset):
 |---|---|---|---|---|
 {per_class}
 
-Evaluated on {where} ({ldm.get('versions', {}).get('processor') or platform.machine()}), {ldm.get('seconds_per_pair', float('nan')):.2f} s per pair.
+Evaluated on {where} ({ldm.get('hardware', {}).get('cpu') or ldm.get('versions', {}).get('processor') or platform.machine()}), {ldm.get('seconds_per_pair', float('nan')):.2f} s per pair.
 """
     path = weights / "MODEL_CARD.md"
     path.write_text(card)
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     alt = tuple(int(x) for x in a.alt_layers.split(",")) if a.alt_layers else None
     names = ["ldm", "random", "centre"] + (["ldm-alt"] if alt else [])
     if a.merge:
-        from groundiff_core.evaluation.runner import merge
+        from groundiff_core.evaluation import merge
 
         summaries = {name: merge([a.work / f"{name}-{i}of{a.shards}" for i in range(a.shards)],
                                  a.work / name) for name in names}

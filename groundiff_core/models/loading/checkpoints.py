@@ -6,7 +6,8 @@ refusal into an :class:`~.errors.UnsafeCheckpointError` that says why. It also u
 containers (``{"state_dict": ...}``, ``{"model": ...}``, ``module.`` prefixes of DataParallel).
 
 :func:`fingerprint` identifies a (possibly multi-GB) file cheaply, to tell whether a converted
-cache is still the conversion of the file next to it; :func:`sha256` hashes a whole file.
+cache is still the conversion of the file next to it (a whole file's digest is
+:func:`groundiff_core.util.fingerprint.file_sha256`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from groundiff_core.models.loading.errors import MissingWeightsError, UnsafeCheckpointError
 
-__all__ = ["read_state_dict", "fingerprint", "sha256"]
+__all__ = ["read_state_dict", "fingerprint"]
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "network", "net", "weights")
 
@@ -100,12 +101,3 @@ def fingerprint(path: str | Path, chunk: int = 1 << 20) -> dict:
             f.seek(max(chunk, size - chunk))
             h.update(f.read(chunk))
     return {"name": path.name, "size": int(size), "head_tail_sha256": h.hexdigest()}
-
-
-def sha256(path: str | Path, chunk: int = 1 << 24) -> str:
-    """SHA-256 of a whole file (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
