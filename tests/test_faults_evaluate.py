@@ -250,6 +250,39 @@ def test_moved_run_and_moved_model_resume_and_merge(data, model_dir, tmp_path):
         ev.evaluate(other, pairs, moved / "runs" / "s0", shard="0/2", progress=False)
 
 
+def test_identity_survives_moved_code_and_resumes_runs_that_named_the_module(data, tmp_path,
+                                                                            monkeypatch):
+    """Moving a method's class to another module keeps the run's identity, so the run resumes;
+    a run.json written with the module path in ``class`` (earlier versions) resumes too."""
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.grounder import Grounder
+    from groundiff_core.models.architectures import tiny_ldm
+
+    pairs, _, _ = data
+    g = Grounder(tiny_ldm(), GroundingConfig.paper().with_steps(10))
+    before = ev.run_identity(g, pairs, {"name": "mscxr"}, (0, 1))
+    assert before["method"]["class"] == "Grounder"
+    monkeypatch.setattr(Grounder, "__module__", "somewhere.else.entirely")
+    monkeypatch.setattr(CentrePrior, "__module__", "somewhere.else.entirely")
+    assert ev.run_identity(g, pairs, {"name": "mscxr"}, (0, 1)) == before
+    assert "somewhere" not in json.dumps(ev.method_identity(CentrePrior()))
+
+    out = tmp_path / "run"
+    ev.evaluate(CentrePrior(), pairs, out, progress=False, n_boot=10)
+    run = json.loads((out / "run.json").read_text())
+    run["identity"]["method"]["class"] = "groundiff_core.baselines.CentrePrior"  # as written before
+    atomic_write(out / "run.json", json.dumps(run))
+    calls = []
+    ground = CentrePrior.ground
+    monkeypatch.setattr(CentrePrior, "ground", lambda self, im, ph: calls.append(ph) or ground(self, im, ph))
+    ev.evaluate(CentrePrior(), pairs, out, progress=False, n_boot=10)
+    assert calls == []  # resumed, nothing recomputed
+    assert json.loads((out / "run.json").read_text())["identity"]["method"]["class"] == "CentrePrior"
+    # the class still tells methods apart: a class of another name, same settings, is refused
+    with pytest.raises(ValueError, match=r"method\.class"):
+        ev.evaluate(type("Other", (CentrePrior,), {})(), pairs, out, progress=False, n_boot=10)
+
+
 def test_no_progress_silences_model_loading_bars(data, model_dir, tmp_path, capsys):
     pairs, csv, root = data
     assert cli_main(_cli(csv, root, tmp_path / "run", "--model", str(model_dir), "--steps", "4",
