@@ -34,7 +34,7 @@ def test_single_string_is_one_phrase_on_the_original_grid(method, textured_image
 
 
 def test_describe_is_the_identity_used_in_results():
-    from groundiff_core.evaluation.runner import method_identity
+    from groundiff_core.evaluation import method_identity
 
     for method in METHODS:
         d = method.describe()
