@@ -83,6 +83,43 @@ def test_stable_diffusion_layout_overrides(tmp_path):
         load_model(tmp_path / "sd", unet_config={})
 
 
+def _state_facts(root, facts) -> None:
+    """Write ``facts`` under ``"_groundiff"`` in the folder's model_index.json."""
+    import json
+
+    index = json.loads((root / "model_index.json").read_text())
+    index["_groundiff"] = facts
+    (root / "model_index.json").write_text(json.dumps(index))
+
+
+def test_stable_diffusion_layout_reads_the_folders_own_facts(tmp_path):
+    """What diffusers' configs cannot say (input range, zero padding, compute dtype) the folder states itself."""
+    write_sd_dir(tmp_path / "sd")
+    _state_facts(tmp_path / "sd", {"input_range": [0, 1], "zero_padding": True, "name": "stated", "input_size": 48,
+                                   "dtype": "bfloat16"})
+    model = load_model(tmp_path / "sd")
+    assert (model.input_range, model.zero_padding, model.name, model.input_size) == ((0.0, 1.0), True, "stated", 48)
+    assert model.dtype == torch.bfloat16 and model.text_encoder.dtype == torch.bfloat16
+    # what the caller says wins over what the folder says
+    model = load_model(tmp_path / "sd", input_range=(-1.0, 1.0), zero_padding=False, name="mine", dtype="float32")
+    assert (model.input_range, model.zero_padding, model.name, model.dtype) == ((-1.0, 1.0), False, "mine",
+                                                                                 torch.float32)
+
+
+@pytest.mark.parametrize("facts, message", [
+    ({"input_range": [1, 0]}, "input_range must be"),
+    ({"zero_padding": "yes"}, "zero_padding must be"),
+    ({"dtype": "float64"}, "dtype must be"),
+    ({"scale": 0.5}, r"unknown fact\(s\) \['scale'\]"),
+    ([1, 2], "must be a JSON object"),
+])
+def test_stable_diffusion_layout_refuses_bad_facts(tmp_path, facts, message):
+    write_sd_dir(tmp_path / "sd")
+    _state_facts(tmp_path / "sd", facts)
+    with pytest.raises(ValueError, match=message):
+        load_model(tmp_path / "sd")
+
+
 @needs_monai
 def test_paper_files_load_from_top_level_or_models_folder(tmp_path):
     write_paper_dir(tmp_path / "flat", bundle_layout=False)

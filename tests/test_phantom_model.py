@@ -107,3 +107,47 @@ def test_model_card_states_the_shipped_geometry_and_command(tmp_path):
     assert shipped.split("## Training")[0] == card.split("## Training")[0]  # the shipped card is the generator's
     assert "--unet-channels 16,32,64" in card and "--vae-channels 16,32" in card
     assert json.loads((tmp_path / "evaluation.json").read_text())["ldm"]["n_pairs"] >= 400
+
+
+def test_the_shipped_folder_is_a_diffusers_pipeline_folder():
+    """diffusers itself reads the folder: a Stable Diffusion pipeline with the phantom's schedule and scale factor."""
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(WEIGHTS_DIR, local_files_only=True)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    record = json.loads((WEIGHTS_DIR / "phantom.json").read_text())  # the training record
+    for key, value in record["schedule"].items():
+        assert pipe.scheduler.config[key] == value, key
+    assert pipe.vae.config.scaling_factor == record["scale_factor"]
+    assert pipe.vae.config.in_channels == record["image_channels"] == 1
+
+
+def test_the_folder_loads_as_any_diffusers_folder_gives_the_same_model(phantom):
+    """``load_model(<weights folder>)`` (the generic route) and ``load_model("phantom")`` agree exactly."""
+    import json
+
+    import torch
+
+    generic = gd.load_model(str(WEIGHTS_DIR))
+    assert generic.info["source"] == "diffusers" and phantom.info["source"] == "phantom"
+    for key in ("name", "input_size", "input_range", "image_channels", "scale_factor", "zero_padding"):
+        assert getattr(generic, key) == getattr(phantom, key), key
+    assert generic.schedule == phantom.schedule and generic.dtype == phantom.dtype == torch.float32
+    record = json.loads((WEIGHTS_DIR / "phantom.json").read_text())  # the record agrees with what is loaded
+    assert (record["scale_factor"], record["input_size"], record["zero_padding"]) == \
+        (phantom.scale_factor, phantom.input_size, phantom.zero_padding)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 3, 64, 64, generator=g)
+    cond = torch.randn(1, phantom.max_tokens, 128, generator=g)
+    with torch.no_grad():
+        a = phantom.unet(z, torch.tensor([500]), encoder_hidden_states=cond).sample
+        b = generic.unet(z, torch.tensor([500]), encoder_hidden_states=cond).sample
+    assert torch.equal(a, b)
+    ph = make_phantom(GROUNDING_SEEDS[1])
+    phrases = [f.phrase for f in ph.findings]
+    cfg = gd.GroundingConfig.paper().with_steps(20)
+    mine, theirs = (gd.Grounder(m, cfg).ground(ph.image, phrases).heatmaps for m in (phantom, generic))
+    np.testing.assert_array_equal(mine, theirs)
+    assert mine.max() > mine.min()

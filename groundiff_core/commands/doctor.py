@@ -60,7 +60,7 @@ def _phantom() -> dict:
         from groundiff_core.phantom.model import WEIGHTS_DIR
     except ImportError as e:
         return {"found": False, "problem": f"phantom package not importable: {e}"}
-    found = (WEIGHTS_DIR / "phantom.json").is_file()
+    found = (WEIGHTS_DIR / "model_index.json").is_file()  # what load_phantom reads first
     return {"found": found, "path": str(WEIGHTS_DIR),
             **({} if found else {"problem": "weights not shipped; train them with python -m groundiff_core.phantom.train"})}
 

@@ -17,10 +17,16 @@ be installed offline from a package registry, and a frozen general-purpose encod
 the phantom's words any better than a random one; training a small CLIP text model jointly with the
 UNet is what the paper's setting amounts to (a text encoder aligned with the image model's data).
 
-The shipped weights live in ``groundiff_core/phantom/weights/`` in the diffusers/transformers
-directory layout (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``) plus ``phantom.json``
-(schedule, scale factor, input facts) and ``MODEL_CARD.md``. Weights are stored in float16 (to keep
-the package small) and loaded as float32.
+The shipped weights live in ``groundiff_core/phantom/weights/``, a Stable Diffusion pipeline
+folder as diffusers writes one: ``model_index.json``, ``unet/``, ``vae/`` (its ``scaling_factor``
+is the latent scale factor), ``text_encoder/``, ``tokenizer/`` and ``scheduler/`` (a
+``DDPMScheduler``: the training noise schedule and v-prediction). What diffusers' configs have no
+field for (input range [0, 1], one channel, 128 px, ``zero_padding``, computing in float32) sits in
+``model_index.json`` under ``"_groundiff"``, where groundiff's diffusers-folder loader reads it for
+any model; so ``load_model(<that folder>)`` and ``load_model("phantom")`` give the same model.
+``phantom.json`` is the training record (recipe, run, what it measured), which ``MODEL_CARD.md`` is
+written from; loading does not read it but for the step count. Weights are stored in float16 (to
+keep the package small) and loaded as float32.
 """
 
 from __future__ import annotations
@@ -32,15 +38,17 @@ from pathlib import Path
 import torch
 
 from groundiff_core.models.architectures import paper_layout_unet, small_vae
-from groundiff_core.models.loading.diffusers_dir import component_errors
+from groundiff_core.models.loading.diffusers_dir import FACTS_KEY, is_diffusers_dir, load_diffusers_dir
 from groundiff_core.models.ldm import LDM, NoiseSchedule
 from groundiff_core.util.quiet import quiet_libraries
 from groundiff_core.models.text import small_text_encoder, word_tokenizer
 from groundiff_core.phantom.generator import SIZE, vocabulary
 
-__all__ = ["PhantomSpec", "build_phantom", "save_phantom", "load_phantom", "WEIGHTS_DIR"]
+__all__ = ["PhantomSpec", "build_phantom", "noise_scheduler", "save_phantom", "load_phantom", "training_record",
+           "WEIGHTS_DIR", "RECORD"]
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
+RECORD = "phantom.json"  # the training record inside a phantom model folder
 
 
 @dataclass(frozen=True)
@@ -80,14 +88,54 @@ def build_phantom(spec: PhantomSpec = PhantomSpec(), seed: int = 0, scale_factor
     return ldm
 
 
+def noise_scheduler(schedule: NoiseSchedule):
+    """The training noise schedule as a diffusers ``DDPMScheduler`` (training adds noise with it,
+    the model folder ships its config).
+
+    Two settings matter only to a diffusers pipeline sampling from the folder: ``clip_sample`` is off
+    (latents are not bounded to [-1, 1]) and ``steps_offset`` is 1, as Stable Diffusion's pipelines expect.
+    """
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**asdict(schedule), clip_sample=False, steps_offset=1)
+
+
+def _library_class(obj) -> list[str]:
+    """``[library, class]`` as ``model_index.json`` names a component."""
+    return [type(obj).__module__.split(".")[0], type(obj).__name__]
+
+
+def _model_index(ldm: LDM, scheduler) -> dict:
+    """``model_index.json`` of a Stable Diffusion pipeline folder, with groundiff's facts under ``"_groundiff"``."""
+    import diffusers
+
+    return {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
+        "scheduler": _library_class(scheduler), "text_encoder": _library_class(ldm.text_encoder),
+        "tokenizer": _library_class(ldm.tokenizer), "unet": _library_class(ldm.unet),
+        "vae": _library_class(ldm.vae),
+        FACTS_KEY: {"name": ldm.name, "input_size": ldm.input_size, "input_range": list(ldm.input_range),
+                    "image_channels": ldm.image_channels, "zero_padding": ldm.zero_padding, "dtype": "float32"},
+    }
+
+
 def save_phantom(ldm: LDM, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Write the model in the shipped layout (float16 safetensors + configs)."""
+    """Write the model as the shipped folder is laid out (float16 safetensors, configs, training record).
+
+    ``extra`` (the training run's settings) goes into the training record ``phantom.json``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, module in (("unet", ldm.unet), ("vae", ldm.vae), ("text_encoder", ldm.text_encoder)):
         half = _half_copy(module)
+        if name == "vae":  # diffusers' place for the latent scale factor
+            half.register_to_config(scaling_factor=float(ldm.scale_factor))
         half.save_pretrained(out / name, safe_serialization=True)
     ldm.tokenizer.save_pretrained(out / "tokenizer")
+    scheduler = noise_scheduler(ldm.schedule)
+    scheduler.save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps(_model_index(ldm, scheduler), indent=2, sort_keys=True) + "\n")
     meta = {
         "name": ldm.name,
         "schedule": asdict(ldm.schedule),
@@ -98,7 +146,7 @@ def save_phantom(ldm: LDM, out_dir: str | Path, extra: dict | None = None) -> Pa
         "zero_padding": ldm.zero_padding,
         **(extra or {}),
     }
-    (out / "phantom.json").write_text(json.dumps(meta, indent=2))
+    (out / RECORD).write_text(json.dumps(meta, indent=2))
     return out
 
 
@@ -109,39 +157,32 @@ def _half_copy(module):
     return m
 
 
+def training_record(path: str | Path | None = None) -> dict:
+    """The training record (``phantom.json``) of a phantom model folder; ``{}`` if it has none."""
+    file = (Path(path) if path is not None else WEIGHTS_DIR) / RECORD
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text())
+    except ValueError as e:
+        raise ValueError(f"{file} is not valid JSON ({e})") from None
+
+
 def load_phantom(path: str | Path | None = None, device: str | torch.device | None = None,
                  dtype: torch.dtype = torch.float32) -> LDM:
-    """Load the phantom LDM shipped with the package (or from ``path``), offline, in seconds."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """Load the phantom LDM shipped with the package (or from ``path``), offline, in seconds.
 
+    The folder is read by the generic diffusers-folder loader; only the provenance (``info``) is the
+    phantom's own.
+    """
     root = Path(path) if path is not None else WEIGHTS_DIR
-    meta_file = root / "phantom.json"
-    if not meta_file.exists():
+    if not is_diffusers_dir(root):
         raise FileNotFoundError(
-            f"phantom model not found: {meta_file} is missing. The weights ship inside the package "
+            f"phantom model not found: {root / 'model_index.json'} is missing. The weights ship inside the package "
             "(groundiff_core/phantom/weights); retrain them with `python -m groundiff_core.phantom.train`."
         )
-    try:
-        meta = json.loads(meta_file.read_text())
-    except ValueError as e:
-        raise ValueError(f"{meta_file} is not valid JSON ({e})") from None
-    parts = {}
     with quiet_libraries():
-        for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel),
-                          ("tokenizer", CLIPTokenizer)):
-            kwargs = {} if name == "tokenizer" else {"torch_dtype": dtype}
-            with component_errors(f"the phantom's {name}", root / name):
-                parts[name] = cls.from_pretrained(root / name, local_files_only=True, **kwargs)
-    unet, vae, text, tok = parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"]
-    ldm = LDM(
-        unet=unet, vae=vae, tokenizer=tok, text_encoder=text,
-        schedule=NoiseSchedule(**meta["schedule"]), scale_factor=float(meta["scale_factor"]),
-        input_size=int(meta["input_size"]), input_range=tuple(meta["input_range"]),
-        image_channels=int(meta["image_channels"]), name=meta.get("name", "phantom"),
-        zero_padding=bool(meta.get("zero_padding", False)),
-        info={"source": "phantom", "weights": str(root), "train_steps": meta.get("unet_steps", -1)},
-    )
-    if device is not None:
-        ldm.to(device)
+        ldm = load_diffusers_dir(root)
+    ldm.info = {"source": "phantom", "weights": str(root), "train_steps": training_record(root).get("unet_steps", -1)}
+    ldm.to(device=device, dtype=dtype)
     return ldm

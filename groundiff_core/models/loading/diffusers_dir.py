@@ -20,10 +20,23 @@ from typing import Iterator
 from groundiff_core.models.ldm import LDM, NoiseSchedule
 from groundiff_core.models.loading.errors import StateDictMismatchError
 
-__all__ = ["is_diffusers_dir", "load_diffusers_dir", "component_errors", "DIFFUSERS_OVERRIDES"]
+__all__ = ["is_diffusers_dir", "load_diffusers_dir", "component_errors", "read_facts", "DIFFUSERS_OVERRIDES",
+           "FACTS_KEY"]
 
 DIFFUSERS_OVERRIDES = ("input_size", "scale_factor", "input_range", "image_channels", "prediction_type",
-                       "name", "variant")
+                       "name", "variant", "zero_padding")
+
+FACTS_KEY = "_groundiff"  # model_index.json's block of facts that diffusers' configs have no field for
+_FACT_CHECKS = {  # fact -> (is it valid, what it must be)
+    "input_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    "image_channels": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    "input_range": (lambda v: isinstance(v, list) and len(v) == 2
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) and v[0] < v[1],
+                    "[low, high] with low < high"),
+    "zero_padding": (lambda v: isinstance(v, bool), "true or false"),
+    "name": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string"),
+    "dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+}
 
 _ALLOWED_LIBRARIES = ("diffusers", "transformers")
 
@@ -99,6 +112,22 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def read_facts(root: Path, index: dict) -> dict:
+    """The ``"_groundiff"`` facts of ``model_index.json`` (empty if none), checked one by one."""
+    where = f"{root / 'model_index.json'}: {FACTS_KEY}"
+    facts = index.get(FACTS_KEY, {})
+    if not isinstance(facts, dict):
+        raise ValueError(f"{where} must be a JSON object of facts, got {type(facts).__name__}")
+    unknown = sorted(set(facts) - set(_FACT_CHECKS))
+    if unknown:
+        raise ValueError(f"{where}: unknown fact(s) {unknown}; known: {sorted(_FACT_CHECKS)}")
+    for key, value in facts.items():
+        valid, wanted = _FACT_CHECKS[key]
+        if not valid(value):
+            raise ValueError(f"{where}: {key} must be {wanted}, got {value!r}")
+    return dict(facts)
+
+
 def read_schedule(root: Path, prediction_type: str | None = None) -> NoiseSchedule:
     """The training noise schedule from ``scheduler/scheduler_config.json`` (diffusers' defaults where unset)."""
     path = root / "scheduler" / "scheduler_config.json"
@@ -125,10 +154,16 @@ def read_schedule(root: Path, prediction_type: str | None = None) -> NoiseSchedu
 
 
 def load_diffusers_dir(root: str | Path, *, input_size: int | None = None, scale_factor: float | None = None,
-                       input_range: tuple[float, float] = (-1.0, 1.0), image_channels: int | None = None,
+                       input_range: tuple[float, float] | None = None, image_channels: int | None = None,
                        prediction_type: str | None = None, name: str | None = None,
-                       variant: str | None = None) -> LDM:
-    """An :class:`~groundiff_core.models.ldm.LDM` from a local SD-layout folder (offline)."""
+                       variant: str | None = None, zero_padding: bool | None = None) -> LDM:
+    """An :class:`~groundiff_core.models.ldm.LDM` from a local SD-layout folder (offline).
+
+    An argument left ``None`` comes from the folder's ``"_groundiff"`` facts, else from its configs
+    (input size, channels, scale factor), else from Stable Diffusion's conventions (input range
+    ``[-1, 1]``, no zero padding, the folder's name).
+    """
+    import torch
     from diffusers import UNet2DConditionModel
 
     root = Path(root).expanduser()
@@ -138,6 +173,7 @@ def load_diffusers_dir(root: str | Path, *, input_size: int | None = None, scale
         raise ValueError(f"{root / 'model_index.json'} is not valid JSON ({e})") from None
     if not isinstance(index, dict):
         raise ValueError(f"{root / 'model_index.json'} is not a JSON object of components")
+    facts = read_facts(root, index)
     unet = _component(root, index, "unet", True, variant)
     if not isinstance(unet, UNet2DConditionModel):
         raise ValueError(f"{root}: the UNet is a {type(unet).__name__}; grounding needs a UNet2DConditionModel "
@@ -165,10 +201,19 @@ def load_diffusers_dir(root: str | Path, *, input_size: int | None = None, scale
     if hidden is not None and not isinstance(cross, (list, tuple)) and int(hidden) != int(cross):
         raise ValueError(f"{root}: the text encoder's hidden size ({hidden}) differs from the UNet's "
                          f"cross_attention_dim ({cross})")
-    return LDM(
+    stated = {"input_size": input_size, "input_range": input_range, "image_channels": image_channels,
+              "name": name, "zero_padding": zero_padding}
+    given = {k: v for k, v in stated.items() if v is not None}
+    facts = {**facts, **given}
+    model = LDM(
         unet=unet, vae=vae, tokenizer=tokenizer, text_encoder=text_encoder, schedule=schedule,
         scale_factor=float(scale_factor if scale_factor is not None else factor),
-        input_size=int(input_size or size), input_range=tuple(float(v) for v in input_range),
-        image_channels=int(image_channels or channels), name=name or root.name,
+        input_size=int(facts.get("input_size", size)),
+        input_range=tuple(float(v) for v in facts.get("input_range", (-1.0, 1.0))),
+        image_channels=int(facts.get("image_channels", channels)), name=str(facts.get("name", root.name)),
+        zero_padding=bool(facts.get("zero_padding", False)),
         info={"source": "diffusers", "path": str(root), "pipeline": str(index.get("_class_name", ""))},
     )
+    if "dtype" in facts:
+        model.to(dtype=getattr(torch, facts["dtype"]))
+    return model
