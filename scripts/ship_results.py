@@ -73,10 +73,10 @@ def ship(run_dir: Path, phantom_dir: Path, dest: Path) -> dict:
                 raise ValueError(f"{r['pair_id']}: image {path} is not under {phantom_dir}") from None
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    shutil.copy(run_dir / "run.json", dest / "run.json")
+    shutil.copyfile(run_dir / "run.json", dest / "run.json")
     finished = (run_dir / "summary.json").is_file()
     if finished:
-        shutil.copy(run_dir / "summary.json", dest / "summary.json")
+        shutil.copyfile(run_dir / "summary.json", dest / "summary.json")
     else:
         (dest / "summary.json").unlink(missing_ok=True)
     facts = {"source": str(run_dir), "phantom_command": command, "phantom_images": n_images,

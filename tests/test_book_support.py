@@ -4,6 +4,7 @@ end to end on the tiny random model."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,28 @@ def test_cost_page_copies_the_benchmark_numbers():
     gpu = json.loads((results / "engine_gpu_dryrun.json").read_text())
     assert gpu["dry_run"] and "**dry run**" in text
     assert f"| {gpu['runs'][0]['authors']['s_per_pair']:.3f} |" in text
+
+
+def test_shipped_run_data_check_regenerates_the_phantom_and_compares_keys(tmp_path):
+    from groundiff_core.book import shipped
+    from groundiff_core.evaluation.identity import pair_keys
+    from groundiff_core.io.datasets import group_by_image, load_dataset
+    from groundiff_core.phantom.generator import write_phantom_set
+
+    pairs = load_dataset("phantom", write_phantom_set(tmp_path / "made", 3, split="test", progress=False))
+    keys = pair_keys(pairs, group_by_image(pairs))
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "results.jsonl").write_text("".join(json.dumps({**_row(p.pair_id), "key": keys[p.pair_id]}) + "\n"
+                                                  for p in pairs))
+    (folder / "run.json").write_text(json.dumps({"identity": {"data": {"pairs": len(pairs)}}}))
+    (folder / "ship.json").write_text(json.dumps({"phantom_images": 3, "phantom_split": "test"}))
+    run = shipped.load_shipped(folder)
+    again = run.phantom_pairs(tmp_path / "again")  # regenerated: same annotations and image bytes
+    assert [p.pair_id for p in again] == [p.pair_id for p in pairs]
+    first = again[0]
+    Path(first.image_path).write_bytes(Path(first.image_path).read_bytes() + b"\0")  # one image changed
+    with pytest.raises(ValueError, match=f"pair '{re.escape(first.pair_id)}' is not reproduced"):
+        run.check_data(again)
+    with pytest.raises(ValueError, match=f"the run read {len(pairs)} pairs, the regenerated split has 1"):
+        run.check_data(again[:1])

@@ -440,6 +440,11 @@ def provenance_markdown(prov: dict) -> str:
         ("Commit", commit),
         ("Run", f"{prov.get('date', '?')} (UTC)"),
     ]
+    shipped = prov.get("shipped")
+    if shipped:  # groundiff_core.book.shipped: the page's model row read from a run made earlier
+        rows.insert(1, ("Shipped run", f"cross-attention rows of {shipped.get('pairs')} pairs from `{shipped.get('folder')}`"
+                        f": `{shipped.get('command')}`, {shipped.get('date')}, weights SHA-256 "
+                        f"`{(shipped.get('weights_sha256') or '')[:16]}`; + live re-check of a seeded subset on this page"))
     kind = "note" if name == "phantom" else "important"
     title = "Computed on the synthetic phantom" if name == "phantom" else f"Computed on {name}"
     body = "\n".join(f"| {k} | {str(val).replace('|', '/')} |" for k, val in rows)

@@ -35,8 +35,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "*": {"n_pairs": 8, "phantom_images": 60},
         "01_method": {"num_inference_steps": 100},
-        "02_main_table": {"n_pairs": 8, "qualitative_classes": 3},  # always the paper's preset
-        "03_ablation": {"n_pairs": 4, "num_inference_steps": 50},
+        "02_main_table": {"n_pairs": 8, "qualitative_classes": 3, "recheck_pairs": 4},  # always the paper's preset
+        "03_ablation": {"n_pairs": 4, "num_inference_steps": 50, "fast_recheck_pairs": 2},
         "04_failure_cases": {"n_pairs": 8, "prompt_pairs": 1},
         "05_captum": {"n_pairs": 2, "shown_pairs": 2, "token_pairs": 1, "ig_steps": 8, "n_samples": 4,
                       "objective_draws": 2, "occlusion_stride": 0.125},

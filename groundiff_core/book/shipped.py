@@ -26,14 +26,16 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["RecheckMismatch", "ShippedRun", "TOLERANCE", "compare_rows", "load_shipped", "recheck",
-           "recheck_selection", "uses_shipped"]
+           "recheck_markdown", "recheck_selection", "uses_shipped", "compare_presets"]
 
 #: Largest accepted absolute difference between a live re-run pair's metric and its shipped row.
-#: Measured: re-running 5 pairs (2 images) of the paper run on the machine that made it gave
-#: bit-identical metrics with 1 and 2 torch threads. A different CPU or BLAS may move the last bits
-#: of the attention maps; the Otsu mask can then gain or lose a pixel, which moves one pair's mIoU
-#: by about 1 / (pixels of the mask), so the tolerance is 1e-6: loose for rounding, tight for
-#: anything that changes a heatmap.
+#: Measured: the 3 pairs of one image of the paper run, grounded again single-threaded on the
+#: machine that made the run, gave bit-identical metrics (difference 0). The tolerance, 1e-6, only
+#: absorbs rounding in the last printed digits: anything that changes a heatmap (an Otsu mask that
+#: gains or loses a pixel moves mIoU by about 1 / its pixel count, > 1e-4 on these 128 px images)
+#: exceeds it. The re-check grounds single-threaded (:func:`recheck`), as the shipped runs were
+#: made; on another CPU or BLAS the last bits of the attention maps may differ and the re-check
+#: can then refuse a run that is right: it says which pair and metric.
 TOLERANCE = 1e-6
 
 
@@ -83,6 +85,14 @@ class ShippedRun:
         """When the run started (run.json ``created``) and, if it finished, when (summary.json)."""
         end = (self.summary_file or {}).get("finished")
         return f"{self.run.get('created', '?')}" + (f" to {end}" if end else " (unfinished when shipped)")
+
+    @property
+    def phantom_images(self) -> int:
+        """How many phantom images the run read (ship.json, from ``groundiff phantom --n``)."""
+        if not self.ship.get("phantom_images"):
+            raise ValueError(f"{self.folder}: ship.json does not say which phantom split the run read "
+                             "(ship it with scripts/ship_results.py)")
+        return int(self.ship["phantom_images"])
 
     @property
     def ok_rows(self) -> list[dict]:
@@ -153,6 +163,23 @@ class ShippedRun:
             if keys.get(r["pair_id"]) != r.get("key"):
                 raise ValueError(f"{self.folder}: pair {r['pair_id']!r} is not reproduced by the regenerated "
                                  f"phantom split (shipped key {r.get('key')}, regenerated {keys.get(r['pair_id'])})")
+
+    def phantom_pairs(self, folder: str | os.PathLike) -> list:
+        """Regenerate the phantom split the run read into ``folder`` (a few seconds) and return its
+        pairs, after :meth:`check_data`."""
+        from groundiff_core.io.datasets import load_dataset
+        from groundiff_core.phantom.generator import write_phantom_set
+
+        csv = write_phantom_set(folder, self.phantom_images, split=self.ship.get("phantom_split", "test"),
+                                progress=False)
+        pairs = load_dataset("phantom", csv)
+        self.check_data(pairs)
+        return pairs
+
+    def recheck_selection(self, pairs: Sequence[Any], n: int, seed: int = 0) -> list:
+        """:func:`recheck_selection` among the pairs of ``pairs`` that the run has a row for."""
+        have = {r["pair_id"] for r in self.rows}
+        return recheck_selection([p for p in pairs if p.pair_id in have], n, seed)
 
     def summarize(self, *, n_boot: int = 1000, seed: int = 0, conventions: str | None = None) -> dict:
         """groundiff's summary of the shipped rows, with the run's identity and config attached."""
@@ -235,14 +262,25 @@ def compare_rows(shipped: Sequence[dict], live: Sequence[dict], *, tolerance: fl
 
 def recheck(run: ShippedRun, method: Any, pairs: Sequence[Any], out_dir: str | os.PathLike, *,
             n: int, seed: int = 0, tolerance: float = TOLERANCE) -> dict:
-    """Ground :func:`recheck_selection` of ``pairs`` live with ``method`` (evaluation folder
-    ``out_dir``) and :func:`compare_rows` them with the shipped rows. Returns the comparison with
-    ``images`` and ``pair_ids`` added and the live ``seconds_per_pair``."""
+    """Ground :meth:`ShippedRun.recheck_selection` of ``pairs`` live with ``method`` (evaluation folder
+    ``out_dir``, emptied first so that nothing is resumed; torch single-threaded meanwhile) and
+    :func:`compare_rows` them with the shipped rows. Returns the comparison with ``images`` and ``pair_ids`` added and the live
+    ``seconds_per_pair``."""
+    import torch
+
     from groundiff_core.evaluation import evaluate, load_results
 
-    chosen = recheck_selection(pairs, n, seed)
-    summary = evaluate(method, chosen, out_dir, dataset={"name": "phantom", "recheck_of": run.folder.name},
-                       progress=False, n_boot=10, seed=seed, conventions=run.conventions or "paper")
+    chosen = run.recheck_selection(pairs, n, seed)
+    out_dir = Path(out_dir)
+    for name in ("results.jsonl", "run.json", "summary.json", "summary.csv"):  # never resume: ground anew
+        (out_dir / name).unlink(missing_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the shipped runs were made: the same floating-point reduction order
+    try:
+        summary = evaluate(method, chosen, out_dir, dataset={"name": "phantom", "recheck_of": run.folder.name},
+                           progress=False, n_boot=10, seed=seed, conventions=run.conventions or "paper")
+    finally:
+        torch.set_num_threads(threads)
     ids = {p.pair_id for p in chosen}
     live = [r for r in load_results(out_dir) if r["pair_id"] in ids]
     report = compare_rows(run.rows, live, tolerance=tolerance)
@@ -258,3 +296,35 @@ def recheck_markdown(report: Mapping[str, Any], names: Mapping[str, str] | None 
     return (f"**Live re-check passed**: {report['pairs']} pairs ({report['images']} images, seeded) grounded "
             f"again now and compared with their shipped rows; largest absolute difference per metric: "
             f"{diffs} (tolerance {report['tolerance']:g}).")
+
+
+def compare_presets(a: ShippedRun, b: ShippedRun, metrics: Sequence[str], *, n_boot: int = 1000,
+                    seed: int = 0) -> dict:
+    """Run ``b`` against run ``a`` on the pairs both scored: per metric the class-averaged mean of
+    each with a 95% bootstrap interval and the paired difference ``b - a`` with a paired bootstrap
+    interval (:func:`groundiff_core.book.pages.class_averaged_ci`, :func:`~groundiff_core.book.pages.
+    paired_difference`), and the mean ``seconds`` per pair of each run on those pairs.
+
+    Returns ``{"n_pairs", "per_class", "metrics": {m: {"a", "b", "difference"}}, "seconds": {"a", "b"}}``.
+    """
+    import pandas as pd
+
+    from groundiff_core.book.pages import class_averaged_ci, paired_difference
+
+    frames = {}
+    for key, run in (("a", a), ("b", b)):
+        df = pd.DataFrame(run.ok_rows)
+        frames[key] = df[["pair_id", "category", "seconds", *metrics]]
+    common = sorted(set(frames["a"]["pair_id"]) & set(frames["b"]["pair_id"]))
+    for key in frames:
+        frames[key] = frames[key][frames[key]["pair_id"].isin(common)].sort_values("pair_id").reset_index(drop=True)
+    out: dict[str, Any] = {"n_pairs": len(common),
+                           "per_class": frames["a"]["category"].value_counts().sort_index().to_dict(),
+                           "metrics": {}, "seconds": {}}
+    for m in metrics:
+        out["metrics"][m] = {key: class_averaged_ci(frames[key], m, n_boot=n_boot, seed=seed) for key in frames}
+        out["metrics"][m]["difference"] = paired_difference(frames["b"], frames["a"], m, n_boot=n_boot, seed=seed)
+    for key in frames:
+        secs = frames[key]["seconds"].dropna()
+        out["seconds"][key] = float(secs.mean()) if len(secs) else None
+    return out
