@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.engine.grounder import Grounder
     from groundiff_core.evaluation import metrics
-    from groundiff_core.heatmaps import Heatmaps, Recording
+    from groundiff_core.heatmaps import GroundingMethod, Heatmaps, Recording
     from groundiff_core.io.images import load_image
     from groundiff_core.models.ldm import LDM, NoiseSchedule
     from groundiff_core.models.loading import load_model
@@ -31,8 +31,9 @@ _LAZY = {
     "NoiseSchedule": "models.ldm",
     "GroundingConfig": "engine.config",
     "Grounder": "engine.grounder",
-    "Heatmaps": "engine.grounder",
-    "Recording": "engine.grounder",
+    "GroundingMethod": "heatmaps",
+    "Heatmaps": "heatmaps",
+    "Recording": "heatmaps",
     "load_image": "io.images",
     "load_model": "models.loading",
     "metrics": "evaluation.metrics",

@@ -23,7 +23,7 @@
 #    back to the original image grid.
 #
 # Every picture below comes from `groundiff_core` calls (`Grounder.record` keeps the attention of
-# every layer and step from one inversion; `Recording.heatmaps` aggregates any subset of it). With
+# every layer and step from one inversion; `Recording.aggregate` combines any subset of it). With
 # the default parameters the image is a phantom from groundiff's synthetic test bed
 # ([introduction](../intro.md)).
 
@@ -261,9 +261,9 @@ figures.publish(fig, out, "per_token")
 # ## Aggregation and post-processing
 
 # %% tags=["hide-input"]
-raw = rec.heatmaps(config=config, smooth=False, otsu=False, return_raw=True)
-smooth = rec.heatmaps(config=config, smooth=True, otsu=False)
-final = rec.heatmaps(config=config)
+raw = rec.aggregate(config=config, smooth=False, otsu=False, return_raw=True)
+smooth = rec.aggregate(config=config, smooth=True, otsu=False)
+final = rec.aggregate(config=config)
 stages = [("mean attention\n(selected layers and steps)", raw.raw[0]),
           ("Gaussian smoothing", smooth.model_maps[0]),
           ("Otsu threshold", final.model_maps[0])]
@@ -289,7 +289,7 @@ figures.publish(fig, out, "postprocessing")
 # %%
 check = grounder.ground(image, phrases)
 assert np.allclose(np.nan_to_num(check.heatmaps), np.nan_to_num(final.heatmaps), atol=1e-5), \
-    "Recording.heatmaps should equal Grounder.ground"
+    "Recording.aggregate should equal Grounder.ground"
 rows = {}
 for k, ph in enumerate(phrases):
     rows[ph] = metrics.all_metrics(final.heatmaps[0], boxes if k == 0 else other_boxes[k - 1])

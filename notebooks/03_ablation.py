@@ -19,7 +19,7 @@
 #
 # Here every cell of the L x T grid is computed from **one recorded inversion per image**
 # (`Grounder.record` keeps the token-averaged attention of every layer and step;
-# `Recording.heatmaps(middle_layers=L, window_percent=T)` aggregates any cell without running the
+# `Recording.aggregate(middle_layers=L, window_percent=T)` computes any cell without running the
 # model again), so the whole grid costs one recorded inversion per image, whatever the number of cells.
 #
 # "The L middle layers" of the model's cross-attention layers (execution order) is the contiguous
@@ -95,12 +95,12 @@ rows, example = [], None
 for path, group in group_by_image(data.selected).items():
     image = load_image(path)
     phrases = list(dict.fromkeys(p.phrase for p in group))
-    rec = grounder.record(image, phrases, steps=(lo, hi))
+    rec = grounder.record(image, phrases, window=(lo, hi))
     # boxes rescaled to the image as read and cut to the model's crop, as the runner scores them
     scored = {p.pair_id: bookdata.scored_boxes(p, image.shape, crop_size=ldm.input_size)[0] for p in group}
     scorable = [p for p in group if len(scored[p.pair_id])]
     for key, kw in [*settings.items(), *post.items()]:
-        maps = rec.heatmaps(**kw).heatmaps
+        maps = rec.aggregate(**kw).heatmaps
         for p in scorable:
             m = metrics.all_metrics(maps[phrases.index(p.phrase)], scored[p.pair_id])
             L, T = key if isinstance(key, tuple) else (None, None)
@@ -230,7 +230,7 @@ fig, axes = plt.subplots(len(show_L), len(show_T), figsize=(2.4 * len(show_T), 2
                          squeeze=False, constrained_layout=True)
 for i, L in enumerate(show_L):
     for j, T in enumerate(show_T):
-        hm = rec.heatmaps(middle_layers=L, window_percent=T).heatmaps[phr]
+        hm = rec.aggregate(middle_layers=L, window_percent=T).heatmaps[phr]
         figures.overlay(axes[i, j], figures.screen(image, show), hm, pair_boxes, title=f"L = {L}, T = {T} %")
 fig.suptitle(f"'{pair.phrase}'", fontsize=9)
 figures.publish(fig, out, "cells_example")

@@ -235,9 +235,9 @@ def test_other_model_kinds(make, image):
 def test_reduced_precision_keeps_float32_softmax(image):
     """bfloat16 on CPU stands in for half precision on an accelerator."""
     model = tiny_ldm(prediction_type="v_prediction").to(dtype=torch.bfloat16)
-    rec = gd.Grounder(model, SHORT).record(image, PHRASES[:1], steps=(12, 18))
+    rec = gd.Grounder(model, SHORT).record(image, PHRASES[:1], window=(12, 18))
     assert all(m.dtype == torch.float32 for m in rec.maps.values())
-    h = rec.heatmaps()
+    h = rec.aggregate()
     assert np.isfinite(h.model_maps).all() and h.model_maps.max() == 1.0
     assert model.dtype == torch.bfloat16
 
@@ -246,48 +246,48 @@ def test_reduced_precision_keeps_float32_softmax(image):
 def test_record_then_any_config_equals_ground(model64, image):
     g = gd.Grounder(model64, SHORT)
     rec = g.record(image, PHRASES[:2])
-    assert sorted(rec.maps) == list(range(11)) and rec.steps == (0, 31)
+    assert sorted(rec.maps) == list(range(11)) and rec.window == (0, 31)
     assert rec.maps[0].shape == (31, 2, 8, 8) and rec.maps[4].shape == (31, 2, 4, 4)
     configs = [SHORT, SHORT.with_middle_layers(6).with_window_percent(20),
                SHORT.with_middle_layers(3).with_window_percent(50), SHORT.with_layers((0, 9)).with_window(0, 31),
                replace(SHORT, otsu=False), replace(SHORT, sigma_fraction=None, otsu=False)]
     for cfg in configs:
         want = gd.Grounder(model64, cfg).ground(image, PHRASES[:2], return_raw=True)
-        got = rec.heatmaps(config=cfg, return_raw=True)
+        got = rec.aggregate(config=cfg, return_raw=True)
         assert np.nanmax(np.abs(got.heatmaps - want.heatmaps)) <= 1e-5, cfg
         assert np.abs(got.raw - want.raw).max() <= 1e-5, cfg
     # the keyword vocabulary of the ablation
     want = gd.Grounder(model64, SHORT.with_middle_layers(6).with_window_percent(20)).ground(image, PHRASES[:2])
-    got = rec.heatmaps(middle_layers=6, window_percent=20)
+    got = rec.aggregate(middle_layers=6, window_percent=20)
     assert np.nanmax(np.abs(got.heatmaps - want.heatmaps)) <= 1e-5
-    plain = rec.heatmaps(layers=(3, 4, 6, 7), steps=(12, 18), smooth=False, otsu=False)
+    plain = rec.aggregate(layers=(3, 4, 6, 7), window=(12, 18), smooth=False, otsu=False)
     want = gd.Grounder(model64, replace(SHORT, sigma_fraction=None, otsu=False)).ground(image, PHRASES[:2])
     assert np.nanmax(np.abs(plain.heatmaps - want.heatmaps)) <= 1e-5
 
 
 def test_record_float32_matches_ground(model, image):
-    rec = gd.Grounder(model, SHORT).record(image, PHRASES[:2], steps=(10, 20))
-    got = rec.heatmaps(return_raw=True)
+    rec = gd.Grounder(model, SHORT).record(image, PHRASES[:2], window=(10, 20))
+    got = rec.aggregate(return_raw=True)
     want = gd.Grounder(model, SHORT).ground(image, PHRASES[:2], return_raw=True)
     assert np.abs(got.raw - want.raw).max() <= 1e-5
 
 
 def test_record_restricted_and_errors(model, image, tmp_path):
-    rec = gd.Grounder(model, SHORT).record(image, PHRASES[:1], steps=(10, 20), layers=(3, 4, 6, 7))
+    rec = gd.Grounder(model, SHORT).record(image, PHRASES[:1], window=(10, 20), layers=(3, 4, 6, 7))
     assert sorted(rec.maps) == [3, 4, 6, 7] and rec.maps[3].shape == (10, 1, 4, 4)
     assert list(rec.timesteps) == [33 * i + 9 for i in range(10, 20)]
     assert rec.layer_maps(4, 12).shape == (1, 4, 4)
     with pytest.raises(ValueError, match=r"were not recorded.*\[10, 20\)"):
-        rec.heatmaps(steps=(5, 15))
+        rec.aggregate(window=(5, 15))
     with pytest.raises(ValueError, match=r"layers \[2, 5\] were not recorded"):
-        rec.heatmaps(middle_layers=6)
+        rec.aggregate(middle_layers=6)
     with pytest.raises(ValueError, match="schedule"):
-        rec.heatmaps(config=gd.GroundingConfig.paper())
+        rec.aggregate(config=gd.GroundingConfig.paper())
     path = tmp_path / "rec.npz"
     rec.save(path)
     back = type(rec).load(path)
-    assert back.phrases == rec.phrases and back.steps == rec.steps and back.geometry == rec.geometry
-    np.testing.assert_array_equal(back.heatmaps().heatmaps, rec.heatmaps().heatmaps)
+    assert back.phrases == rec.phrases and back.window == rec.window and back.geometry == rec.geometry
+    np.testing.assert_array_equal(back.aggregate().heatmaps, rec.aggregate().heatmaps)
 
 
 # ---------------------------------------------------------------------- bad input

@@ -82,13 +82,13 @@ def test_early_exit_with_a_batch_of_images(model64, image):
 
 def test_record_mode_with_early_exit(model64, image):
     """Record mode reads every layer: the exit is after the UNet's last cross-attention layer."""
-    a = gd.Grounder(model64, SHORT).record(image, PHRASES[:2], steps=(10, 20))
-    b = gd.Grounder(model64, SHORT, early_exit=False).record(image, PHRASES[:2], steps=(10, 20))
+    a = gd.Grounder(model64, SHORT).record(image, PHRASES[:2], window=(10, 20))
+    b = gd.Grounder(model64, SHORT, early_exit=False).record(image, PHRASES[:2], window=(10, 20))
     assert sorted(a.maps) == list(range(11))
     for layer in a.maps:  # float64 maps: equal up to the summation order of batch-size-dependent kernels
         torch.testing.assert_close(a.maps[layer], b.maps[layer], rtol=0, atol=1e-12)
     for cfg in (SHORT, SHORT.with_layers((0, 10)).with_window(10, 20)):
-        x, y = a.heatmaps(config=cfg, return_raw=True), b.heatmaps(config=cfg, return_raw=True)
+        x, y = a.aggregate(config=cfg, return_raw=True), b.aggregate(config=cfg, return_raw=True)
         np.testing.assert_array_equal(x.heatmaps, y.heatmaps)
         np.testing.assert_array_equal(x.raw, y.raw)
 

@@ -1,5 +1,6 @@
 """From recorded attention to heatmaps: token selection, per-map normalisation, resize, mean,
-Gaussian smoothing and Otsu (steps 5-7 of the paper's Algorithm 1).
+Gaussian smoothing and Otsu (steps 5-7 of the paper's Algorithm 1), and :func:`to_heatmaps`, the
+last step from accumulated maps to :class:`~groundiff_core.heatmaps.Heatmaps` on the original grid.
 
 The mean over layers and steps is computed as a running sum per layer at the layer's native
 resolution: bilinear (and nearest) resizing is linear, so resizing each layer's sum once equals
@@ -9,16 +10,23 @@ steps. Post-processing (:func:`postprocess`) is a pure function on numpy arrays 
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from groundiff_core.conventions import check_conventions
+from groundiff_core.heatmaps import Heatmaps
+from groundiff_core.util.arrays import minmax
 
-__all__ = ["token_weights", "minmax", "resize_maps", "MapAccumulator", "gaussian_smooth", "otsu_mask",
-           "postprocess"]
+if TYPE_CHECKING:
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.io.preprocess import CropGeometry
+
+__all__ = ["token_weights", "resize_maps", "MapAccumulator", "gaussian_smooth", "otsu_mask",
+           "postprocess", "to_heatmaps"]
 
 
 def token_weights(token_counts: Sequence[int], max_tokens: int, selection: str = "phrase") -> torch.Tensor:
@@ -47,14 +55,6 @@ def token_weights(token_counts: Sequence[int], max_tokens: int, selection: str =
             raise ValueError(f"phrase {k} has no tokens between its start and end tokens")
         w[k, 1:stop] = 1.0 / (stop - 1)
     return w
-
-
-def minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each map ``[..., h, w]`` to [0, 1] over its last two dims; a constant map becomes 0."""
-    lo = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - lo
-    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(maps))
 
 
 def resize_maps(maps: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
@@ -129,11 +129,6 @@ def otsu_mask(m: np.ndarray, conventions: str = "paper") -> np.ndarray:
     return m > threshold_otsu(m)
 
 
-def _minmax_np(m: np.ndarray) -> np.ndarray:
-    lo, hi = m.min(), m.max()
-    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
-
-
 def postprocess(raw: np.ndarray, sigma_px: float, otsu: bool = True,
                 conventions: str = "paper") -> np.ndarray:
     """Paper's step 7 on ``[K, S, S]`` maps: Gaussian (sigma in pixels), min-max to [0, 1], then,
@@ -141,7 +136,26 @@ def postprocess(raw: np.ndarray, sigma_px: float, otsu: bool = True,
     ``conventions`` picks the Otsu variant, see :func:`otsu_mask`).
     Returns float32 ``[K, S, S]`` in [0, 1]."""
     smooth = gaussian_smooth(raw, sigma_px)
-    out = np.stack([_minmax_np(m) for m in smooth])
+    out = minmax(smooth)  # per map; a constant map becomes 0
     if otsu:
         out = np.stack([m * otsu_mask(m, conventions) for m in out])
     return out.astype(np.float32)
+
+
+def to_heatmaps(acc: MapAccumulator, cfg: "GroundingConfig", size: int, geometries: Sequence["CropGeometry"],
+                phrases_per_image: Sequence[Sequence[str]], return_raw: bool, info: dict) -> list[Heatmaps]:
+    """Accumulated maps of all rows (image by image, phrase by phrase) -> post-processed
+    :class:`~groundiff_core.heatmaps.Heatmaps` per image, on the original grid (``cfg`` gives the
+    post-processing and the conventions of the back-projection)."""
+    raw = acc.mean(size, cfg.resize).cpu().double().numpy()  # [R, S, S]
+    final = postprocess(raw, cfg.sigma_pixels(size), cfg.otsu, cfg.conventions)
+    raw = raw.astype(np.float32)
+    out, r = [], 0
+    for geom, phrases in zip(geometries, phrases_per_image):
+        k = len(phrases)
+        geom = replace(geom, conventions=cfg.conventions)  # a recording re-read under other conventions
+        out.append(Heatmaps(heatmaps=geom.to_original(final[r:r + k]), phrases=list(phrases), geometry=geom,
+                            raw=raw[r:r + k].copy() if return_raw else None, model_maps=final[r:r + k].copy(),
+                            info=dict(info)))
+        r += k
+    return out

@@ -20,211 +20,33 @@ every step (``2 K stop - K``).
 
 :meth:`Grounder.record` is the ablation mode: one inversion keeps, for every cross-attention layer
 and every recorded step, the token-averaged map of each phrase at the layer's native resolution; a
-:class:`Recording` then yields heatmaps for any layer set, window and post-processing, exactly as
+:class:`~groundiff_core.heatmaps.Recording` then yields heatmaps for any layer set, window and
+post-processing (:meth:`~groundiff_core.heatmaps.Recording.aggregate`), exactly as
 :meth:`Grounder.ground` would have computed them.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
-from groundiff_core.engine.aggregate import MapAccumulator, postprocess, token_weights
-from groundiff_core.engine.config import GroundingConfig, window_from_percent
-from groundiff_core.io.images import ImageInput, load_image
-from groundiff_core.engine.inversion import DDIMInversion
+from groundiff_core.engine.aggregate import MapAccumulator, to_heatmaps, token_weights
+from groundiff_core.engine.config import GroundingConfig
+from groundiff_core.engine.inversion import DDIMInversion, ddim_run
 from groundiff_core.engine.layers import CrossAttentionLayer, cross_attention_layers
-from groundiff_core.models.ldm import LDM
-from groundiff_core.io.preprocess import CropGeometry, prepare_image
 from groundiff_core.engine.recording import AttentionRecorder
+from groundiff_core.heatmaps import Heatmaps, Recording
+from groundiff_core.io.images import ImageInput, load_image
+from groundiff_core.io.preprocess import CropGeometry, prepare_image
+from groundiff_core.models.ldm import LDM
+from groundiff_core.util.phrases import as_phrase_list
 
-__all__ = ["Grounder", "Heatmaps", "Recording"]
-
-
-# ====================================================================== results
-@dataclass
-class Heatmaps:
-    """Heatmaps of K phrases on one image: the result every grounding method returns.
-
-    Attributes
-    ----------
-    heatmaps : float32 ``[K, H, W]`` on the original image grid, NaN outside the model's crop
-    phrases : the K phrases, in order
-    geometry : how the original image maps onto the model's ``S x S`` input
-    raw : optional float32 ``[K, S, S]`` on the model grid: the mean attention map before
-        post-processing (smoothing, normalisation, Otsu)
-    model_maps : optional float32 ``[K, S, S]``: the final maps on the model grid
-    info : method, model and settings that produced the maps (JSON-able)
-    """
-
-    heatmaps: np.ndarray
-    phrases: list[str]
-    geometry: CropGeometry
-    raw: np.ndarray | None = None
-    model_maps: np.ndarray | None = None
-    info: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.phrases)
-
-    def __getitem__(self, key: int | str) -> np.ndarray:
-        """The ``[H, W]`` heatmap of phrase number ``key`` or of the phrase ``key``."""
-        if isinstance(key, str):
-            if key not in self.phrases:
-                raise KeyError(f"no heatmap for phrase {key!r}; phrases: {self.phrases}")
-            key = self.phrases.index(key)
-        return self.heatmaps[key]
+__all__ = ["Grounder"]
 
 
-@dataclass
-class Recording:
-    """Everything needed to compute heatmaps for any layers/window after ONE inversion.
-
-    Attributes
-    ----------
-    phrases : the K phrases
-    geometry : crop geometry of the image
-    maps : layer index -> float32 ``[n_steps, K, h, w]``: per recorded step, the attention of each
-        phrase averaged over its tokens and over heads, at the layer's native resolution, not
-        normalised (on the device it was recorded on; :meth:`to` moves it)
-    steps : the recorded inversion steps ``[start, stop)``
-    timesteps : int64 ``[n_steps]`` timesteps of the recorded steps
-    config : settings at record time (schedule and token selection are fixed by the recording;
-        layers, window and post-processing are defaults for :meth:`heatmaps`)
-    input_size : the model's input size ``S``
-    n_layers : number of cross-attention layers of the model
-    info : model identity and the like
-    """
-
-    phrases: list[str]
-    geometry: CropGeometry
-    maps: dict[int, torch.Tensor]
-    steps: tuple[int, int]
-    timesteps: np.ndarray
-    config: GroundingConfig
-    input_size: int
-    n_layers: int
-    info: dict = field(default_factory=dict)
-
-    def resolve(self, config: GroundingConfig | None = None, *, layers: Sequence[int] | None = None,
-                middle_layers: int | None = None, steps: tuple[int, int] | None = None,
-                window_percent: float | None = None, smooth: bool | float | None = None,
-                otsu: bool | None = None) -> GroundingConfig:
-        """The config :meth:`heatmaps` uses: ``config`` (default: the recording's) with overrides."""
-        cfg = config or self.config
-        if (cfg.num_inference_steps, cfg.timestep_spacing, cfg.tokens) != (
-                self.config.num_inference_steps, self.config.timestep_spacing, self.config.tokens):
-            raise ValueError("the config's schedule or token selection differs from the recording's "
-                             f"({self.config.num_inference_steps} {self.config.timestep_spacing!r} steps, "
-                             f"tokens {self.config.tokens!r}); record again with that config")
-        if layers is not None and middle_layers is not None:
-            raise ValueError("give layers or middle_layers, not both")
-        if steps is not None and window_percent is not None:
-            raise ValueError("give steps or window_percent, not both")
-        if layers is not None:
-            cfg = cfg.with_layers(layers)
-        if middle_layers is not None:
-            cfg = cfg.with_middle_layers(middle_layers)
-        if steps is not None:
-            cfg = cfg.with_window(*steps)
-        if window_percent is not None:
-            cfg = cfg.with_window(*window_from_percent(window_percent, cfg.num_inference_steps))
-        if smooth is not None and smooth is not True:
-            cfg = replace(cfg, sigma_fraction=None if smooth is False else float(smooth))
-        if otsu is not None:
-            cfg = replace(cfg, otsu=bool(otsu))
-        return cfg
-
-    def heatmaps(self, layers: Sequence[int] | None = None, steps: tuple[int, int] | None = None, *,
-                 middle_layers: int | None = None, window_percent: float | None = None,
-                 smooth: bool | float | None = None, otsu: bool | None = None,
-                 config: GroundingConfig | None = None, return_raw: bool = False) -> Heatmaps:
-        """Heatmaps for a layer set and window, computed from the recording (no model call).
-
-        ``layers``: explicit indices, or ``middle_layers=L``; ``steps``: window ``[start, stop)``, or
-        ``window_percent=T``; ``smooth``: True = the config's sigma, False = none, a float = sigma as
-        a fraction of the input size; ``otsu``: on/off. Unset arguments come from ``config``
-        (default: the config at record time). Equal to :meth:`Grounder.ground` with that config.
-        """
-        cfg = self.resolve(config, layers=layers, middle_layers=middle_layers, steps=steps,
-                           window_percent=window_percent, smooth=smooth, otsu=otsu)
-        chosen = cfg.resolve_layers(self.n_layers)
-        start, stop = cfg.window
-        r0, r1 = self.steps
-        if start < r0 or stop > r1:
-            raise ValueError(f"window steps [{start}, {stop}) were not recorded; "
-                             f"the recording holds steps [{r0}, {r1})")
-        missing = [i for i in chosen if i not in self.maps]
-        if missing:
-            raise ValueError(f"layers {missing} were not recorded; recorded layers: {sorted(self.maps)}")
-        acc = MapAccumulator(cfg.normalize)
-        for step in range(start - r0, stop - r0):
-            for layer in chosen:
-                acc.add(layer, self.maps[layer][step])
-        info = {**self.info, "config": cfg.to_dict(), "layers": list(chosen), "window": [start, stop]}
-        return _finish(acc, cfg, self.input_size, [self.geometry], [self.phrases], return_raw, info)[0]
-
-    def layer_maps(self, layer: int, step: int) -> np.ndarray:
-        """Float32 ``[K, h, w]``: token-averaged attention of ``layer`` at inversion step ``step``."""
-        r0, r1 = self.steps
-        if layer not in self.maps or not r0 <= step < r1:
-            raise ValueError(f"layer {layer}, step {step} not recorded "
-                             f"(layers {sorted(self.maps)}, steps [{r0}, {r1}))")
-        return self.maps[layer][step - r0].float().cpu().numpy()
-
-    def to(self, device: str | torch.device) -> "Recording":
-        """A copy with the maps on ``device`` (e.g. ``"cpu"`` to keep many recordings)."""
-        return replace(self, maps={k: v.to(device) for k, v in self.maps.items()})
-
-    def save(self, path: str | Path) -> None:
-        """Write the recording to one ``.npz`` file (maps as float32)."""
-        import json
-
-        arrays = {f"layer_{k}": v.float().cpu().numpy() for k, v in self.maps.items()}
-        g = self.geometry
-        meta = {"phrases": self.phrases, "geometry": [g.height, g.width, g.size, g.conventions],
-                "steps": list(self.steps), "config": self.config.to_dict(), "input_size": self.input_size,
-                "n_layers": self.n_layers, "info": self.info}
-        np.savez_compressed(path, timesteps=self.timesteps, meta=np.array(json.dumps(meta)), **arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Recording":
-        """Read a recording written by :meth:`save` (maps on the CPU)."""
-        import json
-
-        with np.load(path) as f:
-            meta = json.loads(str(f["meta"]))
-            maps = {int(k.split("_", 1)[1]): torch.from_numpy(f[k]) for k in f.files if k.startswith("layer_")}
-            timesteps = f["timesteps"]
-        return cls(phrases=meta["phrases"], geometry=CropGeometry(*meta["geometry"]), maps=maps,
-                   steps=tuple(meta["steps"]), timesteps=timesteps,
-                   config=GroundingConfig.from_dict(meta["config"]), input_size=meta["input_size"],
-                   n_layers=meta["n_layers"], info=meta["info"])
-
-
-def _finish(acc: MapAccumulator, cfg: GroundingConfig, size: int, geometries: Sequence[CropGeometry],
-            phrases_per_image: Sequence[Sequence[str]], return_raw: bool, info: dict) -> list[Heatmaps]:
-    """Accumulated maps of all rows -> post-processed :class:`Heatmaps` per image."""
-    raw = acc.mean(size, cfg.resize).cpu().double().numpy()  # [R, S, S]
-    final = postprocess(raw, cfg.sigma_pixels(size), cfg.otsu, cfg.conventions)
-    raw = raw.astype(np.float32)
-    out, r = [], 0
-    for geom, phrases in zip(geometries, phrases_per_image):
-        k = len(phrases)
-        geom = replace(geom, conventions=cfg.conventions)  # a recording re-read under other conventions
-        out.append(Heatmaps(heatmaps=geom.to_original(final[r:r + k]), phrases=list(phrases), geometry=geom,
-                            raw=raw[r:r + k].copy() if return_raw else None, model_maps=final[r:r + k].copy(),
-                            info=dict(info)))
-        r += k
-    return out
-
-
-# ====================================================================== the engine
 @dataclass
 class _Batch:
     """Prepared inputs of a batch of B images with R phrases in all (rows = image-phrase pairs)."""
@@ -285,7 +107,14 @@ class Grounder:
         return cross_attention_layers(self.model.unet)
 
     def schedule(self) -> DDIMInversion:
+        """The inversion's timesteps and update for this model and config."""
         return DDIMInversion(self.model.schedule, self.config)
+
+    def describe(self) -> dict:
+        """The method's identity in result files (:class:`~groundiff_core.heatmaps.GroundingMethod`):
+        its name and config. ``batch_size`` and ``early_exit`` are left out: they never change the
+        maps. The name stays "Grounder", the identity evaluation folders were written with."""
+        return {"method": "Grounder", "config": self.config.to_dict()}
 
     # ------------------------------------------------------------------ public verbs
     def ground(self, image: ImageInput, phrases: Sequence[str] | str, return_raw: bool = False) -> Heatmaps:
@@ -307,26 +136,27 @@ class Grounder:
             batch = self._prepare(images[b0:b0 + self.batch_size], phrases_per_image[b0:b0 + self.batch_size])
             acc = MapAccumulator(cfg.normalize)
             self._invert(batch, window, [self.layers[i] for i in chosen], acc)
-            out += _finish(acc, cfg, self.model.input_size, batch.geometries, batch.phrases_per_image,
+            out += to_heatmaps(acc, cfg, self.model.input_size, batch.geometries, batch.phrases_per_image,
                            return_raw, info)
         return out
 
-    def record(self, image: ImageInput, phrases: Sequence[str] | str, steps: tuple[int, int] | None = None,
+    def record(self, image: ImageInput, phrases: Sequence[str] | str, window: tuple[int, int] | None = None,
                layers: Sequence[int] | None = None) -> Recording:
-        """Ablation mode: one inversion, every layer (or ``layers``), every step (or ``steps``).
+        """Ablation mode: one inversion, every layer (or ``layers``), every step (or the steps
+        ``[start, stop)`` of ``window``).
 
-        Recording a step needs the conditional branch at that step, so restrict ``steps`` to what
+        Recording a step needs the conditional branch at that step, so restrict ``window`` to what
         the ablation reads (e.g. the widest window) to save time; memory is
         ``n_steps x K x sum_layers(h * w)`` floats.
         """
-        return self.record_batch([image], [phrases], steps=steps, layers=layers)[0]
+        return self.record_batch([image], [phrases], window=window, layers=layers)[0]
 
     def record_batch(self, images: Sequence[ImageInput], phrases_per_image: Sequence[Sequence[str] | str],
-                     steps: tuple[int, int] | None = None, layers: Sequence[int] | None = None) -> list[Recording]:
+                     window: tuple[int, int] | None = None, layers: Sequence[int] | None = None) -> list[Recording]:
         """:meth:`record` for many images, ``batch_size`` images per inversion."""
         self._check_batch(images, phrases_per_image)
         n_steps = len(self.schedule())
-        window = self.config.with_window(*(steps or (0, n_steps))).resolve_window(n_steps)
+        window = self.config.with_window(*(window or (0, n_steps))).resolve_window(n_steps)
         all_layers = self.layers
         chosen = tuple(range(len(all_layers))) if layers is None else \
             self.config.with_layers(layers).resolve_layers(len(all_layers))
@@ -343,7 +173,7 @@ class Grounder:
                 out.append(Recording(
                     phrases=list(phrases), geometry=geom,
                     maps={layer: m[:, r:r + k].clone() for layer, m in stacked.items()},
-                    steps=window, timesteps=timesteps.copy(), config=self.config,
+                    window=window, timesteps=timesteps.copy(), config=self.config,
                     input_size=self.model.input_size, n_layers=len(all_layers),
                     info={"model": self.model.name}))
                 r += k
@@ -351,18 +181,11 @@ class Grounder:
 
     # ------------------------------------------------------------------ internals
     def check_phrases(self, phrases: Sequence[str] | str) -> list[int]:
-        """Validate phrases; return each one's token count (start and end tokens included)."""
-        if isinstance(phrases, str):
-            phrases = [phrases]
-        if not isinstance(phrases, (list, tuple)) or not phrases:
-            raise ValueError("phrases must be a non-empty list of strings")
+        """Validate phrases (:func:`~groundiff_core.util.phrases.as_phrase_list`, then the model's
+        token limit); return each one's token count (start and end tokens included)."""
         limit = self.model.max_tokens
         counts = []
-        for k, p in enumerate(phrases):
-            if not isinstance(p, str):
-                raise ValueError(f"phrase {k} is a {type(p).__name__}, not a string")
-            if not p.strip():
-                raise ValueError(f"phrase {k} is empty; give the finding to ground, e.g. 'left pleural effusion'")
+        for k, p in enumerate(as_phrase_list(phrases)):
             n = self.model.phrase_token_count(p)
             if n > limit:
                 raise ValueError(f"phrase {k} is too long: {n} tokens with its start and end tokens, but the "
@@ -382,8 +205,7 @@ class Grounder:
     def _prepare(self, images: Sequence[ImageInput], phrases_per_image: Sequence[Sequence[str] | str]) -> _Batch:
         xs, geoms, lists, flat, rows, counts = [], [], [], [], [], []
         for b, (image, phrases) in enumerate(zip(images, phrases_per_image)):
-            if isinstance(phrases, str):
-                phrases = [phrases]
+            phrases = as_phrase_list(phrases)
             counts += self.check_phrases(phrases)
             x, geom = prepare_image(load_image(image), self.model.input_size, self.config.conventions)
             xs.append(x)
@@ -416,44 +238,42 @@ class Grounder:
             cond_source = torch.arange(n_rows, device=device)
         uncond = model.encode_text([""]).expand(z.shape[0], -1, -1)
         last = stop - 1
-        steps = range(stop)
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc="DDIM inversion", unit="step", leave=False)
         # guidance 0: the conditional rows' prediction is never used, so they run apart from the
         # unconditional rows and stop after the last recorded layer (AttentionRecorder.read)
         truncate = self.early_exit and g == 0.0
+
+        def predict(z: torch.Tensor, i: int, t: int) -> torch.Tensor | None:
+            """Record step ``i``'s attention where the window asks; the guided prediction, or None
+            when the step's update is never used (the last step)."""
+            need_uncond = i < last
+            need_cond = i >= start or g != 0.0
+            if truncate and need_cond:
+                recorder.read(unet, z[cond_source].to(dtype), t, cond, weights)
+                self._count(n_rows, truncated=True)
+                need_cond = False
+            if not (need_uncond or need_cond):
+                return None
+            xs, ctx = [], []
+            if need_uncond:
+                xs.append(z)
+                ctx.append(uncond)
+            if need_cond:
+                xs.append(z[cond_source])
+                ctx.append(cond)
+            n_u = z.shape[0] if need_uncond else 0
+            sample = torch.cat(xs).to(dtype)
+            capture = recorder.capture(slice(n_u, n_u + n_rows), weights) if need_cond and i >= start \
+                else nullcontext()
+            with capture:
+                out = unet(sample, t, encoder_hidden_states=torch.cat(ctx), return_dict=False)[0]
+            self._count(sample.shape[0])
+            if not need_uncond:
+                return None
+            pred = out[:n_u].to(work)
+            return pred + g * (out[n_u:].to(work) - pred) if g != 0.0 else pred
+
         with AttentionRecorder(layers, sink) as recorder:
-            for i in steps:
-                need_uncond = i < last  # the last step's update is never used
-                need_cond = i >= start or g != 0.0
-                t = sched.timestep(i)
-                if truncate and need_cond:
-                    recorder.read(unet, z[cond_source].to(dtype), t, cond, weights)
-                    self._count(n_rows, truncated=True)
-                    need_cond = False
-                if not (need_uncond or need_cond):
-                    continue
-                xs, ctx = [], []
-                if need_uncond:
-                    xs.append(z)
-                    ctx.append(uncond)
-                if need_cond:
-                    xs.append(z[cond_source])
-                    ctx.append(cond)
-                n_u = z.shape[0] if need_uncond else 0
-                sample = torch.cat(xs).to(dtype)
-                capture = recorder.capture(slice(n_u, n_u + n_rows), weights) if need_cond and i >= start \
-                    else nullcontext()
-                with capture:
-                    out = unet(sample, t, encoder_hidden_states=torch.cat(ctx), return_dict=False)[0]
-                self._count(sample.shape[0])
-                if need_uncond:
-                    pred = out[:n_u].to(work)
-                    if g != 0.0:
-                        pred = pred + g * (out[n_u:].to(work) - pred)
-                    z = sched.step(z, pred, i)
+            ddim_run(sched, z, predict, stop, "DDIM inversion" if self.progress else None)
 
     def _count(self, samples: int, truncated: bool = False) -> None:
         """Cost bookkeeping of one UNet call (``stats``)."""

@@ -2,7 +2,8 @@
 
 Not part of the grounding method: it shows what a model has learned to draw for a phrase (the book's
 check that the phantom LDM is a real text-conditioned generative model). The schedule is the usual
-"trailing" DDIM schedule; the update uses the model's noise schedule and prediction type.
+"trailing" DDIM schedule, walked towards the image with the inversion's update and loop
+(:func:`~groundiff_core.engine.inversion.ddim_sampling`, :func:`~groundiff_core.engine.inversion.ddim_run`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from groundiff_core.engine.inversion import ddim_move
+from groundiff_core.engine.inversion import ddim_run, ddim_sampling
 from groundiff_core.models.ldm import LDM
 
 __all__ = ["generate"]
@@ -33,10 +34,7 @@ def generate(model: LDM, phrases: Sequence[str], num_steps: int = 50, guidance_s
     if num_steps < 1 or num_steps > model.schedule.num_train_timesteps:
         raise ValueError(f"num_steps must be in [1, {model.schedule.num_train_timesteps}], got {num_steps}")
     K = len(phrases)
-    T = model.schedule.num_train_timesteps
-    abar = model.schedule.alphas_cumprod()
-    ratio = T // num_steps
-    timesteps = (np.arange(T, 0, -ratio) - 1).astype(np.int64)  # descending, trailing
+    sched = ddim_sampling(model.schedule, num_steps)
     cond = model.encode_text(phrases)
     uncond = model.encode_text([""]).expand(K, -1, -1)
     ctx = torch.cat([uncond, cond])
@@ -44,14 +42,10 @@ def generate(model: LDM, phrases: Sequence[str], num_steps: int = 50, guidance_s
     ch = model.unet.config.in_channels
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn((K, ch, side, side), generator=gen).to(device=model.device, dtype=model.dtype)
-    it = timesteps
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(timesteps, desc="sampling", unit="step")
-    for i, t in enumerate(it):
-        out = model.unet(torch.cat([z, z]), int(t), encoder_hidden_states=ctx).sample
-        out_u, out_c = out.chunk(2)
-        out = out_u + guidance_scale * (out_c - out_u)
-        a_next = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-        z = ddim_move(z, out, float(abar[t]), a_next, model.schedule.prediction_type)
+
+    def predict(z: torch.Tensor, i: int, t: int) -> torch.Tensor:
+        out_u, out_c = model.unet(torch.cat([z, z]), t, encoder_hidden_states=ctx).sample.chunk(2)
+        return out_u + guidance_scale * (out_c - out_u)
+
+    z = ddim_run(sched, z, predict, progress="sampling" if progress else None)
     return model.decode_latent(z)[:, 0].float().cpu().numpy()

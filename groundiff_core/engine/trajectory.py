@@ -3,7 +3,7 @@
 For the method walk-through (book notebook 1) only. With guidance 0 (the paper's setting) the
 trajectory that :class:`~groundiff_core.engine.grounder.Grounder` follows is driven by the unconditional
 prediction alone, so it is the same for every phrase of an image; this function walks it with the
-same schedule and update (:class:`~groundiff_core.engine.inversion.DDIMInversion`) and decodes the latents
+same schedule, update and loop (:func:`~groundiff_core.engine.inversion.ddim_walk`) and decodes the latents
 that were asked for. The grounder itself never decodes anything.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from groundiff_core.engine.config import GroundingConfig
 from groundiff_core.io.images import ImageInput, load_image
-from groundiff_core.engine.inversion import DDIMInversion
+from groundiff_core.engine.inversion import DDIMInversion, ddim_walk
 from groundiff_core.models.ldm import LDM
 from groundiff_core.io.preprocess import prepare_image
 
@@ -60,12 +60,13 @@ def inversion_trajectory(model: LDM, image: ImageInput, steps: Sequence[int],
     kept: dict[int, torch.Tensor] = {}
     if -1 in wanted:
         kept[-1] = z.clone()
-    last = max(wanted)
-    for i in range(last + 1):
-        out = model.unet(z.to(model.dtype), sched.timestep(i), encoder_hidden_states=uncond, return_dict=False)[0]
-        z = sched.step(z, out, i)
+
+    def predict(z: torch.Tensor, i: int, t: int) -> torch.Tensor:
+        return model.unet(z.to(model.dtype), t, encoder_hidden_states=uncond, return_dict=False)[0]
+
+    for i, z_next in ddim_walk(sched, z, predict, stop=max(wanted) + 1):
         if i in wanted:
-            kept[i] = z.clone()
+            kept[i] = z_next.clone()
     images = torch.cat([model.decode_latent(kept[s].to(model.dtype)) for s in wanted])[:, 0]
     ts = [-1 if s == -1 else sched.timestep(s) for s in wanted]
     return Trajectory(steps=wanted, timesteps=ts, images=images.float().cpu().numpy(), n_steps=n)

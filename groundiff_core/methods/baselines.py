@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from groundiff_core.engine.grounder import Heatmaps
+from groundiff_core.heatmaps import Heatmaps
 from groundiff_core.util.arrays import minmax
 from groundiff_core.util.phrases import as_phrase_list
 

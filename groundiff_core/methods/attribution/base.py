@@ -127,7 +127,7 @@ class AttributionGrounder:
         grid; ``model_maps`` the final maps there; ``info`` is :meth:`describe` plus the model's name."""
         from tqdm.auto import tqdm
 
-        from groundiff_core.engine.grounder import Heatmaps
+        from groundiff_core.heatmaps import Heatmaps
 
         phrases = checked_phrases(self.model, phrases)
         x01, geom = prepare_input(self.model, image)
