@@ -18,6 +18,7 @@ import torch
 pytest.importorskip("captum")
 
 from groundiff_core.methods import attribution as A  # noqa: E402
+from groundiff_core.heatmaps import GroundingMethod  # noqa: E402
 from groundiff_core.models.architectures import tiny_ldm  # noqa: E402
 from groundiff_core.util.profiling import measure_cost  # noqa: E402
 
@@ -160,6 +161,7 @@ def test_method_heatmaps_on_original_grid(tiny_v, name):
     d = method.describe()
     assert d["method"] == name == method.name
     json.dumps(d)
+    assert isinstance(method, GroundingMethod)
 
 
 @pytest.mark.parametrize("name", ["gradient_shap", "smoothgrad"])

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from groundiff_core.heatmaps import GroundingMethod
 from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 
 METHODS = [RandomHeatmap(seed=2), CentrePrior(sigma_fraction=0.3)]
@@ -37,6 +38,7 @@ def test_describe_is_the_identity_used_in_results():
     from groundiff_core.evaluation import method_identity
 
     for method in METHODS:
+        assert isinstance(method, GroundingMethod)
         d = method.describe()
         json.dumps(d)
         assert d["method"] == method.name

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from groundiff_core.heatmaps import Heatmaps
 from groundiff_core.methods.attribution.common import checked_phrases, prepare_input
 from groundiff_core.methods.attribution.objective import WRT, DenoisingGain, ObjectiveConfig
 from groundiff_core.methods.attribution.references import make_baseline
@@ -120,14 +121,12 @@ class AttributionGrounder:
             attr = self._attribute(f, inputs, x01)
         return self._to_map(attr)
 
-    def ground(self, image: Any, phrases: Sequence[str] | str, return_raw: bool = False):
+    def ground(self, image: Any, phrases: Sequence[str] | str, return_raw: bool = False) -> Heatmaps:
         """Heatmaps of ``phrases`` (a single string is one phrase) on ``image``: ``Heatmaps.heatmaps``
         is float32 ``[K, H, W]`` in [0, 1] on the original grid, NaN outside the centre crop.
         ``raw`` (on request) holds the reduced maps before min-max, ``[K, S, S]`` on the model
         grid; ``model_maps`` the final maps there; ``info`` is :meth:`describe` plus the model's name."""
         from tqdm.auto import tqdm
-
-        from groundiff_core.heatmaps import Heatmaps
 
         phrases = checked_phrases(self.model, phrases)
         x01, geom = prepare_input(self.model, image)
