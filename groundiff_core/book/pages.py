@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["BookData", "KeepMaps", "class_averaged_ci", "load_book_data", "nested_count", "one_pair_per_class", "paired_difference", "provenance", "provenance_box", "reference_table", "resolve_show_images",
            "save_json", "scorable_pairs", "scored_boxes", "setup_notebook", "side_of_phrase", "swap_sides", "unrelated_finding"]
 
+from groundiff_core.book.provenance import provenance, provenance_box, provenance_markdown  # noqa: E402,F401
+from groundiff_core.book.stats import class_averaged_ci, paired_difference  # noqa: E402,F401
+
 PHANTOM_TEST_IMAGES = 200  # ~2 findings per image: about 400 image-phrase pairs
 
 
@@ -250,56 +253,6 @@ def scorable_pairs(pairs: Sequence[Any], *, conventions: str = "paper", crop_siz
     return keep
 
 
-def _class_boot(values: "np.ndarray", cats: "np.ndarray", n_boot: int, seed: int) -> tuple[float, "np.ndarray"]:
-    """Class-averaged mean of ``values`` and ``n_boot`` stratified bootstrap replicates of it
-    (pairs resampled with replacement within each class)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(cats == c) for c in np.unique(cats)]
-    point = float(np.mean([values[g].mean() for g in groups]))
-    reps = np.zeros(n_boot)
-    for g in groups:
-        draws = rng.integers(0, len(g), size=(n_boot, len(g)))
-        reps += values[g][draws].mean(axis=1)
-    return point, reps / len(groups)
-
-
-def class_averaged_ci(df: Any, metric: str, *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """The class-averaged mean of ``metric`` over the rows of ``df`` (columns ``category`` and
-    ``metric``, one row per pair) with a 95% bootstrap interval stratified by class:
-    ``{"mean", "ci_low", "ci_high", "n_pairs"}``. Rows with a missing value are left out."""
-    import numpy as np
-
-    d = df[["category", metric]].dropna()
-    if len(d) == 0:
-        return {"mean": None, "ci_low": None, "ci_high": None, "n_pairs": 0}
-    point, reps = _class_boot(d[metric].to_numpy(float), d["category"].to_numpy(), n_boot, seed)
-    lo, hi = np.percentile(reps, [2.5, 97.5])
-    return {"mean": point, "ci_low": float(lo), "ci_high": float(hi), "n_pairs": int(len(d))}
-
-
-def paired_difference(a: Any, b: Any, metric: str, *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Class-averaged ``metric`` of setting ``a`` minus that of setting ``b`` on the pairs both
-    scored (DataFrames with ``pair_id``, ``category`` and ``metric``), with a 95% paired bootstrap
-    interval: the same resampled pairs (within each class) for both settings.
-
-    Returns ``{"difference", "ci_low", "ci_high", "n_pairs", "separated"}``; ``separated`` is
-    True when the interval excludes 0, the only case in which one setting may be called better.
-    """
-    import numpy as np
-
-    m = a[["pair_id", "category", metric]].merge(b[["pair_id", metric]], on="pair_id", suffixes=("_a", "_b"))
-    m = m.dropna()
-    if len(m) == 0:
-        return {"difference": None, "ci_low": None, "ci_high": None, "n_pairs": 0, "separated": False}
-    diff = m[f"{metric}_a"].to_numpy(float) - m[f"{metric}_b"].to_numpy(float)
-    point, reps = _class_boot(diff, m["category"].to_numpy(), n_boot, seed)
-    lo, hi = np.percentile(reps, [2.5, 97.5])
-    return {"difference": point, "ci_low": float(lo), "ci_high": float(hi), "n_pairs": int(len(m)),
-            "separated": bool(lo > 0 or hi < 0)}
-
-
 def one_pair_per_class(pairs: Sequence[Any], *, conventions: str = "paper", crop_size: int | None = None,
                        classes: int | None = None) -> list:
     """The first scorable pair (:func:`scorable_pairs`) of each class, classes in sorted order,
@@ -360,103 +313,6 @@ def resolve_show_images(show_images: Any, data: "BookData") -> bool:
     from groundiff_core.engine.config import parse_bool
 
     return parse_bool(show_images, "show_images")
-
-
-# --------------------------------------------------------------------------- provenance
-def provenance(data: "BookData", ldm: Any, *, preset: str = "paper", conventions: str = "paper",
-               config: Any = None, output_dir: str | os.PathLike | None = None,
-               extra: dict | None = None) -> dict:
-    """What a notebook page was computed from, as a dict (and ``output_dir/provenance.json``).
-
-    Keys: ``dataset`` (the data description: name, CSV, split, pairs), ``pairs_per_class`` of the
-    selected pairs, ``model`` (name, source, input size, ``weights_sha256``: the evaluation
-    runner's fingerprint of every tensor of the networks), ``preset``, ``conventions``, ``config``
-    (the grounding configuration, if given), ``device``, ``dtype``, ``versions``
-    (:func:`groundiff_core.util.environment.versions`), ``git`` (commit and whether the tree had
-    uncommitted changes, when run inside a git checkout) and ``date`` (UTC).
-    """
-    import datetime as _dt
-    from collections import Counter
-
-    from groundiff_core.evaluation.identity import model_content
-    from groundiff_core.util.environment import versions
-
-    content = model_content(ldm) if hasattr(ldm, "unet") else {}
-    info = getattr(ldm, "info", None) or {}
-    per_class = dict(sorted(Counter(p.category for p in data.selected).items()))
-    prov = {
-        "dataset": dict(data.description),
-        "pairs_per_class": per_class,
-        "model": {"name": getattr(ldm, "name", type(ldm).__name__), "source": info.get("source"),
-                  "input_size": getattr(ldm, "input_size", None),
-                  "weights_sha256": content.get("weights_sha256")},
-        "preset": preset,
-        "conventions": conventions,
-        "config": config.to_dict() if callable(getattr(config, "to_dict", None)) else config,
-        "device": str(getattr(ldm, "device", "")),
-        "dtype": str(getattr(ldm, "dtype", "")).replace("torch.", ""),
-        "versions": versions(),
-        "git": _git_state(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if extra:
-        prov.update(extra)
-    if output_dir is not None:
-        save_json(prov, output_dir, "provenance")
-    return prov
-
-
-def _git_state() -> dict | None:
-    """Commit of the working directory's git checkout and whether it has uncommitted changes."""
-    from groundiff_core.util.environment import git_state
-
-    state = git_state(Path.cwd())
-    return state if state.get("commit") else None
-
-
-def provenance_markdown(prov: dict) -> str:
-    """The provenance of :func:`provenance` as a MyST ``admonition`` (a box at the top of a page)."""
-    ds = prov.get("dataset", {})
-    name = ds.get("name", "?")
-    where = "the phantom test split (synthetic images)" if name == "phantom" else \
-        f"{name} ({ds.get('csv', '?')}{', split ' + str(ds['split']) if ds.get('split') else ''})"
-    per_class = ", ".join(f"{c} {n}" for c, n in prov.get("pairs_per_class", {}).items())
-    model = prov.get("model", {})
-    sha = model.get("weights_sha256") or ""
-    v = prov.get("versions", {})
-    packages = ", ".join(f"{k} {v[k]}" for k in ("groundiff_core", "torch", "diffusers", "numpy") if v.get(k))
-    git = prov.get("git") or {}
-    commit = f"`{git['commit'][:12]}`" + (" (with uncommitted changes)" if git.get("dirty") else "") \
-        if git.get("commit") else "not in a git checkout"
-    rows = [
-        ("Data", f"{where}: {ds.get('selected', '?')} of {ds.get('pairs', '?')} pairs"
-                 + (f" (seed {ds['selection_seed']})" if ds.get("selection_seed") is not None else "")),
-        ("Pairs per class", per_class or "none"),
-        ("Model", f"{model.get('name', '?')}" + (f", input {model['input_size']} px" if model.get("input_size") else "")
-                  + (f", weights SHA-256 `{sha[:16]}`" if sha else "")),
-        ("Preset and conventions", f"{prov.get('preset')} preset, {prov.get('conventions')} scoring conventions"),
-        ("Device", f"{prov.get('device')}, {prov.get('dtype')}"),
-        ("Software", f"Python {v.get('python', '?')}; {packages}"),
-        ("Commit", commit),
-        ("Run", f"{prov.get('date', '?')} (UTC)"),
-    ]
-    shipped = prov.get("shipped")
-    if shipped:  # groundiff_core.book.shipped: the page's model row read from a run made earlier
-        rows.insert(1, ("Shipped run", f"cross-attention rows of {shipped.get('pairs')} pairs from `{shipped.get('folder')}`"
-                        f": `{shipped.get('command')}`, {shipped.get('date')}, weights SHA-256 "
-                        f"`{(shipped.get('weights_sha256') or '')[:16]}`; + live re-check of a seeded subset on this page"))
-    kind = "note" if name == "phantom" else "important"
-    title = "Computed on the synthetic phantom" if name == "phantom" else f"Computed on {name}"
-    body = "\n".join(f"| {k} | {str(val).replace('|', '/')} |" for k, val in rows)
-    return (f"```{{admonition}} {title}\n:class: {kind} provenance\n\n| | |\n|---|---|\n{body}\n```\n")
-
-
-def provenance_box(data: "BookData", ldm: Any, **kw):
-    """Compute :func:`provenance` (written to ``output_dir/provenance.json`` when given) and return
-    it as an IPython ``Markdown`` object: the box that opens each notebook page."""
-    from IPython.display import Markdown
-
-    return Markdown(provenance_markdown(provenance(data, ldm, **kw)))
 
 
 class KeepMaps:
