@@ -9,32 +9,44 @@ Three stages, each resumable from ``DIR/checkpoint.pt`` (an interrupted run lose
 1. ``vae``: the KL autoencoder on phantom images (L1 reconstruction + a small KL term).
 2. ``encode``: the training set's latents (posterior means); the latent scale factor is set to
    ``1 / std`` so the scaled latents have unit variance.
-3. ``unet``: the UNet and the text encoder jointly, v-prediction with the paper's noise schedule.
+3. ``unet``: the UNet and the text encoder jointly, v-prediction with the paper's noise schedule
+   (diffusers' ``DDPMScheduler`` adds the noise and gives the velocity target), AdamW with a
+   warm-up then cosine learning rate (a torch ``LambdaLR``), an EMA of the weights (diffusers'
+   ``EMAModel``), which is what gets exported.
    Captions: 45% one finding's phrase (the sentences that are later grounded), 45% the whole report
    (so each finding's words must be routed to its own region), 10% the empty string (the
    unconditional prompt used by the inversion). The conditioning is zero after the end token
    (``LDM.zero_padding``), so a phrase reaches the image only through its own tokens.
 
-Losses go to ``DIR/train_log.jsonl``; the final model is written in the shipped layout to
-``DIR/model`` (and, with ``--install``, into the package's weights folder). Everything is seeded.
+Losses go to ``DIR/train_log.jsonl``; the final model is written in the shipped layout (a diffusers
+pipeline folder, :func:`~groundiff_core.phantom.model.save_phantom`) to ``DIR/model`` (and, with
+``--install``, into the package's weights folder). Everything is seeded: the same command gives the
+same weights on the same machine. A finished run given more ``--unet-steps`` trains on to them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
 
 from groundiff_core.phantom.generator import make_phantom, train_seeds
-from groundiff_core.phantom.model import WEIGHTS_DIR, PhantomSpec, build_phantom, save_phantom
+from groundiff_core.phantom.model import WEIGHTS_DIR, PhantomSpec, build_phantom, noise_scheduler, save_phantom
+
+VAE_WARMUP = 50     # steps of linear learning-rate warm-up, autoencoder
+UNET_WARMUP = 100   # ... UNet and text encoder, then a cosine decay to LR_FLOOR of the peak
+LR_FLOOR = 0.1
+EMA_DECAY = 0.999   # the EMA's decay, reached by diffusers' (1 + step) / (10 + step) ramp
 
 
 def _log(out: Path, **row) -> None:
@@ -75,6 +87,19 @@ def _check_architecture(vae: tuple[int, ...], unet: tuple[int, ...], heads: tupl
     if not vae or any(c % 8 for c in vae):
         return f"--vae-channels must be multiples of 8 (group norm), got {vae}"
     return None
+
+
+def warmup(steps: int) -> Callable[[int], float]:
+    """Learning-rate factor of a linear warm-up over ``steps`` steps (for ``LambdaLR``)."""
+    return lambda step: min(1.0, (step + 1) / steps)
+
+
+def warmup_cosine(warm: int, total: int, floor: float = LR_FLOOR) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up over ``warm`` steps times a cosine from 1 to ``floor`` at ``total``."""
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warm) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / total)))
+
+    return factor
 
 
 def caption(rng: np.random.Generator, phrases: list[str]) -> str:
@@ -134,22 +159,31 @@ def main(argv: list[str] | None = None) -> int:
     ck_path = out / "checkpoint.pt"
     state = {"stage": "vae", "step": 0, "scale_factor": 1.0, "wall": 0.0}
     opt_vae = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    sched_vae = torch.optim.lr_scheduler.LambdaLR(opt_vae, warmup(VAE_WARMUP))
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    ema = [p.detach().clone() for p in params]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(UNET_WARMUP, args.unet_steps))
+    ema = EMAModel(params, decay=EMA_DECAY, foreach=True)
     if ck_path.exists():
         ck = torch.load(ck_path, weights_only=False, map_location=dev)  # our own file, written below
+        if not isinstance(ck.get("ema"), dict) or "sched" not in ck:
+            ap.error(f"{ck_path} was written by an older version of this script (its own EMA and learning-rate "
+                     "code); start in a new --out folder")
         vae.load_state_dict(ck["vae"]); unet.load_state_dict(ck["unet"]); text.load_state_dict(ck["text"])
         opt_vae.load_state_dict(ck["opt_vae"]); opt.load_state_dict(ck["opt"])
-        ema = ck["ema"]
+        sched_vae.load_state_dict(ck["sched_vae"]); sched.load_state_dict(ck["sched"])
+        ema.load_state_dict(ck["ema"])
         state = ck["state"]
         torch.set_rng_state(ck["torch_rng"].cpu())
         print(f"resumed at stage {state['stage']} step {state['step']}", flush=True)
+        if state["stage"] == "done" and state["step"] < args.unet_steps:  # train on to the new step count
+            state["stage"] = "unet"
 
     def checkpoint() -> None:
         _save_atomic({"vae": vae.state_dict(), "unet": unet.state_dict(), "text": text.state_dict(),
-                      "opt_vae": opt_vae.state_dict(), "opt": opt.state_dict(), "ema": ema,
-                      "state": state, "torch_rng": torch.get_rng_state()}, ck_path)
+                      "opt_vae": opt_vae.state_dict(), "opt": opt.state_dict(), "sched_vae": sched_vae.state_dict(),
+                      "sched": sched.state_dict(), "ema": ema.state_dict(), "state": state,
+                      "torch_rng": torch.get_rng_state()}, ck_path)
 
     if args.init_vae is not None and state["stage"] == "vae":
         from diffusers import AutoencoderKL
@@ -168,9 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         vae.train()
         rng = np.random.default_rng(args.seed * 7 + state["step"])
         while state["step"] < args.vae_steps:
-            lr = args.lr * min(1.0, (state["step"] + 1) / 50)
-            for g in opt_vae.param_groups:
-                g["lr"] = lr
             idx = rng.integers(0, len(images), args.vae_batch)
             x = images_t[torch.from_numpy(idx).to(dev)]
             post = vae.encode(x).latent_dist
@@ -181,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             opt_vae.zero_grad(set_to_none=True)
             loss.backward()
             opt_vae.step()
+            sched_vae.step()
             state["step"] += 1
             if state["step"] % 20 == 0:
                 state["wall"] = time.time() - t_start
@@ -210,18 +242,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---------------------------------------------------------------- stage 3: UNet + text encoder
     ldm.scale_factor = state["scale_factor"]
-    abar = ldm.schedule.alphas_cumprod().float().to(dev)
-    T = ldm.schedule.num_train_timesteps
+    noise_sched = noise_scheduler(ldm.schedule)
+    T = noise_sched.config.num_train_timesteps
     unet.train(); text.train()
     vae.eval()
     while state["stage"] == "unet" and state["step"] < args.unet_steps:
         step = state["step"]
         rng = np.random.default_rng(args.seed * 1_000_003 + step)
-        warm = min(1.0, (step + 1) / 100)
-        cos = 0.5 * (1 + np.cos(np.pi * step / args.unet_steps))
-        lr = args.lr * warm * (0.1 + 0.9 * cos)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = sched.get_last_lr()[0]
         idx = rng.integers(0, len(latents), args.unet_batch)
         z0 = latents[torch.from_numpy(idx).to(dev)]
         caps = [caption(rng, phrases[i]) for i in idx]
@@ -231,19 +259,15 @@ def main(argv: list[str] | None = None) -> int:
             cond = cond * ldm.content_mask(ids).unsqueeze(-1).float()
         t = torch.from_numpy(rng.integers(0, T, args.unet_batch)).long().to(dev)
         noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(dev)
-        a = abar[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        v = a.sqrt() * noise - (1 - a).sqrt() * z0
+        zt = noise_sched.add_noise(z0, noise, t)
         pred = unet(zt, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, v)
+        loss = F.mse_loss(pred, noise_sched.get_velocity(z0, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        with torch.no_grad():
-            d = min(0.999, (1 + step) / (10 + step))
-            for e, p in zip(ema, params):
-                e.mul_(d).add_(p.detach(), alpha=1 - d)
+        sched.step()
+        ema.step(params)
         state["step"] += 1
         if state["step"] % 20 == 0:
             state["wall"] = time.time() - t_start
@@ -269,17 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _export(ldm, params, ema, path: Path, state: dict, args, spec: PhantomSpec) -> Path:
-    """Write the EMA weights in the shipped layout."""
-    backup = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
+def _export(ldm, params, ema: EMAModel, path: Path, state: dict, args, spec: PhantomSpec) -> Path:
+    """Write the EMA weights in the shipped layout; the training weights are put back afterwards."""
+    ema.store(params)
+    ema.copy_to(params)
     ldm.scale_factor = state["scale_factor"]
     extra = {
         "seed": args.seed, "n_train": args.n_train, "vae_steps": args.vae_steps,
         "vae_init": str(args.init_vae) if args.init_vae else None,
-        "unet_steps": state["step"] if state["stage"] == "unet" else args.unet_steps,
+        "unet_steps": state["step"],  # the steps trained, also when a finished run is exported again
         "unet_batch": args.unet_batch, "lr": args.lr, "threads": args.threads,
         "train_wall_seconds": round(state["wall"], 1),
         "hardware": (torch.cuda.get_device_name() if args.device.startswith("cuda")
@@ -289,9 +311,7 @@ def _export(ldm, params, ema, path: Path, state: dict, args, spec: PhantomSpec) 
         "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items()},
     }
     save_phantom(ldm, path, extra)
-    with torch.no_grad():
-        for p, b in zip(params, backup):
-            p.copy_(b)
+    ema.restore(params)
     return path
 
 
