@@ -70,7 +70,7 @@ class GroundingMethod(Protocol):
     and K phrases (a single string is one phrase) and returns :class:`Heatmaps` of K maps on the
     original image grid. ``describe()`` is the method's JSON-able identity: its name under
     ``"method"`` and every setting that changes the maps (the evaluation runner completes it with
-    the model's identity and the class path, see ``evaluation.runner.method_identity``).
+    the model's identity and the class name, see ``groundiff_core.evaluation.method_identity``).
 
     Optional: ``ground_batch(images, phrases_per_image) -> list[Heatmaps]`` for methods that gain
     from batching several images; callers look it up with ``getattr`` and fall back to ``ground``.

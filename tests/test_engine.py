@@ -160,7 +160,7 @@ def test_sample_evaluations_and_early_stop(model, image, k):
     finally:
         hook.remove()
     samples = sum(n for n, _ in calls)
-    assert samples == 179 + 60 * k <= 180 + 60 * k  # naive: 668 * k
+    assert samples == 179 + 60 * k  # naive: 668 * k
     # one unconditional call per step before the last, and one (truncated) conditional call per
     # window step: the conditional rows run apart from the unconditional one
     assert g.stats["unet_samples"] == samples and len(calls) == 179 + 60
@@ -193,7 +193,8 @@ def test_heatmaps_on_original_grid(model, image):
     top, left, ch, cw = h.geometry.region
     inside = h.heatmaps[:, top:top + ch, left:left + cw]
     assert np.isfinite(inside).all() and np.isnan(h.heatmaps).sum() == 2 * 36 * (44 - cw)
-    assert inside.min() == 0.0 and inside.max() == 1.0
+    # the original-grid maps are the model-grid maps back-projected, nothing else
+    np.testing.assert_array_equal(h.heatmaps, h.geometry.to_original(h.model_maps))
     assert h.phrases == PHRASES[:2] and np.array_equal(h["cardiomegaly"], h.heatmaps[1], equal_nan=True)
     assert h.info["layers"] == [3, 4, 6, 7] and h.info["window"] == [12, 18]
 
@@ -238,7 +239,11 @@ def test_reduced_precision_keeps_float32_softmax(image):
     rec = gd.Grounder(model, SHORT).record(image, PHRASES[:1], window=(12, 18))
     assert all(m.dtype == torch.float32 for m in rec.maps.values())
     h = rec.aggregate()
-    assert np.isfinite(h.model_maps).all() and h.model_maps.max() == 1.0
+    assert np.isfinite(h.model_maps).all()
+    # the same maps as float32 recording within bfloat16's precision of the UNet, not just any map
+    ref = gd.Grounder(tiny_ldm(prediction_type="v_prediction"), SHORT).record(image, PHRASES[:1], window=(12, 18))
+    raw16, raw32 = rec.aggregate(return_raw=True).raw, ref.aggregate(return_raw=True).raw
+    assert np.corrcoef(raw16.ravel(), raw32.ravel())[0, 1] > 0.9
     assert model.dtype == torch.bfloat16
 
 
