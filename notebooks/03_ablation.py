@@ -46,6 +46,10 @@ T_values = [5, 10, 20, 40, 60, 100]  # window widths, % of the steps, centred on
 paper_L, paper_T = 6, 20  # the paper's summary setting (marked in the figures)
 n_boot = 1000  # bootstrap resamples of the confidence intervals and of the paired comparisons
 show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
+paper_run = "book/results/phantom-paper"  # shipped paper-preset run on the phantom test split (the reference)
+fast_run = "book/results/phantom-fast"  # shipped fast-preset run on the same split ("": leave the comparison out)
+min_paired_pairs = 200  # refuse the preset comparison on fewer common pairs (the page promises at least 200)
+fast_recheck_pairs = 4  # pairs of the shipped fast run grounded again live and compared with it
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -56,6 +60,7 @@ from IPython.display import Markdown, display
 import groundiff_core as gd
 from groundiff_core.book import pages as bookdata
 from groundiff_core.book import figures
+from groundiff_core.book import shipped
 from groundiff_core.evaluation import metrics
 from groundiff_core.engine.config import window_from_percent
 from groundiff_core.io.datasets import group_by_image
@@ -244,9 +249,73 @@ figures.publish(fig, out, "cells_example")
 # and how all layers and all steps blur the finding into the anatomy.
 # ```
 
+# %% [markdown]
+# ## The fast preset: what fewer steps cost
+#
+# The fast preset (`GroundingConfig.fast()`) keeps the paper's layers, smoothing and Otsu and puts the
+# window at the paper's place and width as a share of the steps, but inverts in 100 nominal steps
+# instead of 300, about a third of the model calls (see [the cost page](../cost.md)). What that
+# costs in accuracy is measured here on the phantom test split: the shipped paper-preset run of
+# [the main table](02_main_table) and a shipped fast-preset run of the same pairs
+# (`book/results/phantom-fast/`, made with `groundiff evaluate --preset fast`), each refused unless
+# its model fingerprint and configuration are the ones loaded here and the regenerated split
+# reproduces its pairs; a few pairs of the fast run are grounded again live and must match it
+# (the main table re-checks the paper run the same way). Each metric: the class-averaged mean of
+# each preset with a 95% bootstrap interval, and the paired difference fast minus paper with a
+# paired bootstrap interval (the same resampled pairs for both presets). Only a difference whose
+# interval excludes 0 says that one preset scores higher on these pairs.
+
+# %%
+fast_vs_paper = None
+if shipped.uses_shipped(model, dataset_csv, paper_run) and fast_run:
+    presets = {"paper": shipped.load_shipped(paper_run), "fast": shipped.load_shipped(fast_run)}
+    split_pairs = presets["paper"].phantom_pairs(out / "phantom_shipped")
+    for name, r in presets.items():
+        r.check_model(ldm)
+        r.check_config(gd.GroundingConfig.preset(name), "paper")
+        r.check_data(split_pairs)
+    fast_check = shipped.recheck(presets["fast"], gd.Grounder(ldm, gd.GroundingConfig.fast()), split_pairs,
+                                 out / "fast_recheck", n=fast_recheck_pairs, seed=seed)
+    fast_vs_paper = shipped.compare_presets(presets["paper"], presets["fast"], list(titles) + ["pointing"],
+                                            n_boot=n_boot, seed=seed)
+    if fast_vs_paper["n_pairs"] < min_paired_pairs:
+        raise ValueError(f"the shipped paper and fast runs share {fast_vs_paper['n_pairs']} scored pairs, fewer than "
+                         f"the {min_paired_pairs} this page promises; ship both finished runs (scripts/ship_results.py)")
+    labels = {**titles, "pointing": "pointing game", "auc_binned": "AUC-ROC (5 bins)", "cnr_signed": "CNR (signed)"}
+    cmp = pd.DataFrame({labels[m]: {"paper preset": figures.fmt_ci(v["a"]), "fast preset": figures.fmt_ci(v["b"]),
+                                    "fast - paper": figures.fmt_ci({"mean": v["difference"]["difference"],
+                                                                    "ci_low": v["difference"]["ci_low"],
+                                                                    "ci_high": v["difference"]["ci_high"]}),
+                                    "interval excludes 0": v["difference"]["separated"]}
+                        for m, v in fast_vs_paper["metrics"].items()}).T
+    cmp.to_csv(out / "fast_vs_paper.csv")
+    display(cmp)
+    lines = [f"* {fast_vs_paper['n_pairs']} pairs scored by both runs ("
+             + ", ".join(f"{c} {n}" for c, n in fast_vs_paper["per_class"].items()) + ")."]
+    for m, v in fast_vs_paper["metrics"].items():
+        d = v["difference"]
+        lines.append(f"* {labels[m]}: fast minus paper {d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]: "
+                     + (f"the interval excludes 0, the fast preset scores {'higher' if d['difference'] > 0 else 'lower'} "
+                        "on these pairs." if d["separated"] else "the interval includes 0: these pairs do not separate "
+                                                                 "the presets."))
+    sec = fast_vs_paper["seconds"]
+    lines.append(f"* Time: {sec['a']:.2f} s per pair with the paper preset and {sec['b']:.2f} s with the fast preset "
+                 f"on these pairs: the wall-clock grounding seconds each row records, measured where the runs were "
+                 f"made (host {presets['paper'].machine} in run.json) by `{presets['paper'].command}` and "
+                 f"`{presets['fast'].command}`. On a machine shared with other work they include waiting; the "
+                 "single-threaded CPU time of both presets is on [the cost page](../cost.md).")
+    lines.append("* " + shipped.recheck_markdown(fast_check, labels).replace("**Live re-check passed**",
+                                                                            "**Live re-check of the fast run passed**"))
+    display(Markdown("\n".join(lines)))
+else:
+    display(Markdown("The shipped paper and fast runs are of the phantom model on the phantom test split; this page "
+                     "runs on other data or another model, so the comparison is left out. Run `groundiff evaluate` "
+                     "with `--preset paper` and `--preset fast` on your data to compare them."))
+
 # %%
 metrics_file = bookdata.save_json({"dataset": data.description, "config": config.to_dict(), "L_values": L_values,
                                    "T_values": T_values, "windows": windows,
                                    "grid": {m: tab.to_dict() for m, tab in cells.items()},
                                    "postprocessing": pp.to_dict(), "summary": summary.to_dict(),
-                                   "paired_vs_paper_code": verdicts}, out, "ablation")
+                                   "paired_vs_paper_code": verdicts, "fast_vs_paper": fast_vs_paper},
+                                  out, "ablation")

@@ -15,7 +15,8 @@ PHANTOM_DIR --n N --split SPLIT``). DEST gets
 * ``run.json`` and ``summary.json`` (if present) as they are;
 * ``ship.json``: the phantom command that regenerates the images (checked here: the split is
   regenerated into a temporary folder and its annotation CSV must equal PHANTOM_DIR's), the number
-  of rows, whether the run had finished, and when it was shipped.
+  of rows and of pairs in the split, whether the run had finished (a ``--n-pairs`` run finishes
+  with fewer rows), and when it was shipped.
 
 Rerun it on the final folders to replace a partial copy.
 """
@@ -79,8 +80,10 @@ def ship(run_dir: Path, phantom_dir: Path, dest: Path) -> dict:
         shutil.copyfile(run_dir / "summary.json", dest / "summary.json")
     else:
         (dest / "summary.json").unlink(missing_ok=True)
+    run = json.loads((run_dir / "run.json").read_text())
     facts = {"source": str(run_dir), "phantom_command": command, "phantom_images": n_images,
-             "phantom_split": split, "rows": len(rows), "finished": finished,
+             "phantom_split": split, "rows": len(rows),
+             "pairs_in_split": ((run.get("identity") or {}).get("data") or {}).get("pairs"), "finished": finished,
              "shipped": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     (dest / "ship.json").write_text(json.dumps(facts, indent=2) + "\n")
     return facts
@@ -93,7 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("dest", type=Path)
     args = p.parse_args(argv)
     facts = ship(args.run_dir, args.phantom_dir, args.dest)
-    print(f"shipped {facts['rows']} rows ({'finished' if facts['finished'] else 'UNFINISHED'} run) to {args.dest}")
+    print(f"shipped {facts['rows']} rows of the split's {facts['pairs_in_split']} pairs "
+          f"({'finished' if facts['finished'] else 'UNFINISHED'} run) to {args.dest}")
     return 0
 
 

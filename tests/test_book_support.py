@@ -239,3 +239,32 @@ def test_shipped_run_data_check_regenerates_the_phantom_and_compares_keys(tmp_pa
         run.check_data(again)
     with pytest.raises(ValueError, match=f"the run read {len(pairs)} pairs, the regenerated split has 1"):
         run.check_data(again[:1])
+
+
+def test_ship_results_rewrites_image_paths_and_records_the_phantom_command(tmp_path):
+    import importlib.util
+
+    from groundiff_core.book import shipped
+    from groundiff_core.phantom.generator import write_phantom_set
+
+    spec = importlib.util.spec_from_file_location("ship_results", ROOT / "scripts/ship_results.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    phantom = tmp_path / "phantom"
+    write_phantom_set(phantom, 2, split="test", progress=False)
+    image = (phantom / "images/phantom_20000000.png").resolve()
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{**_row("a"), "image_path": str(image), "seconds": 3.0}, {**_row("a"), "image_path": str(image), "miou": 0.5}]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "run.json").write_text(json.dumps({"identity": {"data": {"pairs": 3}}}))
+    facts = ship.ship(run, phantom, tmp_path / "dest")
+    assert facts["phantom_command"] == "groundiff phantom --out DIR --n 2 --split test"
+    assert facts["rows"] == 1 and facts["pairs_in_split"] == 3 and not facts["finished"]
+    loaded = shipped.load_shipped(tmp_path / "dest")
+    assert loaded.phantom_images == 2
+    assert [(r["image_path"], r["miou"]) for r in loaded.rows] == [("images/phantom_20000000.png", 0.5)]
+    text = (phantom / "annotations.csv").read_text()
+    (phantom / "annotations.csv").write_text(text + text.splitlines()[-1] + "\n")  # one box twice
+    with pytest.raises(ValueError, match="is not what `groundiff phantom --n 2 --split test` writes"):
+        ship.ship(run, phantom, tmp_path / "dest2")

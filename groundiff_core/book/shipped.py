@@ -177,9 +177,11 @@ class ShippedRun:
         return pairs
 
     def recheck_selection(self, pairs: Sequence[Any], n: int, seed: int = 0) -> list:
-        """:func:`recheck_selection` among the pairs of ``pairs`` that the run has a row for."""
+        """:func:`recheck_selection` among the images of ``pairs`` whose every pair the run has a row
+        for (a partial or subset run may lack some)."""
         have = {r["pair_id"] for r in self.rows}
-        return recheck_selection([p for p in pairs if p.pair_id in have], n, seed)
+        missing = {p.image_path for p in pairs if p.pair_id not in have}
+        return recheck_selection([p for p in pairs if p.image_path not in missing], n, seed)
 
     def summarize(self, *, n_boot: int = 1000, seed: int = 0, conventions: str | None = None) -> dict:
         """groundiff's summary of the shipped rows, with the run's identity and config attached."""
