@@ -45,7 +45,7 @@ from groundiff_core.models.text import small_text_encoder, word_tokenizer
 from groundiff_core.phantom.generator import SIZE, vocabulary
 
 __all__ = ["PhantomSpec", "build_phantom", "noise_scheduler", "save_phantom", "load_phantom", "training_record",
-           "WEIGHTS_DIR", "RECORD"]
+           "upgrade_folder", "WEIGHTS_DIR", "RECORD"]
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 RECORD = "phantom.json"  # the training record inside a phantom model folder
@@ -120,6 +120,13 @@ def _model_index(ldm: LDM, scheduler) -> dict:
     }
 
 
+def _write_pipeline_configs(ldm: LDM, out: Path) -> None:
+    """``scheduler/scheduler_config.json`` and ``model_index.json`` of ``ldm`` into ``out``."""
+    scheduler = noise_scheduler(ldm.schedule)
+    scheduler.save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps(_model_index(ldm, scheduler), indent=2, sort_keys=True) + "\n")
+
+
 def save_phantom(ldm: LDM, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Write the model as the shipped folder is laid out (float16 safetensors, configs, training record).
 
@@ -133,9 +140,7 @@ def save_phantom(ldm: LDM, out_dir: str | Path, extra: dict | None = None) -> Pa
             half.register_to_config(scaling_factor=float(ldm.scale_factor))
         half.save_pretrained(out / name, safe_serialization=True)
     ldm.tokenizer.save_pretrained(out / "tokenizer")
-    scheduler = noise_scheduler(ldm.schedule)
-    scheduler.save_pretrained(out / "scheduler")
-    (out / "model_index.json").write_text(json.dumps(_model_index(ldm, scheduler), indent=2, sort_keys=True) + "\n")
+    _write_pipeline_configs(ldm, out)
     meta = {
         "name": ldm.name,
         "schedule": asdict(ldm.schedule),
@@ -177,6 +182,10 @@ def load_phantom(path: str | Path | None = None, device: str | torch.device | No
     """
     root = Path(path) if path is not None else WEIGHTS_DIR
     if not is_diffusers_dir(root):
+        if (root / RECORD).is_file():
+            raise FileNotFoundError(
+                f"{root} is a phantom model exported before the diffusers pipeline layout ({RECORD} but no "
+                "model_index.json); add the configs with groundiff_core.phantom.model.upgrade_folder(path)")
         raise FileNotFoundError(
             f"phantom model not found: {root / 'model_index.json'} is missing. The weights ship inside the package "
             "(groundiff_core/phantom/weights); retrain them with `python -m groundiff_core.phantom.train`."
@@ -186,3 +195,35 @@ def load_phantom(path: str | Path | None = None, device: str | torch.device | No
     ldm.info = {"source": "phantom", "weights": str(root), "train_steps": training_record(root).get("unet_steps", -1)}
     ldm.to(device=device, dtype=dtype)
     return ldm
+
+
+def upgrade_folder(path: str | Path) -> Path:
+    """Make a phantom folder exported before the diffusers pipeline layout loadable again.
+
+    Such a folder has only its training record ``phantom.json`` for the schedule, scale factor and
+    input facts. This writes what :func:`save_phantom` writes now (``model_index.json``,
+    ``scheduler/``, the VAE's ``scaling_factor``), from that record; weight files are not touched.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root = Path(path)
+    if is_diffusers_dir(root):
+        return root
+    meta = training_record(root)
+    if not meta:
+        raise FileNotFoundError(f"{root / RECORD} is missing: {root} is not a phantom model folder")
+    with quiet_libraries():
+        parts = {name: cls.from_pretrained(root / name, local_files_only=True) for name, cls in
+                 (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel),
+                  ("tokenizer", CLIPTokenizer))}
+    ldm = LDM(**parts, schedule=NoiseSchedule(**meta["schedule"]), scale_factor=float(meta["scale_factor"]),
+              input_size=int(meta["input_size"]), input_range=tuple(meta["input_range"]),
+              image_channels=int(meta["image_channels"]), name=meta.get("name", "phantom"),
+              zero_padding=bool(meta.get("zero_padding", False)))
+    config = root / "vae" / "config.json"
+    vae = json.loads(config.read_text())
+    vae["scaling_factor"] = ldm.scale_factor
+    config.write_text(json.dumps(vae, indent=2, sort_keys=True) + "\n")  # as diffusers writes it
+    _write_pipeline_configs(ldm, root)
+    return root
