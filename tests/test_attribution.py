@@ -152,7 +152,8 @@ def test_method_heatmaps_on_original_grid(tiny_v, name):
     assert (top, ch) == (4, 32)
     inside = maps[:, top:top + ch, left:left + cw]
     assert np.isfinite(inside).all()
-    assert inside.min() >= 0 and inside.max() == pytest.approx(1.0)
+    assert inside.min() >= 0 and inside.max() <= 1
+    np.testing.assert_array_equal(maps, out.geometry.to_original(out.model_maps))  # back-projected, nothing else
     assert np.isnan(maps[:, :top]).all() and np.isnan(maps[:, top + ch:]).all()
     assert out.raw.shape == (2, 32, 32) and np.isfinite(out.raw).all()
     assert out.phrases == [PHRASE, "cardiomegaly"]
@@ -267,7 +268,7 @@ def test_attribution_concentrates_where_the_phrase_acts(square_model, name, min_
     top, left, h, w = SQUARE
     share = m[top:top + h, left:left + w].sum() / m.sum()
     assert share >= min_share, f"{name}: only {share:.2f} of the mass inside the square"
-    assert m[top:top + h, left:left + w].max() == pytest.approx(1.0)
+    assert np.nanargmax(m) in np.ravel_multi_index(np.mgrid[top:top + h, left:left + w].reshape(2, -1), m.shape)
 
 
 def test_grad_cam_accepts_explicit_layer(square_model):
