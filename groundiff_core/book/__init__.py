@@ -1,0 +1,1 @@
+"""The Jupyter Book machinery (runner, parameters, record, page helpers, checks), kept apart from the library."""

@@ -1,0 +1,1 @@
+"""The latent diffusion model the engine runs (:mod:`.ldm`) and how it is loaded from any source (:mod:`.loading`)."""
