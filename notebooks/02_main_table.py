@@ -38,8 +38,8 @@
 # again, **live**, and stops with an error naming the pair and metric if any re-run value differs
 # from the shipped one by more than the tolerance (`groundiff_core.book.shipped.TOLERANCE`,
 # 1e-6: re-running pairs of the run on the machine that made it gave bit-identical metrics). The
-# two text-blind floors run live on all the same pairs; the Captum method, about as costly as the
-# model, runs live on a nested subset. With any other model or data, every row runs live.
+# two text-blind floors run live on all the same pairs; the Captum method runs live on a nested
+# subset of them (`captum_pairs`). With any other model or data, every row runs live.
 
 # %% tags=["parameters"]
 model = "phantom"  # "phantom", "tiny", a diffusers folder, or the paper's MONAI checkpoint folder
@@ -47,8 +47,8 @@ dataset_csv = None  # None: the phantom test split, generated into output_dir; e
 images_root = None  # image folder of a real dataset (e.g. MIMIC-CXR-JPG)
 dataset = "mscxr"  # "mscxr", "vindr" or "nih" (how to read dataset_csv)
 split = None  # keep only this MS-CXR v1.1.0 split, e.g. "test"
-phantom_images = 200  # images in the generated phantom test split (about 2 pairs each)
-n_pairs = 40  # pairs evaluated (seeded subset; 0: all)
+phantom_images = 200  # images in the generated phantom test split (about 2 pairs each; a shipped run brings its own)
+n_pairs = 40  # pairs evaluated live (seeded subset; 0: all); with a shipped run, only caps the Captum pairs
 seed = 0  # seeds the pair selection, the random baseline and the bootstrap
 device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU

@@ -268,3 +268,22 @@ def test_ship_results_rewrites_image_paths_and_records_the_phantom_command(tmp_p
     (phantom / "annotations.csv").write_text(text + text.splitlines()[-1] + "\n")  # one box twice
     with pytest.raises(ValueError, match="is not what `groundiff phantom --n 2 --split test` writes"):
         ship.ship(run, phantom, tmp_path / "dest2")
+
+
+def test_shipped_run_refuses_another_models_weights(tmp_path, tiny):
+    from groundiff_core.book import shipped
+    from groundiff_core.evaluation.identity import model_content
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "results.jsonl").write_text(json.dumps(_row("p1")) + "\n")
+    own = model_content(tiny)["weights_sha256"]
+    for sha, ok in ((own, True), ("0" * 64, False), (None, False)):
+        (folder / "run.json").write_text(json.dumps({"identity": {"method": {"model": {"weights_sha256": sha}}}}))
+        run = shipped.load_shipped(folder)
+        if ok:
+            run.check_model(tiny)
+            continue
+        with pytest.raises(ValueError, match=f"weights_sha256 is 0{{64}}, the loaded model .* has {own}"
+                           if sha else "no model weights fingerprint"):
+            run.check_model(tiny)

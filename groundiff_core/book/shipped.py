@@ -128,6 +128,9 @@ class ShippedRun:
         """Refuse if the loaded model's weights fingerprint differs from the run's."""
         from groundiff_core.evaluation.identity import model_content
 
+        if not self.weights_sha256:
+            raise ValueError(f"{self.folder}: run.json holds no model weights fingerprint; the rows cannot be "
+                             "tied to a model")
         live = model_content(ldm)
         for key in ("weights_sha256", "vocabulary_sha256"):
             want = (self.identity.get("method", {}).get("model") or {}).get(key)
