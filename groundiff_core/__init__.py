@@ -12,8 +12,9 @@ Public names are imported lazily so that ``import groundiff_core`` stays fast.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from groundiff_core.util.lazy import lazy_getattr
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
     from groundiff_core.engine.config import GroundingConfig
@@ -42,8 +43,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return module if _LAZY[name].endswith(f".{name}") else getattr(module, name)
-    raise AttributeError(f"module 'groundiff_core' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

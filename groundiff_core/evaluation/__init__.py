@@ -13,8 +13,9 @@ so that ``from groundiff_core.evaluation import metrics`` stays light.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from groundiff_core.util.lazy import lazy_getattr
 
 if TYPE_CHECKING:  # what type checkers see; at run time the names load lazily
     from groundiff_core.evaluation.identity import method_identity, run_identity
@@ -45,7 +46,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'groundiff_core.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
