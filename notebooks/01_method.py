@@ -158,8 +158,8 @@ else:
 n_steps = len(grounder.schedule())
 shown = sorted({min(n_steps - 1, int(round(f * (n_steps - 1)))) for f in trajectory_fractions})
 traj = inversion_trajectory(ldm, image, [-1, *shown], config)
-fig, axes = figures.grid(len(traj.steps), ncols=len(traj.steps), size=1.9)
-for ax, s, t, im in zip(axes, traj.steps, traj.timesteps, traj.images):
+fig, axes = figures.grid(len(traj.step_indices), ncols=len(traj.step_indices), size=1.9)
+for ax, s, t, im in zip(axes, traj.step_indices, traj.timesteps, traj.images):
     inside = config.window[0] <= s < config.window[1]
     title = ("z0" if s < 0 else f"step {s}\nt = {t}") + (" (window)" if inside else "")
     figures.show_image(ax, figures.screen(im, show), title=title)
@@ -322,4 +322,4 @@ figures.publish(fig, out, "final_overlays")
 # %%
 metrics_file = bookdata.save_json({"pair": {"pair_id": pair.pair_id, "phrase": pair.phrase, "category": pair.category},
                                    "config": config.to_dict(), "n_steps": n_steps, "metrics": rows,
-                                   "trajectory_steps": traj.steps}, out, "method_walkthrough")
+                                   "trajectory_steps": traj.step_indices}, out, "method_walkthrough")

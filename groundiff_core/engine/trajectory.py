@@ -28,32 +28,32 @@ __all__ = ["Trajectory", "inversion_trajectory"]
 class Trajectory:
     """Decoded latents of one image's inversion.
 
-    ``steps[j]`` is an inversion step (``-1`` = the clean latent ``z0`` before the first step);
+    ``step_indices[j]`` is an inversion step (``-1`` = the clean latent ``z0`` before the first step);
     ``timesteps[j]`` the noise level the latent is at after that step (``-1`` for ``z0``);
     ``images`` float32 ``[J, S, S]`` in [0, 1], the decoded latents on the model grid.
     """
 
-    steps: list[int]
+    step_indices: list[int]
     timesteps: list[int]
     images: np.ndarray
-    n_steps: int
+    num_steps: int
 
 
 @torch.no_grad()
-def inversion_trajectory(model: LDM, image: ImageInput, steps: Sequence[int],
+def inversion_trajectory(model: LDM, image: ImageInput, step_indices: Sequence[int],
                          config: GroundingConfig | None = None) -> Trajectory:
     """Walk the unconditional DDIM inversion of ``image`` and decode the latent after each of
-    ``steps`` (indices into the trajectory; ``-1`` = ``z0``). ``config`` gives the schedule
+    ``step_indices`` (indices into the trajectory; ``-1`` = ``z0``). ``config`` gives the schedule
     (default: the paper's 334 trailing steps)."""
     config = config or GroundingConfig.paper()
     if config.guidance_scale != 0:
         raise ValueError("the shared trajectory exists only with guidance_scale 0 (the paper's setting)")
     sched = DDIMInversion(model.schedule, config)
     n = len(sched)
-    wanted = sorted({int(s) for s in steps})
+    wanted = sorted({int(s) for s in step_indices})
     bad = [s for s in wanted if not -1 <= s < n]
     if bad:
-        raise ValueError(f"steps {bad} are outside the trajectory: -1 (z0) .. {n - 1}")
+        raise ValueError(f"step indices {bad} are outside the trajectory: -1 (z0) .. {n - 1}")
     x, _ = prepare_image(load_image(image), model.input_size)
     z = model.encode_image(x).float()
     uncond = model.encode_text([""])
@@ -69,4 +69,4 @@ def inversion_trajectory(model: LDM, image: ImageInput, steps: Sequence[int],
             kept[i] = z_next.clone()
     images = torch.cat([model.decode_latent(kept[s].to(model.dtype)) for s in wanted])[:, 0]
     ts = [-1 if s == -1 else sched.timestep(s) for s in wanted]
-    return Trajectory(steps=wanted, timesteps=ts, images=images.float().cpu().numpy(), n_steps=n)
+    return Trajectory(step_indices=wanted, timesteps=ts, images=images.float().cpu().numpy(), num_steps=n)
