@@ -80,13 +80,13 @@ def test_trajectory_shapes_and_ends(tiny):
     image = np.random.default_rng(0).random((40, 48)).astype(np.float32)
     cfg = GroundingConfig.paper().with_steps(20)
     traj = inversion_trajectory(tiny, image, [5, -1, 0, 5], cfg)
-    assert traj.steps == [-1, 0, 5] and traj.timesteps[0] == -1
+    assert traj.step_indices == [-1, 0, 5] and traj.timesteps[0] == -1
     assert traj.images.shape == (3, tiny.input_size, tiny.input_size)
     assert np.isfinite(traj.images).all() and traj.images.min() >= 0 and traj.images.max() <= 1
     again = inversion_trajectory(tiny, image, [5, -1, 0], cfg)
     assert np.array_equal(again.images, traj.images)  # deterministic on CPU
     with pytest.raises(ValueError, match="outside the trajectory"):
-        inversion_trajectory(tiny, image, [traj.n_steps], cfg)
+        inversion_trajectory(tiny, image, [traj.num_steps], cfg)
 
 
 def test_figures_helpers_draw(tmp_path):
