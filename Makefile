@@ -2,12 +2,20 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test book book-quick book-fixture clean bench
+.PHONY: setup test test-slow test-all book book-quick book-fixture clean bench
 
 setup:
 	@bash scripts/setup-env.sh
 
+# The fast set (minutes); test-slow runs the tests marked slow (notebook executions, torchrun,
+# training, full MONAI conversions); CI runs both.
 test: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow tests
+
+test-all: setup
 	$(PY) -m pytest -q tests
 
 # Full book on the embedded phantom default: execute the notebooks with papermill, then render.

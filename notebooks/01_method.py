@@ -57,7 +57,7 @@ import torch
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core.book import pages as bookdata
+from groundiff_core.book import pages
 from groundiff_core.book import figures
 from groundiff_core.evaluation import metrics
 from groundiff_core.io.datasets import group_by_image
@@ -65,30 +65,30 @@ from groundiff_core.io.images import load_image
 from groundiff_core.engine.trajectory import inversion_trajectory
 
 # %% tags=["hide-input"]
-out, data, ldm = bookdata.setup_notebook(
+out, data, ldm = pages.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images, display_precision=None)
 config = gd.GroundingConfig.paper().with_steps(num_inference_steps)
-display(bookdata.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
+display(pages.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
                                 config=config, output_dir=out))
-show = bookdata.resolve_show_images(show_images, data)
+show = pages.resolve_show_images(show_images, data)
 
 # %% [markdown]
 # ## The pair
 
 # %%
 by_image = group_by_image(data.pairs)
-scorable = bookdata.scorable_pairs(data.selected, crop_size=ldm.input_size)  # the runner skips the others
+scorable = pages.scorable_pairs(data.selected, crop_size=ldm.input_size)  # the runner skips the others
 candidates = [p for p in scorable if len(by_image[p.image_path]) > 1] or scorable
 pair = candidates[pair_index % len(candidates)]
 image = load_image(pair.image_path)
 shown_image = figures.screen(image, show)  # a blank of the image's size when images are not shown
 # boxes rescaled to the image actually read and cut to the model's crop, exactly as the runner scores them
-boxes, box_notes = bookdata.scored_boxes(pair, image.shape, crop_size=ldm.input_size)
+boxes, box_notes = pages.scored_boxes(pair, image.shape, crop_size=ldm.input_size)
 others, other_boxes = [], []
 for q in by_image[pair.image_path]:
-    qb = bookdata.scored_boxes(q, image.shape, crop_size=ldm.input_size)[0]
+    qb = pages.scored_boxes(q, image.shape, crop_size=ldm.input_size)[0]
     if q.phrase != pair.phrase and len(qb):
         others.append(q)
         other_boxes.append(qb)
@@ -320,6 +320,6 @@ figures.publish(fig, out, "final_overlays")
 # ```
 
 # %%
-metrics_file = bookdata.save_json({"pair": {"pair_id": pair.pair_id, "phrase": pair.phrase, "category": pair.category},
+metrics_file = pages.save_json({"pair": {"pair_id": pair.pair_id, "phrase": pair.phrase, "category": pair.category},
                                    "config": config.to_dict(), "n_steps": n_steps, "metrics": rows,
                                    "trajectory_steps": traj.step_indices}, out, "method_walkthrough")

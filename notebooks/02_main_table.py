@@ -74,7 +74,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core.book import pages as bookdata
+from groundiff_core.book import pages
 from groundiff_core.book import figures
 from groundiff_core.book import shipped
 from groundiff_core.methods.attribution import make_method
@@ -86,7 +86,7 @@ from groundiff_core.io.images import load_image
 # %% tags=["hide-input"]
 use_shipped = shipped.uses_shipped(model, dataset_csv, shipped_run)
 run = shipped.load_shipped(shipped_run) if use_shipped else None  # the shipped cross-attention run, if used
-out, data, ldm = bookdata.setup_notebook(  # shipped run: every pair of the phantom split it read
+out, data, ldm = pages.setup_notebook(  # shipped run: every pair of the phantom split it read
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split,
     n_pairs=0 if use_shipped else n_pairs, phantom_images=run.phantom_images if use_shipped else phantom_images)
@@ -96,9 +96,9 @@ if use_shipped:  # refuse a run that is not this model's, this preset's or these
     run.check_model(ldm)
     run.check_config(config, conventions)
     run.check_data(data.pairs)
-display(bookdata.provenance_box(data, ldm, preset="paper", conventions=conventions, config=config, output_dir=out,
+display(pages.provenance_box(data, ldm, preset="paper", conventions=conventions, config=config, output_dir=out,
                                 extra={"shipped": run.provenance()} if use_shipped else None))
-show = bookdata.resolve_show_images(show_images, data)
+show = pages.resolve_show_images(show_images, data)
 
 # %% [markdown]
 # ## Data and model
@@ -120,22 +120,22 @@ print(f"model: {ldm.name}, input {ldm.input_size}x{ldm.input_size}, "
 # on the re-check's pairs (whole images), and its row is the shipped run's.
 
 # %%
-captum_n = bookdata.nested_count(captum_pairs, n_pairs)  # never more than the other methods' pairs
+captum_n = pages.nested_count(captum_pairs, n_pairs)  # never more than the other methods' pairs
 ldm_row = "cross-attention (paper preset)"
 pool = subset(data.pairs, captum_n, seed=seed)  # the Captum method's pairs
 if use_shipped:  # the figure's pairs need a live cross-attention map: only the re-check's pairs have one
     rechecked = {p.pair_id for p in run.recheck_selection(data.pairs, recheck_pairs, seed)}
     pool = [p for p in pool if p.pair_id in rechecked]
 # one pair per class for the qualitative figure: the methods keep those pairs' maps as they run
-examples = bookdata.one_pair_per_class(pool, conventions=conventions, crop_size=ldm.input_size,
+examples = pages.one_pair_per_class(pool, conventions=conventions, crop_size=ldm.input_size,
                                        classes=qualitative_classes or None)
 kept = {p.phrase for p in examples}
 cheap_n = 0 if use_shipped else n_pairs  # the text-blind floors: every pair of the shipped run
 methods = {  # label: (results folder, method, pairs)
-    ldm_row: ("cross_attention", bookdata.KeepMaps(gd.Grounder(ldm, config), kept), n_pairs),
-    f"Captum {captum_method}": (f"captum_{captum_method}", bookdata.KeepMaps(make_method(captum_method, ldm), kept),
+    ldm_row: ("cross_attention", pages.KeepMaps(gd.Grounder(ldm, config), kept), n_pairs),
+    f"Captum {captum_method}": (f"captum_{captum_method}", pages.KeepMaps(make_method(captum_method, ldm), kept),
                                 captum_n),
-    "centre prior": ("centre_prior", bookdata.KeepMaps(CentrePrior(), kept), cheap_n),
+    "centre prior": ("centre_prior", pages.KeepMaps(CentrePrior(), kept), cheap_n),
     "random": ("random", RandomHeatmap(seed=seed), cheap_n),
 }
 summaries, rows_of, recheck = {}, {}, None
@@ -287,7 +287,7 @@ shown_methods = ["cross-attention (paper preset)", "centre prior", f"Captum {cap
 grid_rows = []
 for p in examples:
     image = load_image(p.image_path)
-    boxes, _ = bookdata.scored_boxes(p, image.shape, conventions=conventions, crop_size=ldm.input_size)
+    boxes, _ = pages.scored_boxes(p, image.shape, conventions=conventions, crop_size=ldm.input_size)
     maps = {name.replace(" (paper preset)", ""): methods[name][1].get(image, p.phrase) for name in shown_methods}
     grid_rows.append((f"{p.category}: '{p.phrase}'", figures.screen(image, show), boxes, maps))
 figures.publish(figures.qualitative_grid(grid_rows) if grid_rows else figures.placeholder("no scored pair"),
@@ -342,7 +342,7 @@ display(ts)
 #
 # %%
 if reference_csv:
-    ref = bookdata.reference_table(summaries["cross-attention (paper preset)"], reference_csv)
+    ref = pages.reference_table(summaries["cross-attention (paper preset)"], reference_csv)
     ref.to_csv(out / "reference_comparison.csv")
     display(Markdown(f"Published figures from `{reference_csv}` beside this run's cross-attention means:"))
     display(ref)
@@ -381,7 +381,7 @@ if t.get("value") is not None:
 display(Markdown("\n".join(lines)))
 
 # %%
-metrics_file = bookdata.save_json({"dataset": data.description, "model": ldm.identity(),
+metrics_file = pages.save_json({"dataset": data.description, "model": ldm.identity(),
                                    "summaries": {k: {kk: s[kk] for kk in ("n_pairs", "class_averaged", "per_class",
                                                                           "text_sensitivity", "seconds_per_pair",
                                                                           "config", "identity")}

@@ -58,7 +58,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core.book import pages as bookdata
+from groundiff_core.book import pages
 from groundiff_core.book import figures
 from groundiff_core.book import shipped
 from groundiff_core.evaluation import metrics
@@ -67,14 +67,14 @@ from groundiff_core.io.datasets import group_by_image
 from groundiff_core.io.images import load_image
 
 # %% tags=["hide-input"]
-out, data, ldm = bookdata.setup_notebook(
+out, data, ldm = pages.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images)
 config = gd.GroundingConfig.paper().with_steps(num_inference_steps)
-display(bookdata.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
+display(pages.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
                                 config=config, output_dir=out))
-show = bookdata.resolve_show_images(show_images, data)
+show = pages.resolve_show_images(show_images, data)
 
 # %%
 grounder = gd.Grounder(ldm, config)
@@ -102,7 +102,7 @@ for path, group in group_by_image(data.selected).items():
     phrases = list(dict.fromkeys(p.phrase for p in group))
     rec = grounder.record(image, phrases, window=(lo, hi))
     # boxes rescaled to the image as read and cut to the model's crop, as the runner scores them
-    scored = {p.pair_id: bookdata.scored_boxes(p, image.shape, crop_size=ldm.input_size)[0] for p in group}
+    scored = {p.pair_id: pages.scored_boxes(p, image.shape, crop_size=ldm.input_size)[0] for p in group}
     scorable = [p for p in group if len(scored[p.pair_id])]
     for key, kw in [*settings.items(), *post.items()]:
         maps = rec.aggregate(**kw).heatmaps
@@ -179,14 +179,14 @@ settings_shown = {"paper summary: L = 6, T = 20 %": grid_df[(grid_df["L"] == pap
 for m, (L, T) in top_cells.items():
     settings_shown[f"highest mean {titles[m]}: L = {int(L)}, T = {int(T)} %"] = \
         grid_df[(grid_df["L"] == int(L)) & (grid_df["T"] == int(T))]
-summary = pd.DataFrame({name: {titles[m]: figures.fmt_ci(bookdata.class_averaged_ci(df, m, n_boot=n_boot, seed=seed))
+summary = pd.DataFrame({name: {titles[m]: figures.fmt_ci(pages.class_averaged_ci(df, m, n_boot=n_boot, seed=seed))
                                for m in titles} for name, df in settings_shown.items() if len(df)}).T
 summary.to_csv(out / "ablation_summary.csv")
 display(summary)
 verdicts, lines = {}, []
 for m, (L, T) in top_cells.items():
     top = grid_df[(grid_df["L"] == int(L)) & (grid_df["T"] == int(T))]
-    d = bookdata.paired_difference(top, paper_code, m, n_boot=n_boot, seed=seed)
+    d = pages.paired_difference(top, paper_code, m, n_boot=n_boot, seed=seed)
     verdicts[f"{m}_difference"] = {"cell": [int(L), int(T)], **d}
     if d["difference"] is None:
         continue
@@ -313,7 +313,7 @@ else:
                      "with `--preset paper` and `--preset fast` on your data to compare them."))
 
 # %%
-metrics_file = bookdata.save_json({"dataset": data.description, "config": config.to_dict(), "L_values": L_values,
+metrics_file = pages.save_json({"dataset": data.description, "config": config.to_dict(), "L_values": L_values,
                                    "T_values": T_values, "windows": windows,
                                    "grid": {m: tab.to_dict() for m, tab in cells.items()},
                                    "postprocessing": pp.to_dict(), "summary": summary.to_dict(),

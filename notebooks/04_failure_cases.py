@@ -44,7 +44,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core.book import pages as bookdata
+from groundiff_core.book import pages
 from groundiff_core.book import figures
 from groundiff_core.evaluation import metrics
 from groundiff_core.io.datasets import group_by_image
@@ -53,22 +53,22 @@ from groundiff_core.io.images import load_image
 from groundiff_core.models.text import check_phrase
 
 # %% tags=["hide-input"]
-out, data, ldm = bookdata.setup_notebook(
+out, data, ldm = pages.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images)
-display(bookdata.provenance_box(data, ldm, preset="paper", config=gd.GroundingConfig.paper(), output_dir=out))
-show = bookdata.resolve_show_images(show_images, data)
+display(pages.provenance_box(data, ldm, preset="paper", config=gd.GroundingConfig.paper(), output_dir=out))
+show = pages.resolve_show_images(show_images, data)
 
 # %%
-grounder = bookdata.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper()))
+grounder = pages.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper()))
 summary = evaluate(grounder, data.pairs, out / "cross_attention", dataset=data.description,
                    n_pairs=n_pairs or None, seed=seed, progress=False)
 pairs = {p.pair_id: p for p in data.pairs}
 res = pd.DataFrame([r for r in load_results(out / "cross_attention") if r.get("status") == "ok"])
 res["n_boxes"] = res.boxes.map(len)
 res["box_fraction"] = [sum(b[2] * b[3] for b in bx) / (hw[0] * hw[1]) for bx, hw in zip(res.boxes, res.image_hw)]
-res["side"] = res.phrase.map(bookdata.side_of_phrase)
+res["side"] = res.phrase.map(pages.side_of_phrase)
 print(f"{len(res)} pairs on {res.image_path.nunique()} images evaluated; class-averaged AUC-ROC "
       f"{figures.fmt_ci(summary['class_averaged']['auc'])}, mIoU {figures.fmt_ci(summary['class_averaged']['miou'])}")
 
@@ -247,8 +247,8 @@ for _, r in chosen.iterrows():
     # class names compared without case (MS-CXR writes "Pleural Effusion"), sides swapped whatever
     # their case or punctuation, boxes as the runner scored them (rescaled to the image as read)
     variants = {"original": p.phrase, "finding name only": p.category.lower(),
-                "sides swapped": bookdata.swap_sides(p.phrase), "negated": f"no {p.phrase}",
-                "unrelated finding": bookdata.unrelated_finding(p.category)}
+                "sides swapped": pages.swap_sides(p.phrase), "negated": f"no {p.phrase}",
+                "unrelated finding": pages.unrelated_finding(p.category)}
     variants = {k: v for k, v in variants.items() if k == "original" or v.lower() != p.phrase.lower()}
     image = load_image(p.image_path)
     skipped = {k for k, v in variants.items() if unrepresentable(v)}
@@ -291,7 +291,7 @@ figures.publish(fig, out, "prompt_sensitivity")
 # ```
 
 # %%
-metrics_file = bookdata.save_json({"dataset": data.description, "class_averaged": summary["class_averaged"],
+metrics_file = pages.save_json({"dataset": data.description, "class_averaged": summary["class_averaged"],
                                    "laterality": side_table.reset_index().to_dict(orient="records"),
                                    "multi_box": multi.reset_index().to_dict(orient="records") if len(multi) else [],
                                    "prompt_sensitivity": prompt_rows}, out, "failure_cases")

@@ -58,7 +58,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
-from groundiff_core.book import pages as bookdata
+from groundiff_core.book import pages
 from groundiff_core.book import figures
 from groundiff_core.methods.attribution import ObjectiveConfig, make_method, token_attribution
 from groundiff_core.util.profiling import measure_cost
@@ -66,13 +66,13 @@ from groundiff_core.evaluation import evaluate
 from groundiff_core.io.images import load_image
 
 # %% tags=["hide-input"]
-out, data, ldm = bookdata.setup_notebook(
+out, data, ldm = pages.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images)
-display(bookdata.provenance_box(data, ldm, preset="paper (cross-attention); Captum settings below",
+display(pages.provenance_box(data, ldm, preset="paper (cross-attention); Captum settings below",
                                 config=gd.GroundingConfig.paper(), output_dir=out))
-show = bookdata.resolve_show_images(show_images, data)
+show = pages.resolve_show_images(show_images, data)
 
 # %%
 objective = ObjectiveConfig(n_draws=objective_draws, seed=seed)
@@ -82,7 +82,7 @@ settings = {"integrated_gradients": {"n_steps": ig_steps}, "gradient_shap": {"n_
 contenders = {"cross-attention (paper preset)": gd.Grounder(ldm, gd.GroundingConfig.paper())}
 for name in methods:
     contenders[name] = make_method(name, ldm, objective=objective, seed=seed, **settings.get(name, {}))
-contenders = {k: bookdata.KeepMaps(m) for k, m in contenders.items()}
+contenders = {k: pages.KeepMaps(m) for k, m in contenders.items()}
 display(pd.DataFrame({k: {"settings": {kk: v for kk, v in m.describe().items() if kk not in ("class", "model")}}
                       for k, m in contenders.items()}).T)
 
@@ -144,13 +144,13 @@ figures.publish(fig, out, "quality_vs_cost")
 # ## The same pairs, side by side
 
 # %% tags=["hide-input"]
-shown = bookdata.scorable_pairs(data.selected, crop_size=ldm.input_size)[:shown_pairs]
+shown = pages.scorable_pairs(data.selected, crop_size=ldm.input_size)[:shown_pairs]
 cols = list(contenders)
 fig, axes = plt.subplots(len(shown), len(cols) + 1, figsize=(2.1 * (len(cols) + 1), 2.3 * len(shown)),
                          squeeze=False, constrained_layout=True)
 for i, p in enumerate(shown):
     image = load_image(p.image_path)
-    boxes, _ = bookdata.scored_boxes(p, image.shape, crop_size=ldm.input_size)  # as the runner scored them
+    boxes, _ = pages.scored_boxes(p, image.shape, crop_size=ldm.input_size)  # as the runner scored them
     figures.overlay(axes[i, 0], figures.screen(image, show), None, boxes, title=f"'{p.phrase}'", fontsize=7)
     for j, name in enumerate(cols, start=1):
         figures.overlay(axes[i, j], figures.screen(image, show), contenders[name].get(image, p.phrase), boxes,
@@ -215,7 +215,7 @@ display(Markdown(
     + ("Their 95% intervals do not overlap." if apart else
        "Their 95% intervals overlap, so these pairs do not rank the two.")
     + " The ranking among the attribution methods is a ranking of means only: no test here separates them."))
-metrics_file = bookdata.save_json({"dataset": data.description, "objective": objective.describe(), "highest_mean_captum": top,
+metrics_file = pages.save_json({"dataset": data.description, "objective": objective.describe(), "highest_mean_captum": top,
                                    "class_averaged": {k: s["class_averaged"] for k, s in summaries.items()},
                                    "seconds_per_pair": {k: s["seconds_per_pair"] for k, s in summaries.items()},
                                    "cost": {k: c.as_dict() for k, c in costs.items()}, "tokens": token_rows}, out, "captum")

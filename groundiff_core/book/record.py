@@ -56,7 +56,7 @@ def now() -> str:
 
 
 def read_provenance(folder: Path) -> dict | None:
-    """The ``provenance.json`` a notebook wrote (``bookdata.provenance``), without its version list."""
+    """The ``provenance.json`` a notebook wrote (``pages.provenance``), without its version list."""
     path = Path(folder) / "provenance.json"
     try:
         prov = json.loads(path.read_text())
