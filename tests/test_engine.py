@@ -25,11 +25,6 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def model64():
-    return tiny_ldm(prediction_type="epsilon", seed=1).to(dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
 def image():
     yy, xx = np.mgrid[0:36, 0:44]
     return (0.5 + 0.4 * np.sin(xx / 6.0) * np.cos(yy / 4.0)).astype(np.float32)
@@ -211,9 +206,9 @@ def test_phrases_change_the_map(model, image):
     assert np.abs(h.raw[0] - h.raw[1]).max() > 1e-3
 
 
-def test_ground_batch_equals_single_images(model64, image):
+def test_ground_batch_equals_single_images(tiny64_eps, image):
     other = np.random.default_rng(0).random((30, 30)).astype(np.float32)
-    g = gd.Grounder(model64, SHORT, batch_size=2)
+    g = gd.Grounder(tiny64_eps, SHORT, batch_size=2)
     batch = g.ground_batch([image, other, image], [PHRASES[:2], PHRASES[2:3], PHRASES[1:4]], return_raw=True)
     singles = [g.ground(im, ph, return_raw=True) for im, ph in
                [(image, PHRASES[:2]), (other, PHRASES[2:3]), (image, PHRASES[1:4])]]
@@ -248,8 +243,8 @@ def test_reduced_precision_keeps_float32_softmax(image):
 
 
 # ---------------------------------------------------------------------- record mode
-def test_record_then_any_config_equals_ground(model64, image):
-    g = gd.Grounder(model64, SHORT)
+def test_record_then_any_config_equals_ground(tiny64_eps, image):
+    g = gd.Grounder(tiny64_eps, SHORT)
     rec = g.record(image, PHRASES[:2])
     assert sorted(rec.maps) == list(range(11)) and rec.window == (0, 31)
     assert rec.maps[0].shape == (31, 2, 8, 8) and rec.maps[4].shape == (31, 2, 4, 4)
@@ -257,16 +252,16 @@ def test_record_then_any_config_equals_ground(model64, image):
                SHORT.with_middle_layers(3).with_window_percent(50), SHORT.with_layers((0, 9)).with_window(0, 31),
                replace(SHORT, otsu=False), replace(SHORT, sigma_fraction=None, otsu=False)]
     for cfg in configs:
-        want = gd.Grounder(model64, cfg).ground(image, PHRASES[:2], return_raw=True)
+        want = gd.Grounder(tiny64_eps, cfg).ground(image, PHRASES[:2], return_raw=True)
         got = rec.aggregate(config=cfg, return_raw=True)
         assert np.nanmax(np.abs(got.heatmaps - want.heatmaps)) <= 1e-5, cfg
         assert np.abs(got.raw - want.raw).max() <= 1e-5, cfg
     # the keyword vocabulary of the ablation
-    want = gd.Grounder(model64, SHORT.with_middle_layers(6).with_window_percent(20)).ground(image, PHRASES[:2])
+    want = gd.Grounder(tiny64_eps, SHORT.with_middle_layers(6).with_window_percent(20)).ground(image, PHRASES[:2])
     got = rec.aggregate(middle_layers=6, window_percent=20)
     assert np.nanmax(np.abs(got.heatmaps - want.heatmaps)) <= 1e-5
     plain = rec.aggregate(layers=(3, 4, 6, 7), window=(12, 18), smooth=False, otsu=False)
-    want = gd.Grounder(model64, replace(SHORT, sigma_fraction=None, otsu=False)).ground(image, PHRASES[:2])
+    want = gd.Grounder(tiny64_eps, replace(SHORT, sigma_fraction=None, otsu=False)).ground(image, PHRASES[:2])
     assert np.nanmax(np.abs(plain.heatmaps - want.heatmaps)) <= 1e-5
 
 

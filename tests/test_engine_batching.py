@@ -27,11 +27,6 @@ SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [
 PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", "mild edema"]
 
 
-@pytest.fixture(scope="module")
-def model64():
-    return tiny_ldm(prediction_type="epsilon", seed=1).to(dtype=torch.float64)
-
-
 def _images():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:36, 0:44]
@@ -41,12 +36,12 @@ def _images():
 
 
 @pytest.mark.parametrize("early_exit", [True, False])
-def test_ground_batch_packs_images_and_is_exact(model64, early_exit):
+def test_ground_batch_packs_images_and_is_exact(tiny64_eps, early_exit):
     images, phrases = _images(), [PHRASES[:2], PHRASES[2:3], PHRASES[1:4]]  # 3 images, 6 rows
-    g = gd.Grounder(model64, SHORT, batch_size=3, early_exit=early_exit)
-    cross_attention_layers(model64.unet)
+    g = gd.Grounder(tiny64_eps, SHORT, batch_size=3, early_exit=early_exit)
+    cross_attention_layers(tiny64_eps.unet)
     sizes: list[int] = []
-    hook = model64.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
+    hook = tiny64_eps.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
     try:
         batch = g.ground_batch(images, phrases, return_raw=True)
     finally:
@@ -57,7 +52,7 @@ def test_ground_batch_packs_images_and_is_exact(model64, early_exit):
         assert sizes == [3] * 12 + [6, 3] * 5 + [6]
     else:
         assert sizes == [3] * 12 + [9] * 5 + [6]
-    singles = [gd.Grounder(model64, SHORT, early_exit=early_exit).ground(im, ph, return_raw=True)
+    singles = [gd.Grounder(tiny64_eps, SHORT, early_exit=early_exit).ground(im, ph, return_raw=True)
                for im, ph in zip(images, phrases)]
     for b, s in zip(batch, singles):
         assert b.phrases == s.phrases
@@ -66,11 +61,11 @@ def test_ground_batch_packs_images_and_is_exact(model64, early_exit):
         assert np.nanmax(b.heatmaps) == 1.0
 
 
-def test_batch_size_splits_the_inversions(model64):
+def test_batch_size_splits_the_inversions(tiny64_eps):
     images, phrases = _images(), [PHRASES[:1], PHRASES[1:2], PHRASES[2:3]]
-    g = gd.Grounder(model64, SHORT.with_window(29, 31), batch_size=2)
+    g = gd.Grounder(tiny64_eps, SHORT.with_window(29, 31), batch_size=2)
     sizes: list[int] = []
-    hook = model64.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
+    hook = tiny64_eps.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
     try:
         g.ground_batch(images, phrases)
     finally:
@@ -78,11 +73,11 @@ def test_batch_size_splits_the_inversions(model64):
     assert sizes == [2] * 29 + [2, 2, 2] + [1] * 29 + [1, 1, 1]  # images 0-1 together, then image 2
 
 
-def test_evaluate_batch_images_is_exact(model64, tmp_path):
+def test_evaluate_batch_images_is_exact(tiny64_eps, tmp_path):
     csv, root = fx.make_dataset(tmp_path)
     pairs = load_mscxr(csv, root)
-    one = ev.evaluate(gd.Grounder(model64, SHORT), pairs, tmp_path / "one", progress=False, n_boot=50)
-    three = ev.evaluate(gd.Grounder(model64, SHORT, batch_size=3), pairs, tmp_path / "three", batch_images=3,
+    one = ev.evaluate(gd.Grounder(tiny64_eps, SHORT), pairs, tmp_path / "one", progress=False, n_boot=50)
+    three = ev.evaluate(gd.Grounder(tiny64_eps, SHORT, batch_size=3), pairs, tmp_path / "three", batch_images=3,
                         progress=False, n_boot=50)
     rows = [{r["pair_id"]: {m: r[m] for m in ev.METRICS} for r in ev.load_results(d) if r["status"] == "ok"}
             for d in (tmp_path / "one", tmp_path / "three")]

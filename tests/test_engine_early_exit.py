@@ -27,18 +27,6 @@ SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [
 PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", "mild edema"]
 
 
-@pytest.fixture(scope="module")
-def model64():
-    return tiny_ldm(prediction_type="v_prediction").to(dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def image():
-    yy, xx = np.mgrid[0:40, 0:32]
-    rng = np.random.default_rng(3)
-    return (0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.1 * rng.random((40, 32))).astype(np.float32)
-
-
 def _both(model, cfg, images, phrases):
     """(early exit, no early exit) results of ``ground_batch`` and the early-exit grounder."""
     fast = gd.Grounder(model, cfg, batch_size=len(images))
@@ -52,38 +40,38 @@ def _both(model, cfg, images, phrases):
 @pytest.mark.parametrize("layers,k", [
     ((3, 4, 6, 7), 1), ((3, 4, 6, 7), 4), ((2, 3), 2), ((4,), 3), ((0, 5, 10), 2), ((0,), 1),
 ])
-def test_early_exit_is_bit_exact(model64, image, layers, k):
+def test_early_exit_is_bit_exact(tiny64_v, textured_image, layers, k):
     cfg = SHORT.with_layers(layers)
-    fast, full, g = _both(model64, cfg, [image], [PHRASES[:k]])
+    fast, full, g = _both(tiny64_v, cfg, [textured_image], [PHRASES[:k]])
     np.testing.assert_array_equal(fast[0].heatmaps, full[0].heatmaps)
     np.testing.assert_array_equal(fast[0].raw, full[0].raw)
     assert np.nanmax(fast[0].heatmaps) == 1.0
     assert g.stats["unet_samples_truncated"] == 6 * k  # every window step's conditional rows
 
 
-def test_early_exit_matches_the_naive_reference(model64, image):
+def test_early_exit_matches_the_naive_reference(tiny64_v, textured_image):
     """The exit after the UNet's last cross-attention layer, against Algorithm 1 done the slow way."""
     cfg = SHORT.with_layers((6, 10)).with_window(5, 20)
-    got = gd.Grounder(model64, cfg).ground(image, PHRASES[:2], return_raw=True)
+    got = gd.Grounder(tiny64_v, cfg).ground(textured_image, PHRASES[:2], return_raw=True)
     for k, phrase in enumerate(PHRASES[:2]):
-        heat, raw = naive_ground(model64, image, phrase, num_inference_steps=30, window=(5, 20), layers=(6, 10))
+        heat, raw = naive_ground(tiny64_v, textured_image, phrase, num_inference_steps=30, window=(5, 20), layers=(6, 10))
         assert np.nanmax(np.abs(heat - got.heatmaps[k])) <= 1e-5
         assert np.abs(raw - got.raw[k]).max() <= 1e-5
 
 
-def test_early_exit_with_a_batch_of_images(model64, image):
+def test_early_exit_with_a_batch_of_images(tiny64_v, textured_image):
     other = np.random.default_rng(1).random((30, 36)).astype(np.float32)
-    fast, full, g = _both(model64, SHORT, [image, other, image], [PHRASES[:2], PHRASES[2:3], PHRASES[1:4]])
+    fast, full, g = _both(tiny64_v, SHORT, [textured_image, other, textured_image], [PHRASES[:2], PHRASES[2:3], PHRASES[1:4]])
     for a, b in zip(fast, full):
         np.testing.assert_array_equal(a.heatmaps, b.heatmaps)
         np.testing.assert_array_equal(a.raw, b.raw)
     assert g.stats["unet_samples_truncated"] == 6 * 6
 
 
-def test_record_mode_with_early_exit(model64, image):
+def test_record_mode_with_early_exit(tiny64_v, textured_image):
     """Record mode reads every layer: the exit is after the UNet's last cross-attention layer."""
-    a = gd.Grounder(model64, SHORT).record(image, PHRASES[:2], window=(10, 20))
-    b = gd.Grounder(model64, SHORT, early_exit=False).record(image, PHRASES[:2], window=(10, 20))
+    a = gd.Grounder(tiny64_v, SHORT).record(textured_image, PHRASES[:2], window=(10, 20))
+    b = gd.Grounder(tiny64_v, SHORT, early_exit=False).record(textured_image, PHRASES[:2], window=(10, 20))
     assert sorted(a.maps) == list(range(11))
     for layer in a.maps:  # float64 maps: equal up to the summation order of batch-size-dependent kernels
         torch.testing.assert_close(a.maps[layer], b.maps[layer], rtol=0, atol=1e-12)
@@ -129,13 +117,13 @@ def test_conditional_rows_skip_the_rest_of_the_unet():
     assert all(ran == {"up1", "up2", "conv_out"} for _, ran in calls)
 
 
-def test_guidance_runs_the_whole_unet_for_the_conditional_rows(image):
+def test_guidance_runs_the_whole_unet_for_the_conditional_rows(textured_image):
     """With guidance != 0 the conditional prediction steers the trajectory: no early exit."""
     model = tiny_ldm(prediction_type="epsilon")
     from dataclasses import replace
 
     g = gd.Grounder(model, replace(SHORT, guidance_scale=1.5))
-    g.ground(image, PHRASES[:1])
+    g.ground(textured_image, PHRASES[:1])
     assert g.stats["unet_samples_truncated"] == 0
 
 

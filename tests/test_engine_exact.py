@@ -33,21 +33,13 @@ def models():
     return {pt: tiny_ldm(prediction_type=pt).to(dtype=torch.float64) for pt in ("epsilon", "v_prediction")}
 
 
-@pytest.fixture(scope="module")
-def image():
-    # non-square, so the back-projection pads a NaN margin
-    yy, xx = np.mgrid[0:40, 0:32]
-    rng = np.random.default_rng(3)
-    return (0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.1 * rng.random((40, 32))).astype(np.float32)
-
-
-def _compare(model, image, phrases, cfg, guidance=0.0):
+def _compare(model, textured_image, phrases, cfg, guidance=0.0):
     cfg = replace(cfg, guidance_scale=guidance)
-    got = gd.Grounder(model, cfg).ground(image, phrases, return_raw=True)
+    got = gd.Grounder(model, cfg).ground(textured_image, phrases, return_raw=True)
     layers = cfg.resolve_layers(11)
-    assert got.heatmaps.shape == (len(phrases), *image.shape)
+    assert got.heatmaps.shape == (len(phrases), *textured_image.shape)
     for k, phrase in enumerate(phrases):
-        heat, raw = naive_ground(model, image, phrase, num_inference_steps=cfg.num_inference_steps,
+        heat, raw = naive_ground(model, textured_image, phrase, num_inference_steps=cfg.num_inference_steps,
                                  window=cfg.window, layers=layers, sigma_fraction=cfg.sigma_fraction,
                                  otsu=cfg.otsu, guidance_scale=guidance)
         np.testing.assert_array_equal(np.isnan(heat), np.isnan(got.heatmaps[k]))
@@ -62,8 +54,8 @@ SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("k", [1, 2, 4])
-def test_matches_naive_paper_layers(models, image, prediction_type, k):
-    _compare(models[prediction_type], image, PHRASES[:k], SHORT)
+def test_matches_naive_paper_layers(models, textured_image, prediction_type, k):
+    _compare(models[prediction_type], textured_image, PHRASES[:k], SHORT)
 
 
 @pytest.mark.parametrize("prediction_type,cfg,k", [
@@ -73,37 +65,37 @@ def test_matches_naive_paper_layers(models, image, prediction_type, k):
     ("v_prediction", SHORT.with_layers(range(11)).with_window_percent(50), 4),
     ("epsilon", SHORT.with_layers((8, 9)).with_window(0, 1), 1),
 ])
-def test_matches_naive_other_layers_and_windows(models, image, prediction_type, cfg, k):
-    _compare(models[prediction_type], image, PHRASES[:k], cfg)
+def test_matches_naive_other_layers_and_windows(models, textured_image, prediction_type, cfg, k):
+    _compare(models[prediction_type], textured_image, PHRASES[:k], cfg)
 
 
-def test_matches_naive_without_postprocessing(models, image):
-    _compare(models["v_prediction"], image, PHRASES[:2], replace(SHORT, sigma_fraction=None, otsu=False))
+def test_matches_naive_without_postprocessing(models, textured_image):
+    _compare(models["v_prediction"], textured_image, PHRASES[:2], replace(SHORT, sigma_fraction=None, otsu=False))
 
 
-def test_matches_naive_with_guidance(models, image):
+def test_matches_naive_with_guidance(models, textured_image):
     """With guidance != 0 the trajectory depends on the phrase; the engine follows one per phrase."""
-    _compare(models["epsilon"], image, PHRASES[:2], SHORT, guidance=1.5)
+    _compare(models["epsilon"], textured_image, PHRASES[:2], SHORT, guidance=1.5)
 
 
 @pytest.mark.slow
-def test_matches_naive_full_paper_schedule(models, image):
+def test_matches_naive_full_paper_schedule(models, textured_image):
     """All 334 trailing steps of the paper's preset (window [120, 180), layers 3, 4, 6, 7)."""
-    _compare(models["epsilon"], image, PHRASES[:1], gd.GroundingConfig.paper())
+    _compare(models["epsilon"], textured_image, PHRASES[:1], gd.GroundingConfig.paper())
 
 
 @pytest.mark.slow
-def test_matches_naive_full_paper_schedule_float32(image):
+def test_matches_naive_full_paper_schedule_float32(textured_image):
     """The same in float32 (v-prediction, as the paper's model): rounding differences stay below
     the tolerance (about 2e-6 on this machine)."""
     model = tiny_ldm(prediction_type="v_prediction")
-    _compare(model, image, PHRASES[1:2], gd.GroundingConfig.paper())
+    _compare(model, textured_image, PHRASES[1:2], gd.GroundingConfig.paper())
 
 
-def test_heads_are_averaged(image):
+def test_heads_are_averaged(textured_image):
     """Layers with several heads: the engine averages heads as the naive reference does."""
     model = tiny_ldm(prediction_type="v_prediction", heads=(2, 2, 4)).to(dtype=torch.float64)
-    _compare(model, image, PHRASES[:2], SHORT.with_middle_layers(6))
+    _compare(model, textured_image, PHRASES[:2], SHORT.with_middle_layers(6))
 
 
 def test_ground_command_on_a_resized_non_square_image_matches_the_naive_reference(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 
 import pytest
@@ -13,9 +12,7 @@ from groundiff_core import cli
 from groundiff_core.commands import doctor
 from groundiff_core.models.loading import catalog
 
-needs_monai = pytest.mark.skipif(
-    importlib.util.find_spec("monai") is None or importlib.util.find_spec("einops") is None,
-    reason="the [monai] extra builds the reference networks")
+from conftest import needs_monai  # noqa: E402
 
 
 @needs_monai

@@ -4,7 +4,6 @@ unsafe pickles, unknown options, and never a download unless asked."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 import pytest
 import torch
@@ -15,9 +14,7 @@ from groundiff_core.models.loading import (MissingWeightsError, StateDictMismatc
 from groundiff_core.models.loading.checkpoints import read_state_dict
 from groundiff_core.models.loading.monai_unet import MonaiUNetConfig, convert_unet
 
-needs_monai = pytest.mark.skipif(
-    importlib.util.find_spec("monai") is None or importlib.util.find_spec("einops") is None,
-    reason="the [monai] extra builds the reference networks")
+from conftest import needs_monai  # noqa: E402
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ loads offline and grounds end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -13,9 +12,7 @@ from test_loading_support import IMAGE, TEXT_WORDS, load_scaled_paper, write_pap
 import groundiff_core as gd
 from groundiff_core.models.loading import load_model
 
-needs_monai = pytest.mark.skipif(
-    importlib.util.find_spec("monai") is None or importlib.util.find_spec("einops") is None,
-    reason="the [monai] extra builds the reference networks")
+from conftest import needs_monai  # noqa: E402
 
 
 def _image(size: int = 48) -> np.ndarray:
