@@ -21,6 +21,8 @@ from groundiff_core.cli import main as cli_main
 
 import mscxr_fixture as fx
 
+pytestmark = pytest.mark.slow  # two torchrun processes
+
 COMMON = ["evaluate", "--model", "tiny", "--steps", "10", "--dataset", "mscxr", "--bootstrap", "200",
           "--device", "cpu", "--no-progress"]
 METRICS = ("miou", "auc", "auc_binned", "cnr_abs", "cnr_signed", "pointing")

@@ -27,6 +27,8 @@ from groundiff_core.commands import doctor  # noqa: E402
 from groundiff_core.models.loading import MissingWeightsError, StateDictMismatchError, load_model  # noqa: E402
 from groundiff_core.models.loading.bundle import BundleError, read_bundle  # noqa: E402
 
+pytestmark = pytest.mark.slow  # writes and loads scaled paper-architecture bundles
+
 TOL = 1e-4
 LATENT = IMAGE // 8
 

@@ -25,6 +25,8 @@ from groundiff_core.engine.layers import cross_attention_layers  # noqa: E402
 from groundiff_core.models.loading.monai_autoencoder import MonaiAutoencoderConfig, convert_autoencoder  # noqa: E402
 from groundiff_core.models.loading.monai_unet import MonaiUNetConfig, convert_unet, unet_state_for_diffusers  # noqa: E402
 
+pytestmark = pytest.mark.slow  # builds and converts MONAI networks
+
 TOL = 1e-4
 LATENT = IMAGE // 8
 PAPER_LAYERS = (3, 4, 6, 7)

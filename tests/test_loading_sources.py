@@ -52,6 +52,7 @@ def test_phantom_loads_offline(monkeypatch):
     assert model.input_range == (0.0, 1.0) and model.schedule.prediction_type == "v_prediction"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_stable_diffusion_layout_loads_and_grounds(tmp_path, monkeypatch, prediction_type):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -126,6 +127,7 @@ def test_paper_files_load_from_top_level_or_models_folder(tmp_path):
 
 
 @needs_monai
+@pytest.mark.slow
 def test_paper_source_uses_the_environment_folder_and_grounds(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     write_paper_dir(tmp_path / "paper")

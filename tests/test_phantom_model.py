@@ -55,6 +55,7 @@ def test_latents_have_about_unit_variance(phantom):
 GROUNDING_SEEDS = [SPLIT_SEEDS["val"] + 500 + i for i in range(4)]
 
 
+@pytest.mark.slow
 def test_grounding_succeeds_on_fixed_pairs(phantom):
     """The paper's preset (100 steps, window steps 36..53) on four validation phantoms, eight pairs.
 
@@ -82,6 +83,7 @@ def test_grounding_succeeds_on_fixed_pairs(phantom):
     assert np.mean(wins) >= 0.6, wins
 
 
+@pytest.mark.slow
 def test_paper_preset_maps_are_normalised(phantom):
     ph = make_phantom(GROUNDING_SEEDS[0])
     hm = gd.Grounder(phantom, gd.GroundingConfig.paper().with_steps(100)).ground(
@@ -124,6 +126,7 @@ def test_the_shipped_folder_is_a_diffusers_pipeline_folder():
     assert pipe.vae.config.in_channels == record["image_channels"] == 1
 
 
+@pytest.mark.slow
 def test_the_folder_loads_as_any_diffusers_folder_gives_the_same_model(phantom):
     """``load_model(<weights folder>)`` (the generic route) and ``load_model("phantom")`` agree exactly."""
     import json

@@ -13,6 +13,8 @@ from groundiff_core.phantom.generator import SPLIT_SEEDS, SPLIT_SPAN, TRAIN_BLOC
 from groundiff_core.phantom.model import WEIGHTS_DIR, load_phantom
 from groundiff_core.phantom.train import main as train
 
+pytestmark = pytest.mark.slow  # trains small models
+
 
 ARGS = ["--n-train", "6", "--vae-steps", "2", "--vae-batch", "2", "--unet-batch", "2", "--save-every", "1",
         "--export-every", "100"]

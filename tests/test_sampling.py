@@ -14,6 +14,7 @@ def model():
     return tiny_ldm()
 
 
+@pytest.mark.slow
 def test_one_image_per_phrase_in_range_and_deterministic(model):
     a = generate(model, ["left pleural effusion", "cardiomegaly"], num_steps=5, seed=3)
     b = generate(model, ["left pleural effusion", "cardiomegaly"], num_steps=5, seed=3)
@@ -24,6 +25,7 @@ def test_one_image_per_phrase_in_range_and_deterministic(model):
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_guidance_uses_the_text(model):
     def one(phrase, guidance):  # same seed, so the same starting noise
         return generate(model, [phrase], num_steps=5, guidance_scale=guidance, seed=0)[0]
