@@ -207,8 +207,8 @@ class GroundingConfig:
         t = 9, 19, ..., 999), the window at the paper's place and width as a share of the steps,
         ``[40, 60)`` (the paper's ``n/2 - n/10 .. n/2 + n/10`` with n = 100, t = 409..599), the same
         layers 3, 4, 6, 7 and post-processing. Per image and K phrases it costs ``59 + 20 K`` sample
-        evaluations against the paper's ``179 + 60 K``. Its accuracy is not the paper's: compare the
-        two on the same pairs (e.g. ``groundiff_core.book.pages.paired_difference``) before relying on it."""
+        evaluations against the paper's ``179 + 60 K``. Its accuracy was measured on the phantom
+        only (the book's ablation page); compare the two presets on your own pairs before relying on it."""
         return cls.paper().with_steps(FAST_STEPS)
 
     def with_layers(self, layers: Sequence[int] | int | str) -> "GroundingConfig":
