@@ -42,26 +42,24 @@ PAPER_OVERRIDES = ("autoencoder", "diffusion_model", "tokenizer", "unet_config",
                    "beta_end", "beta_schedule", "num_train_timesteps", "name")
 
 
-def _unet_config(value) -> MonaiUNetConfig:
+def _architecture(value, cls, option: str, monai_class: str):
+    """``value`` as a ``cls`` (a Monai*Config): None gives the paper's, a dict its arguments."""
     if value is None:
-        return MonaiUNetConfig.paper()
-    if isinstance(value, MonaiUNetConfig):
+        return cls.paper()
+    if isinstance(value, cls):
         return value
     if isinstance(value, Mapping):
-        return MonaiUNetConfig.from_dict(value)
-    raise ValueError("unet_config must be a MonaiUNetConfig or a dict of DiffusionModelUNet arguments, "
+        return cls.from_dict(value)
+    raise ValueError(f"{option} must be a {cls.__name__} or a dict of {monai_class} arguments, "
                      f"got {type(value).__name__}")
+
+
+def _unet_config(value) -> MonaiUNetConfig:
+    return _architecture(value, MonaiUNetConfig, "unet_config", "DiffusionModelUNet")
 
 
 def _autoencoder_config(value) -> MonaiAutoencoderConfig:
-    if value is None:
-        return MonaiAutoencoderConfig.paper()
-    if isinstance(value, MonaiAutoencoderConfig):
-        return value
-    if isinstance(value, Mapping):
-        return MonaiAutoencoderConfig.from_dict(value)
-    raise ValueError(f"autoencoder_config must be a MonaiAutoencoderConfig or a dict of AutoencoderKL arguments, "
-                     f"got {type(value).__name__}")
+    return _architecture(value, MonaiAutoencoderConfig, "autoencoder_config", "AutoencoderKL")
 
 
 def _user_cache() -> Path:
