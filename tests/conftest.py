@@ -14,7 +14,7 @@ import torch
 
 from groundiff_core.models.architectures import tiny_ldm
 
-PHRASES = ["left pleural effusion", "cardiomegaly", "small right pneumothorax"]
+PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", "mild edema"]  # the engine tests' phrases
 
 needs_monai = pytest.mark.skipif(
     importlib.util.find_spec("monai") is None or importlib.util.find_spec("einops") is None,

@@ -25,7 +25,7 @@ from groundiff_core.models.architectures import tiny_ldm
 from groundiff_core.testing.naive import naive_ground
 
 TOL = 1e-5
-PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", "mild edema"]
+from conftest import PHRASES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
