@@ -90,7 +90,8 @@ METHODS = ("engine", "engine-noexit", "engine-fast", "naive")
 MAPS = Path(os.environ.get("TMPDIR", "/tmp"))
 
 
-def child(method: str, k: int, n_images: int, window: tuple[int, int] | None, repeats: int) -> dict:
+def child(method: str, k: int, n_images: int, window: tuple[int, int] | None, repeats: int,
+          batch_images: int = 1) -> dict:
     """One measurement in this (fresh) process; returns a JSON-able dict."""
     import numpy as np
     import torch
@@ -126,9 +127,9 @@ def child(method: str, k: int, n_images: int, window: tuple[int, int] | None, re
         maps = []
         t0, c0 = time.perf_counter(), time.process_time()
         if method.startswith("engine"):
-            g = grounder_module.Grounder(model, cfg, batch_size=1, early_exit=method != "engine-noexit")
-            for img in images:
-                maps.append(g.ground(img, PHRASES[:k]).heatmaps)
+            g = grounder_module.Grounder(model, cfg, batch_size=batch_images, early_exit=method != "engine-noexit")
+            # batch_images > 1: the engine packs that many images' rows into each UNet call
+            maps += [h.heatmaps for h in g.ground_batch(images, [PHRASES[:k]] * len(images))]
             truncated = g.stats["unet_samples_truncated"]
         else:
             for img in images:
@@ -145,7 +146,8 @@ def child(method: str, k: int, n_images: int, window: tuple[int, int] | None, re
         cpus.append((time.process_time() - c0) / n_images)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     np.save(MAPS / f"bench_engine_{method}_{k}.npy", np.stack(maps))
-    return {"method": method, "k": k, "images": n_images, "preset": "fast" if method == "engine-fast" else "paper",
+    return {"method": method, "k": k, "images": n_images,
+            "batch_images": batch_images if method.startswith("engine") else 1, "preset": "fast" if method == "engine-fast" else "paper",
             "window": list(cfg.window), "unet_samples_per_image": counted[0] / n_images / repeats,
             "unet_samples_truncated_per_image": truncated / n_images,
             "wall_s_per_image": min(walls), "wall_s_per_image_all_runs": walls, "cpu_s_per_image": min(cpus),
@@ -207,9 +209,9 @@ def project_paper_unet(unet: dict, ks: list[int]) -> dict:
                     "phrases per image costs about 1162 x cpu_s_per_pair(K=1) on one core"}
 
 
-def run_child(method: str, k: int, n_images: int, repeats: int, window=None) -> dict:
+def run_child(method: str, k: int, n_images: int, repeats: int, window=None, batch_images: int = 1) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--k", str(k), "--images", str(n_images),
-           "--repeats", str(repeats)]
+           "--repeats", str(repeats), "--batch-images", str(batch_images)]
     if window:
         cmd += ["--window", f"{window[0]}:{window[1]}"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -245,6 +247,8 @@ def main() -> int:
     ap.add_argument("--ks", default="1,4", help="phrases per image, comma-separated")
     ap.add_argument("--repeats", type=int, default=2,
                     help="runs per measurement, methods alternating; the fastest is reported")
+    ap.add_argument("--batch-images", type=int, default=1,
+                    help="images whose rows the engine packs into one UNet call (the naive method takes one at a time)")
     ap.add_argument("--skip-paper-unet", action="store_true", help="leave out part 2 (the paper-width UNet)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engine_cpu.json"))
     ap.add_argument("--child", choices=[*METHODS, "paper-unet"], help=argparse.SUPPRESS)
@@ -256,14 +260,15 @@ def main() -> int:
         return 0
     if args.child:
         window = tuple(int(v) for v in args.window.split(":")) if args.window else None
-        print(json.dumps(child(args.child, args.k, args.images, window, args.repeats)))
+        print(json.dumps(child(args.child, args.k, args.images, window, args.repeats, args.batch_images)))
         return 0
 
     import numpy as np
     import torch
 
     ks = [int(v) for v in args.ks.split(",")]
-    print(f"groundiff engine benchmark: 128x128 input, UNet 32/64/64, latent 32x32, {args.images} image(s), "
+    print(f"groundiff engine benchmark: 128x128 input, UNet 32/64/64, latent 32x32, {args.images} image(s) "
+          f"({args.batch_images} per engine UNet call), "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', '1')}", flush=True)
     rows = []
     for k in ks:
@@ -272,7 +277,7 @@ def main() -> int:
         runs = {m: [] for m in METHODS}
         for _ in range(args.repeats):
             for method in METHODS:
-                runs[method].append(run_child(method, k, args.images, 1))
+                runs[method].append(run_child(method, k, args.images, 1, batch_images=args.batch_images))
         best = {m: _best(runs[m]) for m in METHODS}
         maps = {m: np.load(MAPS / f"bench_engine_{m}_{k}.npy") for m in METHODS}
         cpu = {m: best[m]["cpu_s_per_image"] for m in METHODS}
@@ -325,6 +330,7 @@ def main() -> int:
         "presets": {"paper": "334 trailing steps, window [120, 180), layers 3, 4, 6, 7",
                     "fast": "100 trailing steps, window [40, 60), layers 3, 4, 6, 7"},
         "images_per_measurement": args.images,
+        "batch_images": args.batch_images,
         "repeats": args.repeats,
         "wall_time": "fastest of the repeats (methods alternate), seconds per image",
         "cpu_time": "process CPU time (single-threaded, so robust to other jobs on the machine), fastest repeat",

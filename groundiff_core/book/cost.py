@@ -63,7 +63,9 @@ def cpu_section(data: dict, name: str, date: str) -> str:
              f"torch {data.get('torch', '?')} with {data.get('torch_threads', '?')} thread(s); {date}. "
              f"Model: the benchmark model ({m.get('weights', '?')} weights, {m.get('input_size', '?')} px, "
              f"UNet channels {m.get('unet_channels', '?')}, {m.get('cross_attention_layers', '?')} cross-attention "
-             f"layers). Times: {data.get('cpu_time', '')}.", ""]
+             f"layers). Images per measurement: {data.get('images_per_measurement', 1)}, "
+             f"{data.get('batch_images', 1)} per engine UNet call (the naive method takes one at a time). "
+             f"Times: {data.get('cpu_time', '')}.", ""]
     if data.get("note"):
         lines += [f"*{data['note']}*", ""]
     lines += ["| K phrases | method | UNet samples / image (truncated) | CPU s / image | wall s / image "
