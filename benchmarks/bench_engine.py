@@ -305,7 +305,7 @@ def main() -> int:
               f"CPU; wall ratio {r['wall_ratio_naive_over_engine']:.2f}; max |engine - naive| "
               f"{r['max_abs_diff_engine_vs_naive']:.2e}, |exit - no exit| {r['max_abs_diff_early_exit_vs_not']:.2e}",
               flush=True)
-    wide = run_child("engine", 1, 1, 1, window=(0, 180))
+    wide = run_child("engine", 1, args.images, 1, window=(0, 180), batch_images=args.batch_images)
     paper_k1 = next((r["engine"] for r in rows if r["k"] == 1), None)
     paper_unet = None
     if not args.skip_paper_unet:
