@@ -19,11 +19,14 @@ test-all: setup
 	$(PY) -m pytest -q tests
 
 # Full book on the embedded phantom default: execute the notebooks with papermill, then render.
+# With GROUNDIFF_REPOSITORY_URL set (the publishing job), the pages link to that repository and carry
+# Binder launch buttons (groundiff_core/book/hosting.py); without it they have neither.
 book: setup
 	$(PY) -m groundiff_core.book
 	$(PY) -m groundiff_core.book.check book/notebooks --dataset phantom
 	$(PY) -m groundiff_core.book.cost book/_generated/cost.md
-	.venv/bin/jupyter-book build book -W --keep-going
+	$(PY) -m groundiff_core.book.hosting book/_generated/_config.yml
+	.venv/bin/jupyter-book build book --config book/_generated/_config.yml -W --keep-going
 	$(PY) -m groundiff_core.book.check --html book/_build/html
 
 # CI profile: fewer pairs, same notebooks, warnings are errors; then every page must have run
@@ -32,7 +35,8 @@ book-quick: setup
 	$(PY) -m groundiff_core.book --quick
 	$(PY) -m groundiff_core.book.check book/notebooks --dataset phantom
 	$(PY) -m groundiff_core.book.cost book/_generated/cost.md
-	.venv/bin/jupyter-book build book -W --keep-going
+	$(PY) -m groundiff_core.book.hosting book/_generated/_config.yml
+	.venv/bin/jupyter-book build book --config book/_generated/_config.yml -W --keep-going
 	$(PY) -m groundiff_core.book.check --html book/_build/html
 
 # The five notebooks (quick profile, every pair) on an MS-CXR-shaped fixture and a MONAI bundle

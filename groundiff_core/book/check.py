@@ -11,7 +11,9 @@ reads them and lists every problem:
 * a metrics file without a single metric (a notebook that silently evaluated nothing).
 
 :func:`check_html` does the same for the rendered pages: a provenance box, numbered figures whose
-images exist, no error output.
+images exist, no error output, and, when the book was built for a public repository
+(``GROUNDIFF_REPOSITORY_URL``, see :mod:`groundiff_core.book.hosting`), the repository link and the
+Binder launch link.
 
 ``python -m groundiff_core.book.check book/notebooks [--dataset mscxr] [--html book/_build/html]``
 exits 1 on any problem.
@@ -26,6 +28,8 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Sequence
+
+from groundiff_core.book.hosting import Hosting, hosting_from_env, launch_url
 
 __all__ = ["METRIC_FILES", "check_book", "check_html", "check_metrics", "main"]
 
@@ -155,6 +159,7 @@ class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.images: list[str] = []
+        self.links: list[str] = []
         self.classes: list[str] = []
         self.figure_numbers = 0
         self._in_number = False
@@ -163,16 +168,20 @@ class _Page(HTMLParser):
         a = dict(attrs)
         cls = a.get("class") or ""
         self.classes.append(cls)
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"])
         if tag == "img":
             self.images.append(a.get("src") or "")
         if tag == "span" and "caption-number" in cls.split():
             self.figure_numbers += 1
 
 
-def check_html(html_dir: str | Path, names: Sequence[str] | None = None) -> list[str]:
+def check_html(html_dir: str | Path, names: Sequence[str] | None = None, hosting: Hosting | None = None) -> list[str]:
     """Problems of the rendered notebook pages in ``html_dir`` (``book/_build/html``): each page
     must exist, open with its provenance box (an admonition of class ``provenance``), show at least
-    one numbered figure (a ``caption-number``) whose images all exist, and hold no error output."""
+    one numbered figure (a ``caption-number``) whose images all exist, and hold no error output.
+    With ``hosting`` (the book was built for a public repository), each page must also link to the
+    repository and carry its Binder launch link."""
     root = Path(html_dir)
     problems: list[str] = []
     for name in names or list(METRIC_FILES):
@@ -194,6 +203,11 @@ def check_html(html_dir: str | Path, names: Sequence[str] | None = None) -> list
                 problems.append(f"{name}: image {src!r} does not exist")
         if any("output_error" in c or "traceback" in c.lower() for c in parsed.classes) or "Traceback (most recent" in html:
             problems.append(f"{name}: the page shows an error output")
+        if hosting is not None:
+            if launch_url(hosting, f"notebooks/{name}") not in parsed.links:
+                problems.append(f"{name}: no Binder link {launch_url(hosting, f'notebooks/{name}')}")
+            if hosting.repository_url not in parsed.links:
+                problems.append(f"{name}: no link to the repository {hosting.repository_url}")
     return problems
 
 
@@ -210,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.notebooks_dir is not None:
         problems += check_book(args.notebooks_dir, dataset=args.dataset, names=args.only)
     if args.html is not None:
-        problems += check_html(args.html, names=args.only)
+        problems += check_html(args.html, names=args.only, hosting=hosting_from_env())
     for p in problems:
         print(f"[bookcheck] {p}", file=sys.stderr)
     if problems:
