@@ -201,7 +201,7 @@ figures.publish(fig, out, "per_layer")
 # Token-averaged cross-attention of the phrase at each of the model's
 # cross-attention layers (numbered in execution order: down blocks, middle, up blocks; native
 # resolution in brackets), at the middle step of the window. The layers the paper reads are
-# marked "read" in red: the deepest-resolution layers. Look at which layers put their mass on the
+# marked "read" in red. Look at which layers put their mass on the
 # phrase's box and which spread it over the anatomy.
 # ```
 
