@@ -64,6 +64,7 @@ show_images = None  # draw the dataset's images; None: only for the phantom (kee
 shipped_run = "book/results/phantom-paper"  # shipped paper-preset run, read for the phantom model on the phantom ("": live)
 min_shipped_pairs = 400  # refuse a shipped run with fewer scored pairs than this (the page promises at least 400)
 recheck_pairs = 12  # pairs of the shipped run grounded again live and compared with it (whole images, seeded)
+batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the maps are the same to the bit); more on a GPU
 
 # %% tags=["hide-input"]
 from dataclasses import replace
@@ -132,7 +133,7 @@ examples = pages.one_pair_per_class(pool, conventions=conventions, crop_size=ldm
 kept = {p.phrase for p in examples}
 cheap_n = 0 if use_shipped else n_pairs  # the text-blind floors: every pair of the shipped run
 methods = {  # label: (results folder, method, pairs)
-    ldm_row: ("cross_attention", pages.KeepMaps(gd.Grounder(ldm, config), kept), n_pairs),
+    ldm_row: ("cross_attention", pages.KeepMaps(gd.Grounder(ldm, config, batch_size=batch_images), kept), n_pairs),
     f"Captum {captum_method}": (f"captum_{captum_method}", pages.KeepMaps(make_method(captum_method, ldm), kept),
                                 captum_n),
     "centre prior": ("centre_prior", pages.KeepMaps(CentrePrior(), kept), cheap_n),
@@ -143,14 +144,15 @@ for name, (folder, method, n) in methods.items():
     if use_shipped and name == ldm_row:
         summaries[name] = run.summarize(n_boot=n_boot, seed=seed)
         rows_of[name] = run.rows
-        recheck = shipped.recheck(run, method, data.pairs, out / "recheck", n=recheck_pairs, seed=seed)
+        recheck = shipped.recheck(run, method, data.pairs, out / "recheck", n=recheck_pairs, seed=seed,
+                                   batch_images=batch_images)
         print(f"{name:32s} {summaries[name]['n_pairs']:4d} pairs (shipped run), "
               f"{summaries[name]['seconds_per_pair']:.2f} s per pair where it ran; live re-check: "
               f"{recheck['pairs']} pairs, {recheck['seconds_per_pair']:.2f} s per pair here")
         continue
     summaries[name] = evaluate(method, data.pairs, out / folder, dataset=data.description,
                                n_pairs=n or None, seed=seed, n_boot=n_boot, progress=False,
-                               conventions=conventions)
+                               conventions=conventions, batch_images=batch_images)
     chosen = {p.pair_id for p in subset(data.pairs, n or None, seed=seed)}
     if use_shipped and not n:  # a text-blind floor: summarised on exactly the shipped run's scored pairs
         chosen &= {r["pair_id"] for r in run.ok_rows}

@@ -50,6 +50,7 @@ paper_run = "book/results/phantom-paper"  # shipped paper-preset run on the phan
 fast_run = "book/results/phantom-fast"  # shipped fast-preset run on the same split ("": leave the comparison out)
 min_paired_pairs = 200  # refuse the preset comparison on fewer common pairs (the page promises at least 200)
 fast_recheck_pairs = 4  # pairs of the shipped fast run grounded again live and compared with it
+batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the maps are the same to the bit); more on a GPU
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -77,7 +78,7 @@ display(pages.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} in
 show = pages.resolve_show_images(show_images, data)
 
 # %%
-grounder = gd.Grounder(ldm, config)
+grounder = gd.Grounder(ldm, config, batch_size=batch_images)
 n_layers = len(grounder.layers)
 L_values = [L for L in L_values if 1 <= L <= n_layers]
 windows = {T: window_from_percent(T, num_inference_steps) for T in T_values}
@@ -97,22 +98,25 @@ post = {"paper code (layers 3, 4, 6, 7)": dict(config=config),
         "no Otsu": dict(config=config, otsu=False),
         "neither": dict(config=config, smooth=False, otsu=False)}
 rows, example = [], None
-for path, group in group_by_image(data.selected).items():
-    image = load_image(path)
-    phrases = list(dict.fromkeys(p.phrase for p in group))
-    rec = grounder.record(image, phrases, window=(lo, hi))
-    # boxes rescaled to the image as read and cut to the model's crop, as the runner scores them
-    scored = {p.pair_id: pages.scored_boxes(p, image.shape, crop_size=ldm.input_size)[0] for p in group}
-    scorable = [p for p in group if len(scored[p.pair_id])]
-    for key, kw in [*settings.items(), *post.items()]:
-        maps = rec.aggregate(**kw).heatmaps
-        for p in scorable:
-            m = metrics.all_metrics(maps[phrases.index(p.phrase)], scored[p.pair_id])
-            L, T = key if isinstance(key, tuple) else (None, None)
-            rows.append({"pair_id": p.pair_id, "category": p.category, "L": L, "T": T,
-                         "setting": key if isinstance(key, str) else "grid", **m})
-    if example is None and scorable:
-        example = (image, scorable[0], scored[scorable[0].pair_id], rec.to("cpu"))
+groups = list(group_by_image(data.selected).values())
+for b0 in range(0, len(groups), batch_images):  # batch_images images per inversion; their recordings, then the next
+    chunk = groups[b0:b0 + batch_images]
+    images = [load_image(group[0].image_path) for group in chunk]
+    phrase_lists = [list(dict.fromkeys(p.phrase for p in group)) for group in chunk]
+    recordings = grounder.record_batch(images, phrase_lists, window=(lo, hi))
+    for group, image, phrases, rec in zip(chunk, images, phrase_lists, recordings):
+        # boxes rescaled to the image as read and cut to the model's crop, as the runner scores them
+        scored = {p.pair_id: pages.scored_boxes(p, image.shape, crop_size=ldm.input_size)[0] for p in group}
+        scorable = [p for p in group if len(scored[p.pair_id])]
+        for key, kw in [*settings.items(), *post.items()]:
+            maps = rec.aggregate(**kw).heatmaps
+            for p in scorable:
+                m = metrics.all_metrics(maps[phrases.index(p.phrase)], scored[p.pair_id])
+                L, T = key if isinstance(key, tuple) else (None, None)
+                rows.append({"pair_id": p.pair_id, "category": p.category, "L": L, "T": T,
+                             "setting": key if isinstance(key, str) else "grid", **m})
+        if example is None and scorable:
+            example = (image, scorable[0], scored[scorable[0].pair_id], rec.to("cpu"))
 results = pd.DataFrame(rows)
 results.to_csv(out / "ablation_pairs.csv", index=False)
 
@@ -274,8 +278,9 @@ if shipped.uses_shipped(model, dataset_csv, paper_run) and fast_run:
         r.check_model(ldm)
         r.check_config(gd.GroundingConfig.preset(name), "paper")
         r.check_data(split_pairs)
-    fast_check = shipped.recheck(presets["fast"], gd.Grounder(ldm, gd.GroundingConfig.fast()), split_pairs,
-                                 out / "fast_recheck", n=fast_recheck_pairs, seed=seed)
+    fast_check = shipped.recheck(presets["fast"], gd.Grounder(ldm, gd.GroundingConfig.fast(), batch_size=batch_images),
+                                 split_pairs, out / "fast_recheck", n=fast_recheck_pairs, seed=seed,
+                                 batch_images=batch_images)
     fast_vs_paper = shipped.compare_presets(presets["paper"], presets["fast"], list(titles) + ["pointing"],
                                             n_boot=n_boot, seed=seed)
     if fast_vs_paper["n_pairs"] < min_paired_pairs:

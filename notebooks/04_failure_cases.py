@@ -35,6 +35,7 @@ text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the 
 output_dir = "book/notebooks/04_failure_cases_files"
 worst_per_class = 1  # worst pairs shown per class
 prompt_pairs = 2  # pairs whose phrase is varied in the prompt-sensitivity study
+batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the maps are the same to the bit); more on a GPU
 show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
 
 # %% tags=["hide-input"]
@@ -61,9 +62,9 @@ display(pages.provenance_box(data, ldm, preset="paper", config=gd.GroundingConfi
 show = pages.resolve_show_images(show_images, data)
 
 # %%
-grounder = pages.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper()))
+grounder = pages.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper(), batch_size=batch_images))
 summary = evaluate(grounder, data.pairs, out / "cross_attention", dataset=data.description,
-                   n_pairs=n_pairs or None, seed=seed, progress=False)
+                   n_pairs=n_pairs or None, seed=seed, progress=False, batch_images=batch_images)
 pairs = {p.pair_id: p for p in data.pairs}
 res = pd.DataFrame([r for r in load_results(out / "cross_attention") if r.get("status") == "ok"])
 res["n_boxes"] = res.boxes.map(len)

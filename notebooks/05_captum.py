@@ -46,7 +46,7 @@ objective_draws = 4  # (timestep, noise) draws of the denoising-gain objective
 ig_steps = 16  # Integrated Gradients: integration steps
 n_samples = 8  # GradientShap and SmoothGrad: samples
 occlusion_window = 0.125  # Occlusion: window side as a share of the input size
-occlusion_stride = 0.0625  # Occlusion: stride as a share of the input size
+occlusion_stride = 0.125  # Occlusion: stride as a share of the input size (= the window: 64 windows, not 225 at 1/16)
 shown_pairs = 3  # pairs shown side by side
 token_pairs = 2  # pairs whose phrase gets a per-word attribution
 show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)

@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this notebook")
     parser.add_argument("--html", action="store_true",
                         help="also render the executed notebooks with the book's pages and check the HTML")
+    parser.add_argument("--jobs", type=int, default=2, metavar="N", help="notebooks executed at once (default 2)")
     args = parser.parse_args(argv)
     # one thread per kernel: the fixture's networks are tiny, and on a shared 2-core machine a second
     # torch thread contends with everything else (a UNet call measured 0.5 s with 2 threads, 0.06 s with 1)
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
             for only, extra in batches:
                 if only:
                     book.run_book(project, profile="quick", only=only, overrides={**common, **extra},
-                                  command="scripts/book_fixture.py")
+                                  command="scripts/book_fixture.py", jobs=args.jobs)
         except book.NotebookError as e:
             print(f"[book-fixture] FAILED: {e}", file=sys.stderr)
             return 1

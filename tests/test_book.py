@@ -7,6 +7,7 @@ Each test builds a tiny project in a temporary folder (``notebooks/NN_name.py`` 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -192,6 +193,51 @@ def test_parameters_are_injected_and_recorded(tmp_path):
         "n_pairs": runner.PROFILES["quick"]["*"]["n_pairs"], "seed": 5,
         "value": runner.PROFILES["quick"]["*"]["n_pairs"] * 100 + 5,
     }
+
+
+THREADS_NOTEBOOK = PARAM_NOTEBOOK + """
+# %%
+import os, time
+pathlib.Path(output_dir, "run.json").write_text(json.dumps(
+    {"threads": os.environ.get("OMP_NUM_THREADS"), "start": time.time(), "end": (time.sleep(3), time.time())[1]}))
+"""
+
+
+def test_parallel_jobs_run_notebooks_at_once_with_a_share_of_the_cores(tmp_path, monkeypatch):
+    """--jobs 2: two kernels at once (their run times overlap), each told cpu_count / 2 threads; the
+    results and the record are those of a sequential run."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for name in ("01_a", "02_b", "03_c"):
+        write_source(tmp_path, name, THREADS_NOTEBOOK)
+    runs = runner.run_book(tmp_path, overrides={"seed": 4}, jobs=2)
+    assert [r.name for r in runs] == ["01_a", "02_b", "03_c"] and all(r.status == "ok" for r in runs)
+    files = {n: tmp_path / f"book/notebooks/{n}_files" for n in ("01_a", "02_b", "03_c")}
+    times = {n: json.loads((f / "run.json").read_text()) for n, f in files.items()}
+    assert {t["threads"] for t in times.values()} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    spans = sorted((t["start"], t["end"]) for t in times.values())
+    assert spans[1][0] < spans[0][1], "the first two notebooks did not run at the same time"
+    assert all(json.loads((f / "metrics.json").read_text())["value"] == 304 for f in files.values())
+    record = json.loads((tmp_path / "book/_generated/reproducibility.json").read_text())
+    assert [record["notebooks"][n]["status"] for n in ("01_a", "02_b", "03_c")] == ["ok"] * 3
+    assert "OMP_NUM_THREADS" not in os.environ  # restored
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        runner.run_book(tmp_path, jobs=0)
+
+
+def test_parallel_failure_is_recorded_and_nothing_new_starts(tmp_path):
+    write_source(tmp_path, "01_broken", "# %% tags=[\"parameters\"]\noutput_dir = 'out'\n\n# %%\nraise ZeroDivisionError('deliberate')\n")
+    write_source(tmp_path, "02_slow", THREADS_NOTEBOOK)
+    for name in ("03_later", "04_later"):
+        write_source(tmp_path, name, PARAM_NOTEBOOK)
+    with pytest.raises(runner.NotebookError, match="ZeroDivisionError: deliberate"):
+        runner.run_book(tmp_path, jobs=2)
+    record = json.loads((tmp_path / "book/_generated/reproducibility.json").read_text())["notebooks"]
+    assert record["01_broken"]["status"] == "failed"
+    assert record["02_slow"]["status"] == "ok"  # it was running: it finished and was recorded
+    # two at a time: 01 and 02 started; once 01 failed no other notebook started
+    assert record["03_later"]["status"] == record["04_later"]["status"] == "not run"
+    assert not (tmp_path / "book/notebooks/03_later.ipynb").exists()
+    assert runner.main(["--root", str(tmp_path), "--jobs", "2"]) == 1
 
 
 def test_bad_requests_are_clear_errors(tmp_path):

@@ -68,6 +68,34 @@ def test_keepmaps_returns_and_keeps(tmp_path):
     assert method_identity(bookdata.KeepMaps(CentrePrior())) == method_identity(CentrePrior())
 
 
+def test_keepmaps_batches_through_the_method_and_keeps_every_image(tiny64_eps):
+    """The runner's ground_batch reaches the Grounder's (one inversion for the batch), the maps are
+    the single-image ones and are kept per image; a method without ground_batch is called per image."""
+    import groundiff_core as gd
+    from groundiff_core.methods.baselines import RandomHeatmap
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((30, 30)).astype(np.float32), rng.random((40, 32)).astype(np.float32)]
+    phrases = [["left pleural effusion"], ["cardiomegaly", "mild edema"]]
+    config = gd.GroundingConfig.paper().with_steps(20)
+    inner = gd.Grounder(tiny64_eps, config, batch_size=2)
+    calls = []
+    inner_batch = inner.ground_batch
+    inner.ground_batch = lambda ims, phs: calls.append(len(ims)) or inner_batch(ims, phs)
+    kept = bookdata.KeepMaps(inner)
+    results = kept.ground_batch(images, phrases)
+    assert calls == [2]
+    for image, ph, result in zip(images, phrases, results):
+        single = gd.Grounder(tiny64_eps, config).ground(image, ph)
+        np.testing.assert_array_equal(result.heatmaps, single.heatmaps)
+        for k, phrase in enumerate(ph):
+            np.testing.assert_array_equal(kept.get(image, phrase), single.heatmaps[k])
+    plain = bookdata.KeepMaps(RandomHeatmap(seed=1))
+    maps = plain.ground_batch(images, phrases)
+    assert [m.phrases for m in maps] == phrases
+    np.testing.assert_array_equal(plain.get(images[1], "mild edema"), maps[1].heatmaps[1])
+
+
 def test_save_json_cleans_numbers(tmp_path):
     path = bookdata.save_json({"a": np.float32(0.5), "b": float("nan"), "c": (1, 2), "d": Path("x")}, tmp_path, "m")
     assert json.loads(path.read_text()) == {"a": 0.5, "b": None, "c": [1, 2], "d": "x"}

@@ -4,4 +4,5 @@ import sys
 
 from groundiff_core.book.runner import main
 
-sys.exit(main())
+if __name__ == "__main__":  # guarded: the runner's worker processes (--jobs) must not run it again
+    sys.exit(main())

@@ -341,13 +341,27 @@ class KeepMaps:
         a = np.ascontiguousarray(load_image(image))
         return zlib.crc32(a.tobytes()) ^ (a.shape[0] << 16) ^ a.shape[1]
 
-    def ground(self, image: Any, phrases: Any):
-        result = self.method.ground(image, phrases)
+    def _keep(self, image: Any, result: Any) -> Any:
         key = self._digest(image)
         for phrase, hm in zip(result.phrases, result.heatmaps):
             if self.phrases is None or phrase in self.phrases:
                 self.maps[(key, phrase)] = hm
         return result
+
+    def ground(self, image: Any, phrases: Any):
+        return self._keep(image, self.method.ground(image, phrases))
+
+    def ground_batch(self, images: Sequence[Any], phrases_per_image: Sequence[Any]) -> list:
+        """The wrapped method's ``ground_batch`` (one ``ground`` per image where it has none)."""
+        inner = getattr(self.method, "ground_batch", None)
+        results = inner(images, phrases_per_image) if callable(inner) else \
+            [self.method.ground(im, ph) for im, ph in zip(images, phrases_per_image)]
+        return [self._keep(im, r) for im, r in zip(images, results)]
+
+    def __getattr__(self, name: str):  # model, config, name ... of the wrapped method
+        if name == "method":
+            raise AttributeError(name)
+        return getattr(self.method, name)
 
     def get(self, image: Any, phrase: str):
         """The kept ``[H, W]`` heatmap of ``phrase`` on ``image`` (KeyError if never grounded)."""
@@ -357,8 +371,3 @@ class KeepMaps:
         from groundiff_core.evaluation import method_identity
 
         return method_identity(self.method)
-
-    def __getattr__(self, name: str):  # model, config, name ... of the wrapped method
-        if name == "method":
-            raise AttributeError(name)
-        return getattr(self.method, name)

@@ -24,6 +24,7 @@ __all__ = [
     "parse_value",
     "profile_parameters",
     "refuse_undeclared",
+    "RUN_FIRST",
 ]
 
 # Parameters per profile: "*" applies to every notebook that declares the parameter, a notebook's
@@ -39,9 +40,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "03_ablation": {"n_pairs": 4, "num_inference_steps": 50, "fast_recheck_pairs": 2},
         "04_failure_cases": {"n_pairs": 8, "prompt_pairs": 1},
         "05_captum": {"n_pairs": 2, "shown_pairs": 2, "token_pairs": 1, "ig_steps": 8, "n_samples": 4,
-                      "objective_draws": 2, "occlusion_stride": 0.125},
+                      "objective_draws": 2},
     },
 }
+
+# The longest notebooks of the full profile (their runtimes in book/_generated/reproducibility.json),
+# started first when the runner executes notebooks in parallel (--jobs), so that they do not end last.
+RUN_FIRST = ("05_captum", "03_ablation", "04_failure_cases")
 
 
 @dataclass(frozen=True)

@@ -266,10 +266,11 @@ def compare_rows(shipped: Sequence[dict], live: Sequence[dict], *, tolerance: fl
 
 
 def recheck(run: ShippedRun, method: Any, pairs: Sequence[Any], out_dir: str | os.PathLike, *,
-            n: int, seed: int = 0, tolerance: float = TOLERANCE) -> dict:
+            n: int, seed: int = 0, tolerance: float = TOLERANCE, batch_images: int = 1) -> dict:
     """Ground :meth:`ShippedRun.recheck_selection` of ``pairs`` live with ``method`` (evaluation folder
     ``out_dir``, emptied first so that nothing is resumed; torch single-threaded meanwhile) and
-    :func:`compare_rows` them with the shipped rows. Returns the comparison with ``images`` and ``pair_ids`` added and the live
+    :func:`compare_rows` them with the shipped rows; ``batch_images`` images per ``ground_batch`` call
+    (on CPU batching gives the same maps to the bit, tests/test_engine_batching.py). Returns the comparison with ``images`` and ``pair_ids`` added and the live
     ``seconds_per_pair``."""
     import torch
 
@@ -283,7 +284,8 @@ def recheck(run: ShippedRun, method: Any, pairs: Sequence[Any], out_dir: str | o
     torch.set_num_threads(1)  # as the shipped runs were made: the same floating-point reduction order
     try:
         summary = evaluate(method, chosen, out_dir, dataset={"name": "phantom", "recheck_of": run.folder.name},
-                           progress=False, n_boot=10, seed=seed, conventions=run.conventions or "paper")
+                           progress=False, n_boot=10, seed=seed, conventions=run.conventions or "paper",
+                           batch_images=batch_images)
     finally:
         torch.set_num_threads(threads)
     ids = {p.pair_id for p in chosen}
