@@ -183,7 +183,7 @@ figures.publish(fig, out, "trajectory")
 
 # %% tags=["hide-input"]
 phrases = [pair.phrase] + [q.phrase for q in others]
-rec = grounder.record(image, phrases)
+rec = grounder.record(image, [pair.phrase])  # the walk-through's phrase; the image's other phrases come below
 mid = (config.window[0] + config.window[1]) // 2
 fig, axes = figures.grid(len(layers), ncols=6, size=1.8)
 for ax, layer in zip(axes, layers):
@@ -230,18 +230,15 @@ figures.publish(fig, out, "per_step")
 #
 # The method averages the attention over the phrase's tokens (those between the start and end
 # tokens). Each token's own map comes from the same phrase, the same inversion settings, layers and
-# window, reading one token position at a time (`GroundingConfig(tokens="token:i")`); before
-# normalisation these maps average exactly to the phrase's map.
+# window, reading one token position at a time (`Grounder.ground_tokens`: one inversion for all
+# tokens, each map the one `GroundingConfig(tokens="token:i")` gives); before normalisation these
+# maps average exactly to the phrase's map.
 
 # %% tags=["hide-input"]
-import dataclasses
-
 token_ids = ldm.tokenizer(pair.phrase)["input_ids"]
 tokens = ldm.tokenizer.convert_ids_to_tokens(token_ids)[1:-1]
-token_maps = [grounder.ground(image, [pair.phrase]).heatmaps[0]]
-for i in range(1, len(tokens) + 1):
-    g_tok = gd.Grounder(ldm, dataclasses.replace(config, tokens=f"token:{i}"))
-    token_maps.append(g_tok.ground(image, [pair.phrase]).heatmaps[0])
+# the phrase's map from the recording above (the same as grounder.ground, checked below)
+token_maps = [rec.aggregate(config=config).heatmaps[0], *grounder.ground_tokens(image, pair.phrase).heatmaps]
 titles = [f"'{pair.phrase}'"] + [f"token {i}: '{t.replace('</w>', '')}'" for i, t in enumerate(tokens, 1)]
 fig, axes = figures.grid(len(titles), ncols=min(len(titles), 6), size=2.2)
 for ax, title, hm in zip(axes, titles, token_maps):
@@ -287,8 +284,8 @@ figures.publish(fig, out, "postprocessing")
 # ```
 
 # %%
-check = grounder.ground(image, phrases)
-assert np.allclose(np.nan_to_num(check.heatmaps), np.nan_to_num(final.heatmaps), atol=1e-5), \
+check = grounder.ground(image, phrases)  # every phrase of the image from one inversion
+assert np.allclose(np.nan_to_num(check.heatmaps[0]), np.nan_to_num(final.heatmaps[0]), atol=1e-5), \
     "Recording.aggregate should equal Grounder.ground"
 rows = {}
 for k, ph in enumerate(phrases):
@@ -301,12 +298,12 @@ display(table)
 # %% [markdown]
 # The same heatmap scored against its own phrase's boxes (first row) and against the other
 # finding's boxes: when the text matters, the first row wins. The recording and a direct
-# `Grounder.ground` call give identical maps (checked above to 1e-5).
+# `Grounder.ground` call give the same map of the phrase (checked above to 1e-5).
 
 # %% tags=["hide-input"]
 fig, axes = figures.grid(len(phrases), ncols=3, size=3.0)
 for k, (ax, ph) in enumerate(zip(axes, phrases)):
-    figures.overlay(ax, shown_image, final.heatmaps[k], boxes if k == 0 else other_boxes[k - 1], title=f"'{ph}'")
+    figures.overlay(ax, shown_image, check.heatmaps[k], boxes if k == 0 else other_boxes[k - 1], title=f"'{ph}'")
     figures.side_labels(ax)
 figures.publish(fig, out, "final_overlays")
 

@@ -46,7 +46,7 @@ objective_draws = 4  # (timestep, noise) draws of the denoising-gain objective
 ig_steps = 16  # Integrated Gradients: integration steps
 n_samples = 8  # GradientShap and SmoothGrad: samples
 occlusion_window = 0.125  # Occlusion: window side as a share of the input size
-occlusion_stride = 0.125  # Occlusion: stride as a share of the input size (= the window: 64 windows, not 225 at 1/16)
+occlusion_stride = 0.125  # Occlusion: stride as a share of the input size; the window size, so 64 windows, not 225 at 1/16
 shown_pairs = 3  # pairs shown side by side
 token_pairs = 2  # pairs whose phrase gets a per-word attribution
 show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
@@ -61,7 +61,7 @@ import groundiff_core as gd
 from groundiff_core.book import pages
 from groundiff_core.book import figures
 from groundiff_core.methods.attribution import ObjectiveConfig, make_method, token_attribution
-from groundiff_core.util.profiling import measure_cost
+from groundiff_core.util.profiling import peak_memory
 from groundiff_core.evaluation import evaluate
 from groundiff_core.io.images import load_image
 
@@ -97,22 +97,22 @@ for name, method in contenders.items():
                                n_pairs=n_pairs or None, seed=seed, progress=False)
 first = data.selected[0]
 image0 = load_image(first.image_path)
-costs = {name: measure_cost(m.method, image0, [first.phrase]) for name, m in contenders.items()}
+memory = {name: peak_memory(m.method, image0, [first.phrase]) for name, m in contenders.items()}  # (bytes, how)
 names = {"miou": "mIoU", "auc": "AUC-ROC", "cnr_abs": "|CNR|"}
 table = figures.ci_frame({k: s["class_averaged"] for k, s in summaries.items()}, list(names), names)
 table.insert(0, "pairs", [s["n_pairs"] for s in summaries.values()])
 table["s / pair (evaluation)"] = [f"{s['seconds_per_pair']:.2f}" for s in summaries.values()]
-table["peak memory (MB)"] = [f"{c.peak_bytes / 2**20:.0f}" for c in costs.values()]
+table["peak memory (MB)"] = [f"{peak / 2**20:.0f}" for peak, _ in memory.values()]
 table.to_csv(out / "captum_table.csv")
 display(table)
 
 # %% [markdown]
 # Class-averaged metrics with 95% bootstrap confidence intervals (pairs resampled within each
 # class; the `pairs` column says how many pairs each method was scored on), seconds per pair during the
-# evaluation and the peak memory of one call (measured as the table's `memory` column of
-# `measure_cost` says: peak resident memory above the start on CPU, peak allocated memory on a
-# GPU). The cross-attention method grounds every phrase of an image from one inversion; each
-# attribution method runs per phrase.
+# evaluation and the peak memory of one call on the first pair (`peak_memory`: torch's CPU tensor
+# allocations above the start, from the profiler, on CPU; peak allocated memory on a GPU). The
+# cross-attention method grounds every phrase of an image from one inversion; each attribution
+# method runs per phrase.
 
 # %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), constrained_layout=True)
@@ -218,4 +218,5 @@ display(Markdown(
 metrics_file = pages.save_json({"dataset": data.description, "objective": objective.describe(), "highest_mean_captum": top,
                                    "class_averaged": {k: s["class_averaged"] for k, s in summaries.items()},
                                    "seconds_per_pair": {k: s["seconds_per_pair"] for k, s in summaries.items()},
-                                   "cost": {k: c.as_dict() for k, c in costs.items()}, "tokens": token_rows}, out, "captum")
+                                   "peak_memory": {k: {"bytes": b, "measured_by": how} for k, (b, how) in memory.items()},
+                                   "tokens": token_rows}, out, "captum")

@@ -181,3 +181,42 @@ def test_presets_by_name():
     assert GroundingConfig.preset("fast") == GroundingConfig.fast()
     with pytest.raises(ValueError, match=r"preset must be one of \['paper', 'fast'\], got 'quick'"):
         GroundingConfig.preset("quick")
+
+
+def test_ground_tokens_is_one_inversion_giving_each_tokens_own_map(tiny64_eps):
+    """ground_tokens equals one ground per tokens="token:i" config, map for map, and runs one
+    inversion: a single unconditional row per step, the tokens' rows only in the window."""
+    import dataclasses
+
+    import numpy as np
+
+    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.grounder import Grounder
+
+    cfg = GroundingConfig.paper().with_steps(30)
+    img = np.random.default_rng(0).random((40, 36)).astype(np.float32)
+    phrase = "left pleural effusion"
+    g = Grounder(tiny64_eps, cfg)
+    g.layers  # found by a probe pass, before counting
+    sizes: list[int] = []
+    hook = tiny64_eps.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
+    try:
+        maps = g.ground_tokens(img, phrase, return_raw=True)
+    finally:
+        hook.remove()
+    n = tiny64_eps.phrase_token_count(phrase) - 2
+    assert maps.phrases == [f"{phrase} [token {i}]" for i in range(1, n + 1)]
+    ref: list[int] = []  # the calls of one plain ground of the phrase: the same sequence, one row each
+    hook = tiny64_eps.unet.register_forward_pre_hook(lambda m, a, kw: ref.append(a[0].shape[0]), with_kwargs=True)
+    try:
+        g.ground(img, [phrase])
+    finally:
+        hook.remove()
+    start, stop = cfg.resolve_window(len(g.schedule()))
+    assert len(sizes) == len(ref) and sizes.count(n) == stop - start and sizes.count(1) == len(ref) - (stop - start)
+    for i in range(1, n + 1):
+        one = Grounder(tiny64_eps, dataclasses.replace(cfg, tokens=f"token:{i}")).ground(img, [phrase], return_raw=True)
+        np.testing.assert_array_equal(maps.heatmaps[i - 1], one.heatmaps[0])
+        np.testing.assert_array_equal(maps.raw[i - 1], one.raw[0])
+    with pytest.raises(ValueError, match="phrase 0 is empty"):
+        g.ground_tokens(img, "  ")

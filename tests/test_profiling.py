@@ -54,3 +54,12 @@ def test_rss_fallback_is_a_lower_bound():
 
     peak, kind = profiling._cpu_peak_rss(call)
     assert kind == "cpu_rss_peak" and peak >= 32 * 2**20
+
+
+def test_peak_memory_is_one_untimed_call():
+    method = _Allocates(8 * 2**20)
+    peak, how = profiling.peak_memory(method, np.zeros((4, 4), np.float32), ["x"])
+    assert method.calls == 1  # measure_cost would have called it twice on CPU
+    assert how == "torch_cpu_profiler" and peak >= 8 * 2**20
+    small, _ = profiling.peak_memory(_Allocates(2**20), None, ["x"])
+    assert 2**20 <= small < 8 * 2**20

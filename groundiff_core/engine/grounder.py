@@ -125,20 +125,22 @@ class Grounder:
                      return_raw: bool = False) -> list[Heatmaps]:
         """:meth:`ground` for many images, ``batch_size`` images per inversion."""
         self._check_batch(images, phrases_per_image)
-        cfg = self.config
-        n_steps = len(self.schedule())
-        window = cfg.resolve_window(n_steps)
-        chosen = cfg.resolve_layers(len(self.layers))
-        info = {"method": "cross-attention", "model": self.model.name, "config": cfg.to_dict(),
-                "layers": list(chosen), "window": list(window)}
         out: list[Heatmaps] = []
         for b0 in range(0, len(images), self.batch_size):
             batch = self._prepare(images[b0:b0 + self.batch_size], phrases_per_image[b0:b0 + self.batch_size])
-            acc = MapAccumulator(cfg.normalize)
-            self._invert(batch, window, [self.layers[i] for i in chosen], acc)
-            out += to_heatmaps(acc, cfg, self.model.input_size, batch.geometries, batch.phrases_per_image,
-                           return_raw, info)
+            out += self._heatmaps(batch, batch.phrases_per_image, return_raw)
         return out
+
+    def ground_tokens(self, image: ImageInput, phrase: str, return_raw: bool = False) -> Heatmaps:
+        """One heatmap per token of ``phrase``: map ``i - 1`` reads token position ``i`` alone, the map
+        ``ground`` gives with ``tokens="token:i"``, but all of them come from one inversion (the
+        phrase's conditional row repeated once per token, each with its own token weights), so n
+        tokens cost one inversion instead of n. The maps are named ``"<phrase> [token i]"``."""
+        (n,) = self.check_phrases([phrase])
+        batch = self._prepare([image], [[phrase] * (n - 2)])
+        batch.weights = torch.cat([token_weights([n], self.model.max_tokens, f"token:{i}") for i in range(1, n - 1)])
+        names = [f"{phrase} [token {i}]" for i in range(1, n - 1)]
+        return self._heatmaps(batch, [names], return_raw, tokens="token:i per map")[0]
 
     def record(self, image: ImageInput, phrases: Sequence[str] | str, window: tuple[int, int] | None = None,
                layers: Sequence[int] | None = None) -> Recording:
@@ -180,6 +182,17 @@ class Grounder:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _heatmaps(self, batch: _Batch, names: list[list[str]], return_raw: bool, **info_extra) -> list[Heatmaps]:
+        """Invert one prepared batch over the config's window and layers; its heatmaps, named ``names``."""
+        cfg = self.config
+        window = cfg.resolve_window(len(self.schedule()))
+        chosen = cfg.resolve_layers(len(self.layers))
+        info = {"method": "cross-attention", "model": self.model.name, "config": cfg.to_dict(),
+                "layers": list(chosen), "window": list(window), **info_extra}
+        acc = MapAccumulator(cfg.normalize)
+        self._invert(batch, window, [self.layers[i] for i in chosen], acc)
+        return to_heatmaps(acc, cfg, self.model.input_size, batch.geometries, names, return_raw, info)
+
     def check_phrases(self, phrases: Sequence[str] | str) -> list[int]:
         """Validate phrases (:func:`~groundiff_core.util.phrases.as_phrase_list`, then the model's
         token limit); return each one's token count (start and end tokens included)."""

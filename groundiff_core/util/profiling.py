@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["Cost", "measure_cost"]
+__all__ = ["Cost", "measure_cost", "peak_memory"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,32 @@ def _cpu_peak_rss(call: Callable[[], Any]) -> tuple[int, str]:
     return max(peak[0], _rss_bytes() or 0) - start, "cpu_rss_peak"
 
 
+def _device_of(method: Any, device: str | torch.device | None) -> torch.device:
+    if device is None:
+        model = getattr(method, "model", None)
+        return model.device if model is not None else torch.device("cpu")
+    return torch.device(device)
+
+
+def peak_memory(method: Any, image: Any, phrases: Sequence[str],
+                device: str | torch.device | None = None) -> tuple[int, str]:
+    """Peak memory of one ``method.ground(image, phrases)`` call and how it was measured (the
+    ``peak_bytes`` and ``memory`` of :class:`Cost`), without timing the method: for tables whose
+    times come from elsewhere (an evaluation's seconds per pair), one call instead of two on CPU."""
+    device = _device_of(method, device)
+    phrases = list(phrases)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        method.ground(image, phrases)
+        torch.cuda.synchronize(device)
+        return int(max(torch.cuda.max_memory_allocated(device) - before, 0)), "cuda_max_allocated"
+    peak, kind = _cpu_peak_profiled(lambda: method.ground(image, phrases))
+    return int(max(peak, 0)), kind
+
+
 def measure_cost(method: Any, image: Any, phrases: Sequence[str], device: str | torch.device | None = None,
                  memory: bool = True) -> Cost:
     """Time ``method.ground(image, phrases)`` for any grounding method (the cross-attention
@@ -104,10 +130,7 @@ def measure_cost(method: Any, image: Any, phrases: Sequence[str], device: str | 
     ``memory=True``, the peak from a second call under the torch profiler (so ``ground`` runs twice).
     """
     phrases = list(phrases)
-    if device is None:
-        model = getattr(method, "model", None)
-        device = model.device if model is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = _device_of(method, device)
     name = getattr(method, "name", type(method).__name__)
 
     def call() -> None:
