@@ -18,8 +18,9 @@ test-slow: setup
 test-all: setup
 	$(PY) -m pytest -q tests
 
-# Full book on the embedded phantom default: execute the notebooks with papermill (two at a time, one
-# torch thread each: on 2 cores about twice as fast as one after the other), then render.
+# Full book on the embedded phantom default: execute the notebooks with papermill (two at a time, each
+# kernel with half the cores as torch threads), then render. From a fresh clone on 2 cores: 17 min,
+# against 35 min one notebook after the other (benchmarks/results/book_build.md).
 # With GROUNDIFF_REPOSITORY_URL set (the publishing job), the pages link to that repository and carry
 # Binder launch buttons (groundiff_core/book/hosting.py); without it they have neither.
 book: setup
