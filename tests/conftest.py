@@ -45,3 +45,13 @@ def textured_image() -> np.ndarray:
     yy, xx = np.mgrid[0:40, 0:32]
     rng = np.random.default_rng(3)
     return (0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.1 * rng.random((40, 32))).astype(np.float32)
+
+
+def unet_call_sizes(model, call):
+    """Run ``call()``; return its result and the batch size (rows) of every UNet call it made."""
+    sizes: list[int] = []
+    hook = model.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
+    try:
+        return call(), sizes
+    finally:
+        hook.remove()

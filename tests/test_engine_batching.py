@@ -24,7 +24,7 @@ from groundiff_core.engine.layers import cross_attention_layers
 import mscxr_fixture as fx
 
 SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [12, 18)
-from conftest import PHRASES  # noqa: E402
+from conftest import PHRASES, unet_call_sizes  # noqa: E402
 
 
 def _images():
@@ -40,12 +40,7 @@ def test_ground_batch_packs_images_and_is_exact(tiny64_eps, early_exit):
     images, phrases = _images(), [PHRASES[:2], PHRASES[2:3], PHRASES[1:4]]  # 3 images, 6 rows
     g = gd.Grounder(tiny64_eps, SHORT, batch_size=3, early_exit=early_exit)
     cross_attention_layers(tiny64_eps.unet)
-    sizes: list[int] = []
-    hook = tiny64_eps.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
-    try:
-        batch = g.ground_batch(images, phrases, return_raw=True)
-    finally:
-        hook.remove()
+    batch, sizes = unet_call_sizes(tiny64_eps, lambda: g.ground_batch(images, phrases, return_raw=True))
     # one inversion: 3 unconditional rows per step before the last; in the window the 6 conditional
     # rows of the three images' phrases in one call (apart, or stacked with the unconditional rows)
     if early_exit:
@@ -64,12 +59,7 @@ def test_ground_batch_packs_images_and_is_exact(tiny64_eps, early_exit):
 def test_batch_size_splits_the_inversions(tiny64_eps):
     images, phrases = _images(), [PHRASES[:1], PHRASES[1:2], PHRASES[2:3]]
     g = gd.Grounder(tiny64_eps, SHORT.with_window(29, 31), batch_size=2)
-    sizes: list[int] = []
-    hook = tiny64_eps.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
-    try:
-        g.ground_batch(images, phrases)
-    finally:
-        hook.remove()
+    _, sizes = unet_call_sizes(tiny64_eps, lambda: g.ground_batch(images, phrases))
     assert sizes == [2] * 29 + [2, 2, 2] + [1] * 29 + [1, 1, 1]  # images 0-1 together, then image 2
 
 

@@ -190,6 +190,8 @@ def test_ground_tokens_is_one_inversion_giving_each_tokens_own_map(tiny64_eps):
 
     import numpy as np
 
+    from conftest import unet_call_sizes
+
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.engine.grounder import Grounder
 
@@ -198,20 +200,10 @@ def test_ground_tokens_is_one_inversion_giving_each_tokens_own_map(tiny64_eps):
     phrase = "left pleural effusion"
     g = Grounder(tiny64_eps, cfg)
     g.layers  # found by a probe pass, before counting
-    sizes: list[int] = []
-    hook = tiny64_eps.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
-    try:
-        maps = g.ground_tokens(img, phrase, return_raw=True)
-    finally:
-        hook.remove()
+    maps, sizes = unet_call_sizes(tiny64_eps, lambda: g.ground_tokens(img, phrase, return_raw=True))
     n = tiny64_eps.phrase_token_count(phrase) - 2
     assert maps.phrases == [f"{phrase} [token {i}]" for i in range(1, n + 1)]
-    ref: list[int] = []  # the calls of one plain ground of the phrase: the same sequence, one row each
-    hook = tiny64_eps.unet.register_forward_pre_hook(lambda m, a, kw: ref.append(a[0].shape[0]), with_kwargs=True)
-    try:
-        g.ground(img, [phrase])
-    finally:
-        hook.remove()
+    _, ref = unet_call_sizes(tiny64_eps, lambda: g.ground(img, [phrase]))  # the same sequence, one row each
     start, stop = cfg.resolve_window(len(g.schedule()))
     assert len(sizes) == len(ref) and sizes.count(n) == stop - start and sizes.count(1) == len(ref) - (stop - start)
     for i in range(1, n + 1):
