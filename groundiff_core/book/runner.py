@@ -18,7 +18,7 @@ The sources are jupytext percent-format files ``notebooks/NN_name.py``. For each
 With ``--jobs N`` N notebooks run at once, each in its own kernel with ``cpu_count / N`` torch
 threads (``OMP_NUM_THREADS``, unless it is set), the longest first (:data:`.parameters.RUN_FIRST`).
 The phantom's small networks gain little from a second thread, so on 2 cores two notebooks at once
-take about half the time of one after the other; the numbers are the same either way.
+take about half the time of one after the other (benchmarks/results/book_build.md).
 """
 
 from __future__ import annotations
