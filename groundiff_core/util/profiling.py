@@ -102,6 +102,18 @@ def _device_of(method: Any, device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def _cuda_peak(call: Callable[[], Any], device: torch.device) -> tuple[int, float]:
+    """Peak CUDA allocation above the start during ``call()``, and the call's wall time."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    t0 = time.perf_counter()
+    call()
+    torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return int(max(torch.cuda.max_memory_allocated(device) - before, 0)), seconds
+
+
 def peak_memory(method: Any, image: Any, phrases: Sequence[str],
                 device: str | torch.device | None = None) -> tuple[int, str]:
     """Peak memory of one ``method.ground(image, phrases)`` call and how it was measured (the
@@ -111,12 +123,7 @@ def peak_memory(method: Any, image: Any, phrases: Sequence[str],
     phrases = list(phrases)
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        method.ground(image, phrases)
-        torch.cuda.synchronize(device)
-        return int(max(torch.cuda.max_memory_allocated(device) - before, 0)), "cuda_max_allocated"
+        return _cuda_peak(lambda: method.ground(image, phrases), device)[0], "cuda_max_allocated"
     peak, kind = _cpu_peak_profiled(lambda: method.ground(image, phrases))
     return int(max(peak, 0)), kind
 
@@ -139,19 +146,15 @@ def measure_cost(method: Any, image: Any, phrases: Sequence[str], device: str | 
     gc.collect()
     peak, kind = 0, "not_measured"
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    t0 = time.perf_counter()
-    call()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
-    if device.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated(device) - before, "cuda_max_allocated"
-    elif memory:
-        gc.collect()
-        peak, kind = _cpu_peak_profiled(call)
+        peak, seconds = _cuda_peak(call, device)
+        kind = "cuda_max_allocated"
+    else:
+        t0 = time.perf_counter()
+        call()
+        seconds = time.perf_counter() - t0
+        if memory:
+            gc.collect()
+            peak, kind = _cpu_peak_profiled(call)
     n = len(phrases)
     return Cost(method=name, n_pairs=n, seconds=seconds, seconds_per_pair=seconds / max(n, 1),
                 peak_bytes=int(max(peak, 0)), memory=kind, device=str(device))
