@@ -270,8 +270,8 @@ def recheck(run: ShippedRun, method: Any, pairs: Sequence[Any], out_dir: str | o
     """Ground :meth:`ShippedRun.recheck_selection` of ``pairs`` live with ``method`` (evaluation folder
     ``out_dir``, emptied first so that nothing is resumed; torch single-threaded meanwhile) and
     :func:`compare_rows` them with the shipped rows; ``batch_images`` images per ``ground_batch`` call
-    (on CPU batching gives the same maps to the bit, tests/test_engine_batching.py). Returns the comparison with ``images`` and ``pair_ids`` added and the live
-    ``seconds_per_pair``."""
+    (on CPU batching gives the same maps to the bit, tests/test_engine_batching.py). Returns the
+    comparison with ``images``, ``pair_ids`` and the live ``seconds_per_pair`` added."""
     import torch
 
     from groundiff_core.evaluation import evaluate, load_results
