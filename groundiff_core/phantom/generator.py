@@ -2,15 +2,21 @@
 
 This is the project's offline test bed, not a medical image simulator. Each phantom is a 128x128
 grayscale frontal "radiograph" (bright = dense, as on a film): a body outline, two lungs, the heart
-and mediastinum, diaphragm domes, ribs and clavicles, with random size, position, rotation, exposure
-and noise. Up to three findings of DIFFERENT categories are drawn per image, each in its own region
-and with its own look, so a phrase naming one of them can only be grounded by reading the text.
+and mediastinum, diaphragm domes, ribs and clavicles. Up to three findings of DIFFERENT categories
+are drawn per image, each in its own region and with its own look, so a phrase naming one of them
+can only be grounded by reading the text.
+
+Version 4 of the phantom: the phrase does not give the box away. The patient's pose and size vary
+(shift, scale, rotation, field of view), each lung's size varies on its own, and each finding's
+place inside its side and zone varies; about a third of the one-sided findings are written without
+their side (:mod:`.phrases`). An image-blind prior that knows each phrase's usual box
+(:class:`groundiff_core.methods.prior.PhrasePrior`) therefore scores far below what reading the
+image can reach (benchmarks/results/phantom_v4_design.md).
 
 Laterality follows the radiological convention: the patient's right is the IMAGE's left.
 
-Every finding yields one phrase (report-like templates with synonyms, laterality, location and
-severity words) and one box per affected side (bilateral findings give two boxes), computed from
-the finding's own mask, in pixels ``(x, y, w, h)``.
+Every finding yields one phrase and one box per affected side (bilateral findings give two boxes),
+computed from the finding's own mask, in pixels ``(x, y, w, h)``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from groundiff_core.models.text import split_words
+from groundiff_core.phantom.phrases import phrase, vocabulary
 
 __all__ = [
     "CATEGORIES", "Finding", "Phantom", "make_phantom", "write_phantom_set", "vocabulary",
@@ -31,9 +37,11 @@ __all__ = [
     "SPLIT_SPAN",
     "TRAIN_BLOCK",
     "train_seeds",
+    "VERSION",
 ]
 
 SIZE = 128
+VERSION = 4  # of the generator: images and phrases of a seed change with it
 
 CATEGORIES = (
     "atelectasis", "cardiomegaly", "consolidation", "edema",
@@ -54,8 +62,7 @@ def train_seeds(seed: int, n: int) -> range:
     Run ``seed`` takes block ``seed`` of ``TRAIN_BLOCK`` seeds, counted through the seed space with
     the validation and test ranges left out: blocks 0-9 are ``[0, 10M)`` (seed 0 draws seeds
     ``0 .. n-1``, the shipped model's data), block 10 starts at 30M. So no ``--seed`` ever trains on
-    a validation or test phantom (``seed * 1_000_000`` used to: ``--seed 10`` gave the validation
-    seeds and ``--seed 20`` the test seeds), and different seeds never share a phantom.
+    a validation or test phantom, and different seeds never share a phantom.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"the training seed must be an integer >= 0, got {seed!r}")
@@ -73,7 +80,7 @@ class Finding:
     category: str
     phrase: str
     boxes: list[tuple[int, int, int, int]]
-    side: str  # "right" | "left" | "bilateral" | "central" (patient's side)
+    side: str  # "right" | "left" | "bilateral" | "central" (patient's side; the phrase may omit it)
 
 
 @dataclass
@@ -87,70 +94,40 @@ class Phantom:
         return " . ".join(f.phrase for f in self.findings)
 
 
-# --------------------------------------------------------------------------- phrase templates
-_SEVERITY = {0: ["small", "mild", "minimal"], 1: ["moderate"], 2: ["large", "severe", "extensive"]}
-_ZONE_WORDS = {"upper": ["upper"], "mid": ["mid", "middle"], "lower": ["lower", "basal"]}
-
-_TEMPLATES: dict[str, list[str]] = {
-    "pleural effusion": ["{sev} {side} pleural effusion", "{side} pleural effusion",
-                         "{sev} {side} effusion", "{side} basal effusion", "{side} effusion"],
-    "pneumothorax": ["{side} pneumothorax", "{sev} {side} pneumothorax",
-                     "{side} apical pneumothorax", "{sev} {side} apical pneumothorax"],
-    "cardiomegaly": ["cardiomegaly", "{sev} cardiomegaly", "enlarged cardiac silhouette",
-                     "the heart is enlarged", "{sev} enlargement of the cardiac silhouette"],
-    "edema": ["pulmonary edema", "{sev} pulmonary edema", "bilateral perihilar edema",
-              "{sev} interstitial edema", "perihilar haziness consistent with edema"],
-    "consolidation": ["{side} {zone} consolidation", "consolidation in the {side} {zone} lung",
-                      "dense {side} {zone} consolidation", "{side} {zone} lobe consolidation"],
-    "lung opacity": ["{side} {zone} opacity", "patchy opacity in the {side} {zone} lung",
-                     "hazy {side} {zone} opacity", "{sev} {side} {zone} opacity"],
-    "pneumonia": ["{side} {zone} pneumonia", "{side} {zone} lobe pneumonia",
-                  "patchy {side} {zone} infiltrate suggesting pneumonia", "{side} pneumonia"],
-    "atelectasis": ["{side} basilar atelectasis", "plate-like atelectasis at the {side} base",
-                    "{side} lower atelectasis", "{sev} {side} basal atelectasis"],
-}
-_BILATERAL = {
-    "pleural effusion": ["bilateral pleural effusions", "{sev} bilateral pleural effusions",
-                         "bilateral effusions"],
-    "atelectasis": ["bibasilar atelectasis", "bilateral basilar atelectasis"],
-}
-
-
-def vocabulary() -> list[str]:
-    """Every word the phrase templates can produce (the phantom model's closed vocabulary)."""
-    words = {"right", "left", "bilateral", "."}
-    for v in _SEVERITY.values():
-        words.update(v)
-    for v in _ZONE_WORDS.values():
-        words.update(v)
-    for tpls in list(_TEMPLATES.values()) + list(_BILATERAL.values()):
-        for t in tpls:
-            for w in t.replace("{", " ").replace("}", " ").split():
-                if w not in ("sev", "side", "zone"):
-                    words.update(split_words(w))
-    return sorted(words)
-
-
-def _phrase(rng: np.random.Generator, category: str, side: str, zone: str, severity: int) -> str:
-    pool = _BILATERAL[category] if (side == "bilateral" and category in _BILATERAL) else _TEMPLATES[category]
-    tpl = pool[rng.integers(len(pool))]
-    zone_word = _ZONE_WORDS[zone][rng.integers(len(_ZONE_WORDS[zone]))]
-    sev = _SEVERITY[severity][rng.integers(len(_SEVERITY[severity]))]
-    return " ".join(tpl.format(sev=sev, side=side, zone=zone_word).split())
-
-
-# --------------------------------------------------------------------------- geometry helpers
+# --------------------------------------------------------------------------- geometry
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
 
 
-def _ellipse(cx, cy, rx, ry, angle=0.0, soft=1.5):
-    """Soft-edged ellipse mask in [0, 1]."""
+@dataclass(frozen=True)
+class _Pose:
+    """Where the chest lies in the image: its centre, size and tilt.
+
+    Anatomy and findings are drawn in chest coordinates ``(u, v)`` (pixels of a chest of scale 1,
+    origin at its centre, v downwards); ``u`` and ``v`` below are those coordinates of every image
+    pixel, so a shape drawn there moves, scales and tilts with the patient.
+    """
+
+    cx: float
+    cy: float
+    scale: float
+    angle: float
+
+    @property
+    def uv(self) -> tuple[np.ndarray, np.ndarray]:
+        c, s = np.cos(self.angle), np.sin(self.angle)
+        dx, dy = _XX - self.cx, _YY - self.cy
+        return (dx * c + dy * s) / self.scale, (-dx * s + dy * c) / self.scale
+
+
+def _ellipse(uv, cu, cv, ru, rv, angle=0.0, soft=1.5, scale=1.0):
+    """Soft-edged ellipse mask in [0, 1], in chest coordinates; ``soft`` is in image pixels."""
+    u, v = uv
     c, s = np.cos(angle), np.sin(angle)
-    dx, dy = _XX - cx, _YY - cy
-    u = (dx * c + dy * s) / rx
-    v = (-dx * s + dy * c) / ry
-    r = np.sqrt(u * u + v * v)
-    edge = soft / max(min(rx, ry), 1.0)
+    du, dv = u - cu, v - cv
+    a = (du * c + dv * s) / ru
+    b = (-du * s + dv * c) / rv
+    r = np.sqrt(a * a + b * b)
+    edge = soft / max(min(ru, rv) * scale, 1.0)
     return np.clip((1.0 - r) / edge + 0.5, 0.0, 1.0)
 
 
@@ -164,121 +141,120 @@ def _bbox(mask: np.ndarray, thr: float = 0.25) -> tuple[int, int, int, int]:
 
 @dataclass
 class _Anatomy:
-    cx: float
-    cy: float
-    scale: float
-    angle: float
-    lungs: dict  # "right"/"left" -> (cx, cy, rx, ry) ; right = image left
+    pose: _Pose
+    uv: tuple
+    lungs: dict  # "right"/"left" -> (cu, cv, ru, rv) in chest coordinates; right = image left
     lung_masks: dict
-    heart: tuple
 
 
-def _anatomy(rng: np.random.Generator, cardiomegaly: bool, severity: int) -> tuple[np.ndarray, _Anatomy, np.ndarray]:
+POSE = {"shift_x": 30.0, "shift_y": 22.0, "scale": (0.7, 1.1), "tilt": 0.3}
+
+
+def _pose(rng: np.random.Generator) -> _Pose:
+    """Patient position and field of view (:data:`POSE`: pixels off centre, scale, tilt in radians)."""
+    return _Pose(cx=SIZE / 2 + rng.uniform(-1, 1) * POSE["shift_x"], cy=SIZE / 2 + rng.uniform(-1, 1) * POSE["shift_y"],
+                 scale=rng.uniform(*POSE["scale"]), angle=rng.uniform(-1, 1) * POSE["tilt"])
+
+
+def _anatomy(rng: np.random.Generator, cardiomegaly: bool, severity: int):
     """Draw the normal chest; returns (image, anatomy, heart mask)."""
-    scale = rng.uniform(0.9, 1.08)
-    cx = SIZE / 2 + rng.uniform(-4, 4)
-    cy = SIZE / 2 + rng.uniform(-3, 5)
-    angle = rng.uniform(-0.06, 0.06)
+    pose = _pose(rng)
+    uv, k = pose.uv, pose.scale
     img = np.zeros((SIZE, SIZE), np.float32) + 0.04
-    # body / soft tissue
-    img += 0.30 * _ellipse(cx, cy + 6 * scale, 60 * scale, 66 * scale, angle, soft=6)
-    # lungs: patient's right lung is on the image's left
+    img += 0.30 * _ellipse(uv, 0, 6, 60, 66, soft=6, scale=k)  # body, soft tissue
     lungs, masks = {}, {}
-    for side, sgn in (("right", -1.0), ("left", 1.0)):
-        lcx = cx + sgn * 24 * scale + rng.uniform(-1.5, 1.5)
-        lcy = cy - 2 * scale + rng.uniform(-2, 2)
-        rx, ry = 17 * scale * rng.uniform(0.95, 1.05), 38 * scale * rng.uniform(0.95, 1.05)
-        m = _ellipse(lcx, lcy, rx, ry, angle + sgn * 0.08, soft=2.5)
-        lungs[side] = (lcx, lcy, rx, ry)
-        masks[side] = m
+    for side, sgn in (("right", -1.0), ("left", 1.0)):  # the patient's right lung is on the image's left
+        ru = 17 * rng.uniform(0.86, 1.14)
+        rv = 38 * rng.uniform(0.86, 1.14)
+        cu = sgn * (24 + rng.uniform(-2.5, 2.5))
+        cv = -2 + rng.uniform(-3, 3)
+        m = _ellipse(uv, cu, cv, ru, rv, sgn * 0.08, soft=2.5, scale=k)
+        lungs[side], masks[side] = (cu, cv, ru, rv), m
         img -= 0.24 * m
-    # mediastinum and heart (heart sits to the patient's left = image right)
-    img += 0.12 * _ellipse(cx, cy - 20 * scale, 8 * scale, 24 * scale, angle, soft=3)
-    hr = (15.0 + (7.0 + 3.5 * severity) * cardiomegaly) * scale
-    hcx = cx + (7 + 0.4 * (hr / scale - 15)) * scale
-    hcy = cy + 17 * scale
-    heart = _ellipse(hcx, hcy, hr * 1.15, hr * 0.85, angle - 0.2, soft=2.0)
+    img += 0.12 * _ellipse(uv, 0, -20, 8, 24, soft=3, scale=k)  # mediastinum
+    base = rng.uniform(13.5, 16.5)
+    hr = base + (7.0 + 3.5 * severity) * cardiomegaly  # the heart sits to the patient's left (image right)
+    heart = _ellipse(uv, 7 + 0.4 * (hr - 15) + rng.uniform(-2, 2), 17 + rng.uniform(-2, 2),
+                     hr * 1.15, hr * 0.85, -0.2, soft=2.0, scale=k)
     img += 0.30 * heart
-    # diaphragm domes: dense below each lung base
-    for side, (lcx, lcy, rx, ry) in lungs.items():
-        dome = _ellipse(lcx, lcy + ry + 10 * scale, rx * 1.25, 14 * scale, angle, soft=3)
-        img += 0.14 * dome * (1 - masks[side])
-    # ribs: faint bright arcs over the lungs
+    for side, (cu, cv, ru, rv) in lungs.items():  # diaphragm domes below each lung base
+        img += 0.14 * _ellipse(uv, cu, cv + rv + 10, ru * 1.25, 14, soft=3, scale=k) * (1 - masks[side])
     lung_any = np.clip(masks["right"] + masks["left"], 0, 1)
-    phase = rng.uniform(0, 2 * np.pi)
-    rib = 0.5 + 0.5 * np.sin((_YY - cy + 0.18 * np.abs(_XX - cx)) / (4.6 * scale) + phase)
-    img += 0.05 * (rib ** 4) * lung_any
-    # clavicles
-    for sgn in (-1.0, 1.0):
-        clav = _ellipse(cx + sgn * 22 * scale, cy - 40 * scale, 20 * scale, 2.2 * scale, sgn * 0.25, soft=1.2)
-        img += 0.15 * clav
-    return img, _Anatomy(cx, cy, scale, angle, lungs, masks, (hcx, hcy, hr)), heart
+    rib = 0.5 + 0.5 * np.sin((uv[1] + 0.18 * np.abs(uv[0])) / 4.6 + rng.uniform(0, 2 * np.pi))
+    img += 0.05 * (rib ** 4) * lung_any  # ribs: faint bright arcs over the lungs
+    for sgn in (-1.0, 1.0):  # clavicles
+        img += 0.15 * _ellipse(uv, sgn * 22, -40, 20, 2.2, sgn * 0.25, soft=1.2, scale=k)
+    return img, _Anatomy(pose, uv, lungs, masks), heart
 
 
-_ZONE_Y = {"upper": -0.55, "mid": 0.0, "lower": 0.5}
+_ZONE_V = {"upper": -0.5, "mid": 0.0, "lower": 0.45}  # zone centre, in lung half-heights from its centre
 
 
 def _draw_finding(rng, img, ana: _Anatomy, category: str, side: str, zone: str, severity: int,
                   heart_mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """Add one finding to ``img`` (in place) and return (img, boxes)."""
-    sides = ["right", "left"] if side == "bilateral" else [side]
-    boxes = []
+    """Add one finding to ``img`` (in place) and return (img, boxes). Where the finding sits inside
+    its side and zone is drawn at random: only the image shows it."""
+    uv, k = ana.uv, ana.pose.scale
     if category == "cardiomegaly":
         return img, [_bbox(heart_mask, 0.5)]
+    boxes = []
     if category == "edema":
         # bilateral perihilar haze ("bat wing"): a soft cloud next to each hilum
-        amp = 0.09 + 0.03 * severity
+        amp = 0.10 + 0.03 * severity
         for s in ("right", "left"):
-            lcx, lcy, rx, ry = ana.lungs[s]
-            hx = lcx + (rx * 0.35 if s == "right" else -rx * 0.35)
-            m = _ellipse(hx, lcy - 2, rx * 0.65, ry * 0.42, 0.0, soft=6) * ana.lung_masks[s]
+            cu, cv, ru, rv = ana.lungs[s]
+            hu = cu + (ru * 0.35 if s == "right" else -ru * 0.35)
+            m = _ellipse(uv, hu, cv - 2 + rng.uniform(-5, 5), ru * 0.65 * rng.uniform(0.85, 1.15),
+                         rv * 0.42 * rng.uniform(0.85, 1.15), soft=6, scale=k) * ana.lung_masks[s]
             tex = ndimage.gaussian_filter(rng.normal(size=img.shape).astype(np.float32), 1.2)
             img += amp * m * (1.0 + 0.8 * tex)
             boxes.append(_bbox(m, 0.3))
         return img, boxes
-    for s in sides:
-        lcx, lcy, rx, ry = ana.lungs[s]
+    u, v = uv
+    for s in (["right", "left"] if side == "bilateral" else [side]):
+        cu, cv, ru, rv = ana.lungs[s]
         lung = ana.lung_masks[s]
-        lateral = -1.0 if s == "right" else 1.0  # direction away from the midline, in image x
+        lateral = -1.0 if s == "right" else 1.0  # away from the midline, in chest u
         if category == "pleural effusion":
-            # dense basal fluid with a meniscus rising laterally
-            level = lcy + ry * (0.62 - 0.16 * severity)
-            meniscus = level - 0.25 * (_XX - lcx) * lateral * (0.5 + 0.2 * severity)
-            m = np.clip((_YY - meniscus) / 2.0, 0, 1) * np.clip(lung * 1.6, 0, 1)
+            # dense basal fluid with a meniscus rising laterally; its level varies
+            level = cv + rv * (rng.uniform(0.38, 0.72) - 0.14 * severity)
+            meniscus = level - 0.25 * (u - cu) * lateral * (0.5 + 0.2 * severity)
+            m = np.clip((v - meniscus) / (2.0 / k), 0, 1) * np.clip(lung * 1.6, 0, 1)
             img += 0.30 * m
         elif category == "pneumothorax":
             # apical-lateral lucency without lung markings, bounded by a thin bright pleural line
-            pcx = lcx + lateral * rx * 0.35
-            pcy = lcy - ry * 0.55
-            rr = (0.5 + 0.12 * severity)
-            m = _ellipse(pcx, pcy, rx * rr, ry * (0.45 + 0.1 * severity), lateral * 0.3, soft=1.0) * \
-                np.clip(lung * 1.5, 0, 1)
+            pu = cu + lateral * ru * rng.uniform(0.1, 0.45)
+            pv = cv - rv * rng.uniform(0.38, 0.65)
+            a = ru * (0.5 + 0.12 * severity) * rng.uniform(0.85, 1.15)
+            b = rv * (0.42 + 0.1 * severity) * rng.uniform(0.85, 1.15)
+            shape = _ellipse(uv, pu, pv, a, b, lateral * 0.3, soft=1.0, scale=k)
+            m = shape * np.clip(lung * 1.5, 0, 1)
             img[:] = img * (1 - 0.6 * m) - 0.10 * m
-            line = np.clip(1 - np.abs(_ellipse(pcx, pcy, rx * rr, ry * (0.45 + 0.1 * severity),
-                                               lateral * 0.3, soft=1.0) - 0.5) * 4, 0, 1)
+            line = np.clip(1 - np.abs(shape - 0.5) * 4, 0, 1)
             img += 0.22 * line * np.clip(lung * 1.5, 0, 1)
         elif category in ("consolidation", "lung opacity", "pneumonia"):
-            zy = lcy + _ZONE_Y[zone] * ry
-            zx = lcx + lateral * rng.uniform(-0.15, 0.25) * rx
-            size = (0.75 + 0.15 * severity) * rx
+            zv = cv + (_ZONE_V[zone] + rng.uniform(-0.12, 0.12)) * rv
+            zu = cu + rng.uniform(-0.4, 0.4) * ru
+            size = (0.62 + 0.12 * severity) * ru * rng.uniform(0.85, 1.15)
             if category == "consolidation":  # dense, homogeneous, sharp-edged lobar opacity
-                m = _ellipse(zx, zy, size * 1.1, size * 0.8, rng.uniform(-0.4, 0.4), soft=1.2) * lung
+                m = _ellipse(uv, zu, zv, size * 1.1, size * 0.8, rng.uniform(-0.4, 0.4), soft=1.2, scale=k) * lung
                 img += 0.30 * m
             elif category == "lung opacity":  # faint, smooth, ill-defined haze
-                m = _ellipse(zx, zy, size * 1.2, size * 0.9, 0.0, soft=size * 0.7) * lung
-                img += 0.14 * m
+                m = _ellipse(uv, zu, zv, size * 1.2, size * 0.9, 0.0, soft=size * k * 0.7, scale=k) * lung
+                img += 0.16 * m
             else:  # pneumonia: blotchy, clustered nodular pattern
-                base = _ellipse(zx, zy, size * 1.1, size * 0.9, 0.0, soft=3) * lung
+                base = _ellipse(uv, zu, zv, size * 1.1, size * 0.9, 0.0, soft=3, scale=k) * lung
                 blobs = ndimage.gaussian_filter(rng.random(img.shape).astype(np.float32), 1.5)
                 blobs = np.clip((blobs - blobs.mean()) / (blobs.std() + 1e-6), 0, None)
-                m = base * np.clip(0.35 + 0.55 * blobs, 0, 1)
-                img += 0.32 * m
+                img += 0.32 * base * np.clip(0.35 + 0.55 * blobs, 0, 1)
                 m = base
         elif category == "atelectasis":
-            # plate-like horizontal band at the lung base
-            by = lcy + ry * rng.uniform(0.35, 0.5)
-            m = _ellipse(lcx + lateral * 2, by, rx * (0.75 + 0.1 * severity), 3.0 + 0.8 * severity,
-                         rng.uniform(-0.15, 0.15), soft=1.0) * np.clip(lung * 1.6, 0, 1)
+            # plate-like band in the lower lung; its height, width and place vary
+            bv = cv + rv * rng.uniform(0.22, 0.55)
+            m = _ellipse(uv, cu + lateral * rng.uniform(-0.3, 0.3) * ru, bv,
+                         ru * (0.6 + 0.1 * severity) * rng.uniform(0.8, 1.2),
+                         3.5 + 0.8 * severity + rng.uniform(0, 1.5), rng.uniform(-0.2, 0.2),
+                         soft=1.0, scale=k) * np.clip(lung * 1.6, 0, 1)
             img += 0.28 * m
         else:  # pragma: no cover - CATEGORIES is closed
             raise ValueError(category)
@@ -300,6 +276,9 @@ def _regions(category: str, side: str, zone: str) -> set[str]:
     return {f"{s}-{zone}" for s in sides}
 
 
+_BILATERAL_OK = ("pleural effusion", "atelectasis")
+
+
 def make_phantom(seed: int, n_findings: tuple[int, int] = (1, 3)) -> Phantom:
     """One phantom, fully determined by ``seed``."""
     rng = np.random.default_rng(seed)
@@ -310,7 +289,7 @@ def make_phantom(seed: int, n_findings: tuple[int, int] = (1, 3)) -> Phantom:
         if len(chosen) == k:
             break
         side = "central" if cat in ("cardiomegaly", "edema") else str(rng.choice(["right", "left"]))
-        if cat in _BILATERAL and rng.random() < 0.25:
+        if cat in _BILATERAL_OK and rng.random() < 0.25:
             side = "bilateral"
         if cat == "edema":
             side = "bilateral"
@@ -327,8 +306,9 @@ def make_phantom(seed: int, n_findings: tuple[int, int] = (1, 3)) -> Phantom:
     for cat, side, zone, sev in chosen:
         img, boxes = _draw_finding(rng, img, ana, cat, side, zone, sev, heart)
         boxes = [b for b in boxes if b[2] > 0 and b[3] > 0]
-        phrase = _phrase(rng, cat, side, zone, sev)
-        findings.append(Finding(cat, phrase, boxes, side))
+        if not boxes:  # drawn wholly outside the image (a chest at the edge of the field of view)
+            continue
+        findings.append(Finding(cat, phrase(rng, cat, side, zone, sev), boxes, side))
     # exposure, blur and quantum noise
     img = ndimage.gaussian_filter(img, 0.6)
     gamma = rng.uniform(0.85, 1.2)
@@ -337,8 +317,6 @@ def make_phantom(seed: int, n_findings: tuple[int, int] = (1, 3)) -> Phantom:
     img = img + rng.normal(0, rng.uniform(0.008, 0.02), img.shape)
     img = np.clip(img, 0, 1).astype(np.float32)
     return Phantom(img, findings)
-
-
 MSCXR_COLUMNS = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h",
                  "image_width", "image_height", "split"]
 
