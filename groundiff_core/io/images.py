@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["load_image", "ImageInput"]
+__all__ = ["load_image", "image_size", "ImageInput"]
 
 ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -47,6 +47,22 @@ def load_image(image: ImageInput) -> np.ndarray:
         return _from_array(image)
     raise ValueError(f"cannot read an image from a {type(image).__name__}; pass a file path, a PIL image, "
                      "a numpy array (H, W) or (H, W, C), or a torch tensor (H, W), (C, H, W) or (1, C, H, W)")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image file, from its header where Pillow can read one (no pixels
+    decoded), else from the image :func:`load_image` reads (DICOM)."""
+    path = Path(path)
+    if path.is_file() and not _is_dicom(path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+            return int(h), int(w)
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            pass  # load_image gives the error message
+    return tuple(int(s) for s in load_image(path).shape[:2])
 
 
 # ---------------------------------------------------------------------- files
