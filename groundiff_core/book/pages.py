@@ -26,7 +26,7 @@ __all__ = ["BookData", "KeepMaps", "class_averaged_ci", "load_book_data", "neste
            "save_json", "scorable_pairs", "scored_boxes", "setup_notebook", "side_of_phrase", "swap_sides", "unrelated_finding"]
 
 from groundiff_core.book.provenance import provenance, provenance_box, provenance_markdown  # noqa: E402,F401
-from groundiff_core.book.stats import class_averaged_ci, paired_difference  # noqa: E402,F401
+from groundiff_core.evaluation.compare import class_averaged_ci, paired_difference  # noqa: E402,F401
 
 PHANTOM_TEST_IMAGES = 200  # ~2 findings per image: about 400 image-phrase pairs
 

@@ -309,14 +309,14 @@ def compare_presets(a: ShippedRun, b: ShippedRun, metrics: Sequence[str], *, n_b
                     seed: int = 0) -> dict:
     """Run ``b`` against run ``a`` on the pairs both scored: per metric the class-averaged mean of
     each with a 95% bootstrap interval and the paired difference ``b - a`` with a paired bootstrap
-    interval (:mod:`groundiff_core.book.stats`), and the mean ``seconds`` per pair of each run on
+    interval (:mod:`groundiff_core.evaluation.compare`), and the mean ``seconds`` per pair of each run on
     those pairs.
 
     Returns ``{"n_pairs", "per_class", "metrics": {m: {"a", "b", "difference"}}, "seconds": {"a", "b"}}``.
     """
     import pandas as pd
 
-    from groundiff_core.book.stats import class_averaged_ci, paired_difference
+    from groundiff_core.evaluation.compare import class_averaged_ci, paired_difference
 
     frames = {}
     for key, run in (("a", a), ("b", b)):
