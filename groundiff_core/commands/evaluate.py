@@ -7,6 +7,9 @@ Examples::
         --images /data/mimic-cxr-jpg --split test --out runs/centre
     groundiff evaluate ... --shard 0/4 --out runs/ldm/shard0     # 4 processes, one folder each
     groundiff evaluate --merge runs/ldm/shard* --out runs/ldm/all
+    groundiff evaluate --method phrase-prior --dataset phantom --csv data/test/annotations.csv --out runs/prior
+    groundiff evaluate --method phrase-prior --dataset mscxr ... --out runs/prior   # 5-fold cross-fitted
+    groundiff evaluate --model phantom ... --control image-shuffle --out runs/ldm-shuffled
     torchrun --nproc_per_node 4 -m groundiff_core.cli evaluate ... --out runs/ldm   # 4 ranks, merged
 
 A rerun with the same ``--out`` resumes where the last one stopped.
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from groundiff_core.evaluation.distributed import clear_shard_done, launch_rank, mark_shard_done, shard_folder, wait_for_shards
 
-METHODS = ("ldm", "random", "centre")
+METHODS = ("ldm", "random", "centre", "phrase-prior")
 PRESETS = ("paper", "fast")  # GroundingConfig.preset(name)
 
 
@@ -53,6 +56,16 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=METHODS, default="ldm",
                    help="ldm = the paper's cross-attention grounding (default); random / centre = "
                    "reference baselines")
+    p.add_argument("--prior", type=Path, metavar="FILE", help="for --method phrase-prior: a prior file "
+                   "written by PhrasePrior.save (default: fitted on the phantom's training phantoms for "
+                   "--dataset phantom; else on --prior-train, or cross-fitted on the evaluated CSV)")
+    p.add_argument("--prior-train", type=Path, metavar="CSV", help="for --method phrase-prior: fit the prior "
+                   "on this training CSV (same layout as --csv, images under --images)")
+    p.add_argument("--prior-folds", type=int, default=5, metavar="K", help="for --method phrase-prior without "
+                   "--prior or --prior-train: cross-fit in K folds grouped by image (default 5)")
+    p.add_argument("--control", choices=("image-shuffle",), help="image-shuffle: ground each image's phrases on "
+                   "another image of the dataset (seeded by --seed) and score them on their own boxes mapped to "
+                   "that image: what a method loses here is the part of its score that comes from the image")
     p.add_argument("--preset", choices=PRESETS, default="paper",
                    help="grounding settings: paper (default) or fast (100 steps, the window scaled to keep the "
                    "paper's proportions, about 3x cheaper)")
@@ -80,16 +93,39 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def build_method(args: argparse.Namespace):
-    """The grounding method the options ask for."""
+def build_prior(args: argparse.Namespace, pairs):
+    """The phrase prior the options ask for: a file, fitted on a training CSV, the phantom's own
+    (training phantoms), or cross-fitted on the evaluated pairs."""
+    from groundiff_core.methods.prior import CrossFittedPrior, PhrasePrior
+
+    if args.prior is not None:
+        return PhrasePrior.load(args.prior)
+    if args.prior_train is not None:
+        from groundiff_core.io.datasets import load_dataset
+
+        return PhrasePrior.fit(load_dataset(args.dataset, args.prior_train, args.images))
+    if args.dataset == "phantom":
+        from groundiff_core.phantom.prior import phantom_prior
+
+        return phantom_prior(progress=not args.no_progress)
+    return CrossFittedPrior.fit(pairs, folds=args.prior_folds, seed=args.seed, progress=not args.no_progress)
+
+
+def build_method(args: argparse.Namespace, pairs=()):
+    """The grounding method the options ask for (``pairs``: the evaluated dataset, which a
+    cross-fitted phrase prior is fitted on)."""
     from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 
     if args.method != "ldm" and (args.model or args.steps or args.text_encoder):
         raise ValueError(f"--model, --text-encoder and --steps apply to --method ldm, not {args.method!r}")
+    if args.method != "phrase-prior" and (args.prior or args.prior_train):
+        raise ValueError(f"--prior and --prior-train apply to --method phrase-prior, not {args.method!r}")
     if args.method == "random":
         return RandomHeatmap(seed=args.seed)
     if args.method == "centre":
         return CentrePrior()
+    if args.method == "phrase-prior":
+        return build_prior(args, pairs)
     if not args.model:
         raise ValueError("--method ldm needs --model (e.g. --model phantom)")
     from groundiff_core.engine.config import GroundingConfig
@@ -169,14 +205,22 @@ def run(args: argparse.Namespace) -> int:
     pairs = load_dataset(args.dataset, args.csv, args.images, split=args.split)
     if not pairs:
         raise ValueError(f"{args.csv}: no image-phrase pairs to evaluate")
+    if args.prior_folds < 2:
+        raise ValueError(f"--prior-folds must be at least 2, got {args.prior_folds}")
     if args.no_progress and args.method == "ldm":
         _silence_progress_bars()
-    method = build_method(args)
+    method = build_method(args, pairs)
+    dataset = {"name": args.dataset, "split": args.split}
+    if args.control:
+        from groundiff_core.evaluation.controls import shuffled_pairs
+
+        pairs = shuffled_pairs(pairs, seed=args.seed)
+        dataset["control"] = {"name": args.control, "seed": args.seed}
     info = {"csv": str(args.csv.resolve()), "images": str(args.images.resolve()) if args.images else None,
             "command": " ".join(["groundiff", *sys.argv[1:]])}
     summary = ev.evaluate(
         method, pairs, out,
-        dataset={"name": args.dataset, "split": args.split},
+        dataset=dataset,
         n_pairs=args.n_pairs, shard=shard, seed=args.seed, n_boot=args.bootstrap,
         batch_images=args.batch_images, progress=not args.no_progress, info=info,
         conventions=args.conventions,
