@@ -3,9 +3,11 @@
 ``python scripts/phantom_sweep_eval.py --data DIR --out results.json MODEL_DIR ...``
 
 For each model folder (the training script's ``model`` or ``model-STEP`` exports), grounds the
-validation pairs with the paper's preset and with all 11 cross-attention layers and prints the
-class-averaged AUC-ROC, mIoU, |CNR| and text sensitivity. Validation seeds only: the test split is
-kept for the model card.
+validation pairs with a preset (``--preset``: paper or fast) and, with ``--all11``, the same preset
+reading all 11 cross-attention layers, and prints the class-averaged AUC-ROC, mIoU, |CNR| and text
+sensitivity. ``--prior`` adds the image-blind phrase prior (fitted on training phantoms) on the same
+pairs, the baseline a recipe has to beat. Validation seeds only: the test split is kept for the
+model card.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def main() -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=None, help="inference steps (default: the preset's)")
+    ap.add_argument("--preset", choices=("paper", "fast"), default="paper")
+    ap.add_argument("--all11", action="store_true", help="also read all 11 cross-attention layers")
+    ap.add_argument("--prior", action="store_true", help="also score the phrase prior on the same pairs")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
 
     from groundiff_core.engine.config import GroundingConfig
@@ -36,13 +42,25 @@ def main() -> int:
     from groundiff_core.phantom.generator import write_phantom_set
     from groundiff_core.phantom.model import load_phantom
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     csv = args.data / "annotations.csv"
     if not csv.exists():
         write_phantom_set(args.data, args.n_images, split="val")
     pairs = load_dataset("phantom", csv, args.data)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    configs = {"paper": GroundingConfig.paper(),
-               "all11": GroundingConfig.paper().with_layers(tuple(range(11)))}
+    base = GroundingConfig.preset(args.preset)
+    configs = {args.preset: base}
+    if args.all11:
+        configs["all11"] = base.with_layers(tuple(range(11)))
+    if args.prior and "phrase-prior" not in results:
+        from groundiff_core.phantom.prior import phantom_prior
+
+        s = evaluate(phantom_prior(), pairs, args.out.parent / "runs" / "phrase-prior",
+                     dataset={"name": "phantom", "split": "val"}, progress=False, n_boot=200)
+        results["phrase-prior"] = _short(s)
+        args.out.write_text(json.dumps(results, indent=1))
+        print("phrase-prior", json.dumps(_short(s)), flush=True)
     for model_dir in args.models:
         model = load_phantom(model_dir, device=args.device)
         for name, cfg in configs.items():

@@ -102,14 +102,29 @@ def warmup_cosine(warm: int, total: int, floor: float = LR_FLOOR) -> Callable[[i
     return factor
 
 
-def caption(rng: np.random.Generator, phrases: list[str]) -> str:
+CAPTIONS = (0.45, 0.45, 0.10)  # shares of captions: one finding's phrase, the whole report, empty
+
+
+def caption(rng: np.random.Generator, phrases: list[str], mix: Sequence[float] = CAPTIONS) -> str:
+    """A training caption: one of the image's phrases, all of them in a random order (" . "-joined),
+    or the empty prompt, drawn with the shares ``mix`` (an image with one finding gets its phrase)."""
     u = rng.random()
-    if u < 0.1:
+    if u < mix[2]:
         return ""
-    if u < 0.55 or len(phrases) == 1:
+    if u < mix[2] + mix[0] or len(phrases) == 1:
         return phrases[rng.integers(len(phrases))]
     order = rng.permutation(len(phrases))
     return " . ".join(phrases[j] for j in order)
+
+
+def _mix(text: str) -> tuple[float, float, float]:
+    try:
+        mix = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers PHRASE,REPORT,EMPTY, got {text!r}") from None
+    if len(mix) != 3 or min(mix) < 0 or abs(sum(mix) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expected three shares >= 0 that sum to 1 (PHRASE,REPORT,EMPTY), got {text!r}")
+    return mix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="autoencoder widths; len - 1 halvings (default %(default)s)")
     ap.add_argument("--unet-channels", type=_ints, default=default.unet_channels)
     ap.add_argument("--unet-heads", type=_ints, default=default.unet_heads)
+    ap.add_argument("--captions", type=_mix, default=CAPTIONS, metavar="PHRASE,REPORT,EMPTY",
+                    help="shares of training captions that are one finding's phrase, the whole report and "
+                    "the empty prompt (default %(default)s)")
+    ap.add_argument("--stop-after", type=int, metavar="STEP", help="stop the UNet stage at this step (exported "
+                    "as DIR/model-STEP); the same command without it, or with a later step, trains on. The "
+                    "learning-rate schedule is always the one of --unet-steps")
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--export-every", type=int, default=500, help="write DIR/model-STEP snapshots")
     ap.add_argument("--install", action="store_true", help="copy the final model into the package")
@@ -246,13 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     T = noise_sched.config.num_train_timesteps
     unet.train(); text.train()
     vae.eval()
-    while state["stage"] == "unet" and state["step"] < args.unet_steps:
+    stop = args.unet_steps if args.stop_after is None else min(args.stop_after, args.unet_steps)
+    while state["stage"] == "unet" and state["step"] < stop:
         step = state["step"]
         rng = np.random.default_rng(args.seed * 1_000_003 + step)
         lr = sched.get_last_lr()[0]
         idx = rng.integers(0, len(latents), args.unet_batch)
         z0 = latents[torch.from_numpy(idx).to(dev)]
-        caps = [caption(rng, phrases[i]) for i in idx]
+        caps = [caption(rng, phrases[i], args.captions) for i in idx]
         ids = ldm.tokenize(caps)["input_ids"].to(dev)
         cond = text(input_ids=ids).last_hidden_state
         if ldm.zero_padding:
@@ -276,8 +298,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"wall={state['wall'] / 60:.1f}min", flush=True)
         if state["step"] % args.save_every == 0:
             checkpoint()
-        if state["step"] % args.export_every == 0 or state["step"] == args.unet_steps:
+        if state["step"] % args.export_every == 0 or state["step"] in (args.unet_steps, stop):
             _export(ldm, params, ema, out / f"model-{state['step']:05d}", state, args, spec)
+    if state["stage"] == "unet" and state["step"] < args.unet_steps:  # --stop-after: checkpointed, resumable
+        state["wall"] = time.time() - t_start
+        checkpoint()
+        print(f"stopped after step {state['step']} of {args.unet_steps} (--stop-after); rerun to train on", flush=True)
+        return 0
     if state["stage"] == "unet":
         state["stage"] = "done"
         state["wall"] = time.time() - t_start
@@ -303,6 +330,8 @@ def _export(ldm, params, ema: EMAModel, path: Path, state: dict, args, spec: Pha
         "vae_init": str(args.init_vae) if args.init_vae else None,
         "unet_steps": state["step"],  # the steps trained, also when a finished run is exported again
         "unet_batch": args.unet_batch, "lr": args.lr, "threads": args.threads,
+        "captions": {"phrase": args.captions[0], "report": args.captions[1], "empty": args.captions[2]},
+        "schedule_steps": args.unet_steps,
         "train_wall_seconds": round(state["wall"], 1),
         "hardware": (torch.cuda.get_device_name() if args.device.startswith("cuda")
                      else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"),
