@@ -163,7 +163,9 @@ def test_sample_evaluations_and_early_stop(model, image, k):
     assert max(t for _, t in calls) == 537  # stops after step 179 (t = 537)
     assert all(n == 1 for n, t in calls if t < 360)  # no conditional pass before the window
     assert calls[-1] == (k, 537)  # the last step is conditional only
-    assert [n for n, t in calls if t == 360] == [k, 1]  # first window step: conditional (truncated), unconditional
+    assert [n for n, t in calls if t == 360] == [1, k]  # first window step: unconditional, conditional (truncated)
+    # the trajectory first (179 unconditional calls up to step 178), then the phrases' rows on it
+    assert [n for n, _ in calls[:179]] == [1] * 179 and [n for n, _ in calls[179:]] == [k] * 60
 
 
 def test_memory_does_not_grow_with_steps(model, image, monkeypatch):

@@ -42,9 +42,10 @@ def test_ground_batch_packs_images_and_is_exact(tiny64_eps, early_exit):
     cross_attention_layers(tiny64_eps.unet)
     batch, sizes = unet_call_sizes(tiny64_eps, lambda: g.ground_batch(images, phrases, return_raw=True))
     # one inversion: 3 unconditional rows per step before the last; in the window the 6 conditional
-    # rows of the three images' phrases in one call (apart, or stacked with the unconditional rows)
+    # rows of the three images' phrases in one call (apart, after the trajectory, or stacked with
+    # the unconditional rows)
     if early_exit:
-        assert sizes == [3] * 12 + [6, 3] * 5 + [6]
+        assert sizes == [3] * 17 + [6] * 6
     else:
         assert sizes == [3] * 12 + [9] * 5 + [6]
     singles = [gd.Grounder(tiny64_eps, SHORT, early_exit=early_exit).ground(im, ph, return_raw=True)

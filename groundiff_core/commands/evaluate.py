@@ -87,6 +87,9 @@ def register(subparsers) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--batch-images", type=int, default=1, metavar="B",
                    help="images per inversion batch for --method ldm (accelerator throughput; default 1)")
+    p.add_argument("--inversion-cache", type=Path, metavar="DIR", help="for --method ldm: keep each image's "
+                   "inversion in DIR (content-keyed, off by default): another run on the same images, model and "
+                   "steps (other phrases, the image-shuffle control, another window) skips them")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (neither the evaluation's nor the model loading's)")
@@ -116,9 +119,10 @@ def build_method(args: argparse.Namespace, pairs=()):
     cross-fitted phrase prior is fitted on)."""
     from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 
-    if args.method != "ldm" and (args.model or args.steps or args.text_encoder):
-        raise ValueError(f"--model, --text-encoder and --steps apply to --method ldm, not {args.method!r}")
-    if args.method != "phrase-prior" and (args.prior or args.prior_train):
+    if args.method != "ldm" and (args.model or args.steps or args.text_encoder or getattr(args, "inversion_cache", None)):
+        raise ValueError(f"--model, --text-encoder, --steps and --inversion-cache apply to --method ldm, "
+                         f"not {args.method!r}")
+    if args.method != "phrase-prior" and (getattr(args, "prior", None) or getattr(args, "prior_train", None)):
         raise ValueError(f"--prior and --prior-train apply to --method phrase-prior, not {args.method!r}")
     if args.method == "random":
         return RandomHeatmap(seed=args.seed)
@@ -139,8 +143,13 @@ def build_method(args: argparse.Namespace, pairs=()):
     if args.steps is not None:
         config = config.with_steps(args.steps)
     config = replace(config, conventions=args.conventions)
+    cache = None
+    if getattr(args, "inversion_cache", None) is not None:
+        from groundiff_core.engine.kept import InversionCache
+
+        cache = InversionCache(args.inversion_cache)
     # --batch-images B: the B images of a ground_batch call share every UNet call (one inversion)
-    return Grounder(model, config, batch_size=args.batch_images)
+    return Grounder(model, config, batch_size=args.batch_images, inversion_cache=cache)
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     p.add_argument("--window-percent", type=float, metavar="T", help="window of T%% of the steps around the middle")
     p.add_argument("--no-smooth", action="store_true", help="skip the Gaussian filter")
     p.add_argument("--no-otsu", action="store_true", help="skip the Otsu threshold")
+    p.add_argument("--inversion-cache", type=Path, metavar="DIR", help="keep the image's inversion in DIR "
+                   "(content-keyed): a later phrase or setting on the same image, model and steps skips it")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto",
                    help="auto (float16 on an accelerator, else as stored), float32, float16, bfloat16")
@@ -166,7 +168,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, text_encoder=args.text_encoder)
     if model.device != device or (dtype is not None and model.dtype != dtype):
         model.to(device=device, dtype=dtype)
-    result = Grounder(model, cfg, progress=args.progress and not args.no_progress).ground(image, args.phrase)
+    cache = None
+    if args.inversion_cache is not None:
+        from groundiff_core.engine.kept import InversionCache
+
+        cache = InversionCache(args.inversion_cache)
+    result = Grounder(model, cfg, progress=args.progress and not args.no_progress,
+                      inversion_cache=cache).ground(image, args.phrase)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as f:  # a file object: numpy writes exactly this name
         np.save(f, result.heatmaps)

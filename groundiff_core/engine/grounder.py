@@ -9,6 +9,11 @@
   used, so the rest of the UNet is skipped (:meth:`AttentionRecorder.read`); the unconditional
   rows, which drive the inversion, run the whole UNet in a call of their own;
 * the inversion stops after the last step that is read (its last call is conditional only);
+* Algorithm 1 in two halves (:meth:`Grounder._run`): the trajectory, the latents the UNet sees at
+  each window step (:meth:`Grounder._trajectory`, unconditional prompt only), then the phrases
+  read on it (:meth:`Grounder._read`); so a trajectory can be kept for later phrases, settings and
+  runs (:meth:`Grounder.invert`, an :class:`~groundiff_core.engine.kept.InversionCache` on disk)
+  and the maps are those of a fresh call to the bit;
 * attention is read only at the selected layers and reduced on the fly to one running sum per
   layer (:class:`~groundiff_core.engine.aggregate.MapAccumulator`), so memory does not grow with the
   number of steps.
@@ -27,8 +32,7 @@ post-processing (:meth:`~groundiff_core.heatmaps.Recording.aggregate`), exactly 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
@@ -36,12 +40,15 @@ import torch
 from groundiff_core.engine.aggregate import MapAccumulator, to_heatmaps, token_weights
 from groundiff_core.engine.config import GroundingConfig
 from groundiff_core.engine.inversion import DDIMInversion, ddim_run
+from groundiff_core.engine.joint import invert_joint
+from groundiff_core.engine.kept import Inversion, InversionCache, inversion_key
 from groundiff_core.engine.layers import CrossAttentionLayer, cross_attention_layers
 from groundiff_core.engine.recording import AttentionRecorder
 from groundiff_core.heatmaps import Heatmaps, Recording
 from groundiff_core.io.images import ImageInput, load_image
 from groundiff_core.io.preprocess import CropGeometry, prepare_image
 from groundiff_core.models.ldm import LDM
+from groundiff_core.util.fingerprint import weights_sha256
 from groundiff_core.util.phrases import as_phrase_list
 
 __all__ = ["Grounder"]
@@ -49,10 +56,9 @@ __all__ = ["Grounder"]
 
 @dataclass
 class _Batch:
-    """Prepared inputs of a batch of B images with R phrases in all (rows = image-phrase pairs)."""
+    """A batch of B images (or kept inversions) with R phrases in all (rows = image-phrase pairs)."""
 
-    x: torch.Tensor  # [B, 1, S, S] in [0, 1]
-    geometries: list[CropGeometry]
+    images: list  # [B] what the caller gave: images or Inversions
     phrases_per_image: list[list[str]]
     phrases: list[str]  # [R], image by image
     row_image: torch.Tensor  # [R] image index of each row
@@ -85,13 +91,18 @@ class Grounder:
     early_exit : with guidance 0, run the conditional rows apart and only up to the last recorded
         layer in execution order (the rest of the UNet is never read); the maps are the same.
         False: one UNet call per step, conditional rows through the whole network (for comparison)
+    inversion_cache : an :class:`~groundiff_core.engine.kept.InversionCache`: images already
+        inverted (by content, with this model and schedule) are not inverted again (guidance 0)
+
+    Every verb also takes an :class:`~groundiff_core.engine.kept.Inversion` from :meth:`invert` in
+    place of an image: only the phrases' conditional rows then run.
 
     ``stats`` counts UNet calls and sample-evaluations (``unet_samples_truncated`` of them stopped
     early) since the grounder was made.
     """
 
     def __init__(self, model: LDM, config: GroundingConfig | None = None, *, batch_size: int = 4,
-                 progress: bool = False, early_exit: bool = True):
+                 progress: bool = False, early_exit: bool = True, inversion_cache: InversionCache | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
@@ -99,7 +110,9 @@ class Grounder:
         self.batch_size = int(batch_size)
         self.progress = progress
         self.early_exit = bool(early_exit)
+        self.inversion_cache = inversion_cache
         self.stats = {"unet_calls": 0, "unet_samples": 0, "unet_samples_truncated": 0}
+        self._model_key: dict | None = None
 
     @property
     def layers(self) -> tuple[CrossAttentionLayer, ...]:
@@ -117,6 +130,27 @@ class Grounder:
         return {"method": "Grounder", "config": self.config.to_dict()}
 
     # ------------------------------------------------------------------ public verbs
+    def invert(self, image: ImageInput, window: tuple[int, int] | None = None) -> Inversion:
+        """Invert ``image`` once and keep its latents at the steps of ``window`` (default: the config's),
+        for later phrases: ``inv.ground(phrases)``, ``inv.record(...)``, ``inv.ground_tokens(...)``
+        cost only the phrases' own conditional rows. Guidance 0 only (otherwise each phrase has its
+        own trajectory)."""
+        return self.invert_batch([image], window)[0]
+
+    def invert_batch(self, images: Sequence[ImageInput], window: tuple[int, int] | None = None) -> list[Inversion]:
+        """:meth:`invert` for many images, ``batch_size`` images per inversion."""
+        self._require_reuse()
+        n_steps = len(self.schedule())
+        window = self.config.with_window(*window).resolve_window(n_steps) if window else \
+            self.config.resolve_window(n_steps)
+        out = []
+        for b0 in range(0, len(images), self.batch_size):
+            chunk = list(images[b0:b0 + self.batch_size])
+            latents, geoms, keys = self._latents(chunk, window)
+            out += [Inversion(latents[:, b], window, geoms[b], keys[b], self.model_key(), self)
+                    for b in range(len(chunk))]
+        return out
+
     def ground(self, image: ImageInput, phrases: Sequence[str] | str, return_raw: bool = False) -> Heatmaps:
         """Heatmaps ``[K, H, W]`` of ``phrases`` on ``image`` (any input :func:`load_image` reads)."""
         return self.ground_batch([image], [phrases], return_raw=return_raw)[0]
@@ -167,10 +201,10 @@ class Grounder:
         for b0 in range(0, len(images), self.batch_size):
             batch = self._prepare(images[b0:b0 + self.batch_size], phrases_per_image[b0:b0 + self.batch_size])
             store = _StepStore()
-            self._invert(batch, window, [all_layers[i] for i in chosen], store)
+            geometries = self._run(batch, window, [all_layers[i] for i in chosen], store)
             stacked = {k: torch.stack(v) for k, v in store.maps.items()}  # [n_steps, R, h, w]
             r = 0
-            for geom, phrases in zip(batch.geometries, batch.phrases_per_image):
+            for geom, phrases in zip(geometries, batch.phrases_per_image):
                 k = len(phrases)
                 out.append(Recording(
                     phrases=list(phrases), geometry=geom,
@@ -190,8 +224,8 @@ class Grounder:
         info = {"method": "cross-attention", "model": self.model.name, "config": cfg.to_dict(),
                 "layers": list(chosen), "window": list(window), **info_extra}
         acc = MapAccumulator(cfg.normalize)
-        self._invert(batch, window, [self.layers[i] for i in chosen], acc)
-        return to_heatmaps(acc, cfg, self.model.input_size, batch.geometries, names, return_raw, info)
+        geometries = self._run(batch, window, [self.layers[i] for i in chosen], acc)
+        return to_heatmaps(acc, cfg, self.model.input_size, geometries, names, return_raw, info)
 
     def check_phrases(self, phrases: Sequence[str] | str) -> list[int]:
         """Validate phrases (:func:`~groundiff_core.util.phrases.as_phrase_list`, then the model's
@@ -216,77 +250,130 @@ class Grounder:
             self.check_phrases(phrases)
 
     def _prepare(self, images: Sequence[ImageInput], phrases_per_image: Sequence[Sequence[str] | str]) -> _Batch:
-        xs, geoms, lists, flat, rows, counts = [], [], [], [], [], []
-        for b, (image, phrases) in enumerate(zip(images, phrases_per_image)):
+        lists, flat, rows, counts = [], [], [], []
+        for b, phrases in enumerate(phrases_per_image):
             phrases = as_phrase_list(phrases)
             counts += self.check_phrases(phrases)
-            x, geom = prepare_image(load_image(image), self.model.input_size, self.config.conventions)
-            xs.append(x)
-            geoms.append(geom)
             lists.append(list(phrases))
             flat += list(phrases)
             rows += [b] * len(phrases)
-        return _Batch(x=torch.cat(xs), geometries=geoms, phrases_per_image=lists, phrases=flat,
+        return _Batch(images=list(images), phrases_per_image=lists, phrases=flat,
                       row_image=torch.tensor(rows, dtype=torch.long),
                       weights=token_weights(counts, self.model.max_tokens, self.config.tokens))
 
+    # ------------------------------------------------------------------ Algorithm 1, in two halves
+    def model_key(self) -> dict:
+        """What an inversion depends on besides the image: the weights' fingerprint (computed once
+        per grounder), device type, dtype, noise schedule, latent scale, steps and spacing."""
+        if self._model_key is None:
+            m, cfg = self.model, self.config
+            self._model_key = {"weights_sha256": weights_sha256((p, getattr(m, p, None)) for p in ("unet", "vae", "text_encoder")),
+                               "device": m.device.type, "dtype": str(m.dtype).replace("torch.", ""),
+                               "schedule": asdict(m.schedule), "scale_factor": float(m.scale_factor),
+                               "steps": cfg.num_inference_steps, "spacing": cfg.timestep_spacing}
+        return self._model_key
+
+    def _reuses(self) -> bool:
+        """Whether the trajectory can be computed apart from the phrases (and so kept)."""
+        return self.early_exit and float(self.config.guidance_scale) == 0.0
+
+    def _require_reuse(self) -> None:
+        if float(self.config.guidance_scale) != 0.0:
+            raise ValueError(f"guidance_scale {self.config.guidance_scale}: each phrase has its own trajectory, "
+                             "so there is no inversion to keep (guidance 0 only)")
+        if not self.early_exit:
+            raise ValueError("early_exit=False runs the phrases in the inversion's own UNet calls; "
+                             "keeping inversions needs early_exit=True")
+
+    def _run(self, batch: _Batch, window: tuple[int, int], layers: Sequence[CrossAttentionLayer], sink) -> list[CropGeometry]:
+        """Feed the window's attention of the batch's phrases to ``sink``; the images' geometries.
+
+        Guidance 0 (the paper): the trajectory of each image (:meth:`_latents`, kept or cached), then
+        the phrases' rows read on it (:meth:`_read`). Otherwise both branches at every step."""
+        if self._reuses():
+            latents, geometries, _ = self._latents(batch.images, window)
+            self._read(latents, batch, window, layers, sink)
+            return geometries
+        if any(isinstance(i, Inversion) for i in batch.images):
+            self._require_reuse()
+        return invert_joint(self, batch, window, layers, sink)
+
+    def _latents(self, images: Sequence, window: tuple[int, int]) -> tuple[torch.Tensor, list[CropGeometry], list[str | None]]:
+        """``[stop - start, B, C, l, l]``: each image's latent at the steps of ``window``, from its
+        Inversion, the cache, or a fresh guidance-free inversion (the images not found, batched)."""
+        S, conv, cache = self.model.input_size, self.config.conventions, self.inversion_cache
+        found: list[torch.Tensor | None] = [None] * len(images)
+        geoms: list[CropGeometry | None] = [None] * len(images)
+        keys: list[str | None] = [None] * len(images)
+        todo = []
+        for b, image in enumerate(images):
+            if isinstance(image, Inversion):
+                self._check_inversion(image)
+                found[b], geoms[b], keys[b] = image.steps(window), image.geometry, image.key
+                continue
+            x, geoms[b] = prepare_image(load_image(image), S, conv)
+            if cache is not None:
+                keys[b] = inversion_key(x, self.model_key())
+                got = cache.get(keys[b], window)
+                if got is not None:
+                    found[b] = got
+                    continue
+            todo.append((b, x))
+        if todo:
+            fresh = self._trajectory(torch.cat([x for _, x in todo]), window)
+            for j, (b, _) in enumerate(todo):
+                found[b] = fresh[:, j]
+                if cache is not None:
+                    cache.put(keys[b], window, found[b])
+        work = torch.promote_types(self.model.dtype, torch.float32)
+        latents = torch.stack([f.to(self.model.device, work) for f in found], dim=1)
+        return latents, geoms, keys
+
+    def _check_inversion(self, inv: Inversion) -> None:
+        """Refuse an inversion made with another model, schedule or device, naming what differs."""
+        mine = self.model_key()
+        differ = sorted(k for k in set(mine) | set(inv.model_key) if mine.get(k) != inv.model_key.get(k))
+        if differ:
+            raise ValueError("this inversion was made with another " + ", ".join(differ) + " than this grounder's ("
+                             + "; ".join(f"{k}: {inv.model_key.get(k)!r} vs {mine.get(k)!r}" for k in differ) + ")")
+
     @torch.no_grad()
-    def _invert(self, batch: _Batch, window: tuple[int, int], layers: Sequence[CrossAttentionLayer], sink) -> None:
-        """Run the inversion up to the window's last step, feeding the window's attention to ``sink``."""
+    def _trajectory(self, x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+        """Guidance-free DDIM inversion of prepared images ``x`` ``[B, 1, S, S]`` up to the window's
+        last step: the latent the UNet sees at each step of ``window``, ``[stop - start, B, C, l, l]``.
+        Only the unconditional prompt runs (the phrases never steer the trajectory)."""
         model, unet = self.model, self.model.unet
-        device, dtype = model.device, model.dtype
-        work = torch.promote_types(dtype, torch.float32)  # latents: float32 even for a half model
-        sched = self.schedule()
+        dtype, work = model.dtype, torch.promote_types(model.dtype, torch.float32)
         start, stop = window
-        g = float(self.config.guidance_scale)
-        z = model.encode_image(batch.x).to(work)  # [B, C, l, l]
-        cond = model.encode_text(batch.phrases)  # [R, T, D]
-        weights = batch.weights.to(device)
-        n_rows = cond.shape[0]
-        row_image = batch.row_image.to(device)
-        if g == 0.0:  # one trajectory per image, shared by its phrases
-            cond_source = row_image
-        else:  # the trajectory depends on the phrase: one per row
-            z = z[row_image]
-            cond_source = torch.arange(n_rows, device=device)
+        z = model.encode_image(x).to(work)  # [B, C, l, l]
         uncond = model.encode_text([""]).expand(z.shape[0], -1, -1)
-        last = stop - 1
-        # guidance 0: the conditional rows' prediction is never used, so they run apart from the
-        # unconditional rows and stop after the last recorded layer (AttentionRecorder.read)
-        truncate = self.early_exit and g == 0.0
+        kept = []
 
         def predict(z: torch.Tensor, i: int, t: int) -> torch.Tensor | None:
-            """Record step ``i``'s attention where the window asks; the guided prediction, or None
-            when the step's update is never used (the last step)."""
-            need_uncond = i < last
-            need_cond = i >= start or g != 0.0
-            if truncate and need_cond:
-                recorder.read(unet, z[cond_source].to(dtype), t, cond, weights)
-                self._count(n_rows, truncated=True)
-                need_cond = False
-            if not (need_uncond or need_cond):
+            if i >= start:
+                kept.append(z)
+            if i == stop - 1:  # the last step is only read, never moved on from
                 return None
-            xs, ctx = [], []
-            if need_uncond:
-                xs.append(z)
-                ctx.append(uncond)
-            if need_cond:
-                xs.append(z[cond_source])
-                ctx.append(cond)
-            n_u = z.shape[0] if need_uncond else 0
-            sample = torch.cat(xs).to(dtype)
-            capture = recorder.capture(slice(n_u, n_u + n_rows), weights) if need_cond and i >= start \
-                else nullcontext()
-            with capture:
-                out = unet(sample, t, encoder_hidden_states=torch.cat(ctx), return_dict=False)[0]
-            self._count(sample.shape[0])
-            if not need_uncond:
-                return None
-            pred = out[:n_u].to(work)
-            return pred + g * (out[n_u:].to(work) - pred) if g != 0.0 else pred
+            out = unet(z.to(dtype), t, encoder_hidden_states=uncond, return_dict=False)[0]
+            self._count(z.shape[0])
+            return out.to(work)
 
+        ddim_run(self.schedule(), z, predict, stop, "DDIM inversion" if self.progress else None)
+        return torch.stack(kept)
+
+    @torch.no_grad()
+    def _read(self, latents: torch.Tensor, batch: _Batch, window: tuple[int, int],
+              layers: Sequence[CrossAttentionLayer], sink) -> None:
+        """The phrases' conditional rows at each step of the window, each on its image's latent, run
+        only up to the last recorded layer (their prediction is never used); maps go to ``sink``."""
+        model, sched = self.model, self.schedule()
+        cond = model.encode_text(batch.phrases)  # [R, T, D]
+        weights = batch.weights.to(model.device)
+        rows = batch.row_image.to(model.device)
         with AttentionRecorder(layers, sink) as recorder:
-            ddim_run(sched, z, predict, stop, "DDIM inversion" if self.progress else None)
+            for j, i in enumerate(range(*window)):
+                recorder.read(model.unet, latents[j][rows].to(model.dtype), sched.timestep(i), cond, weights)
+                self._count(len(batch.phrases), truncated=True)
 
     def _count(self, samples: int, truncated: bool = False) -> None:
         """Cost bookkeeping of one UNet call (``stats``)."""
