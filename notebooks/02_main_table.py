@@ -15,8 +15,16 @@
 # IoU, AUC-ROC and the contrast-to-noise ratio {cite:p}`vilouras2024zeroshot`. This notebook
 # computes the same table with the paper's preset (`GroundingConfig.paper()`: 334 trailing DDIM
 # steps, guidance 0, steps 120..179, layers 3, 4, 6, 7, Gaussian smoothing, Otsu) and puts beside
-# it two reference floors that ignore the text (a uniform random map and a centre prior) and a
-# Captum attribution method through the same frozen model (see [notebook 5](05_captum)).
+# it the baselines a reviewer would ask for:
+#
+# * the **phrase prior**, which never looks at the image: each phrase's map is the mean box of the
+#   most similar training phrases (`groundiff_core.methods.prior`; on a dataset without a training
+#   set, cross-fitted by image so that no pair is scored by a prior that saw its image);
+# * the **image-shuffle control**: the same method, each image's phrases grounded on *another*
+#   image of the dataset and scored on their own boxes there. What the method loses here is the
+#   part of its score that comes from reading the image;
+# * two floors that ignore the text (a uniform random map and a centre prior), and a Captum
+#   attribution method through the same frozen model (see [notebook 5](05_captum)).
 #
 # Every number comes with a 95% bootstrap confidence interval over the pairs (stratified by class
 # for the class average). The evaluation is groundiff's resumable runner
@@ -38,8 +46,11 @@
 # again, **live**, and stops with an error naming the pair and metric if any re-run value differs
 # from the shipped one by more than the tolerance (`groundiff_core.book.shipped.TOLERANCE`,
 # 1e-6: re-running pairs of the run on the machine that made it gave bit-identical metrics). The
-# two text-blind floors run live on all the same pairs; the Captum method runs live on a nested
-# subset of them (`captum_pairs`). With any other model or data, every row runs live.
+# image-shuffle control is a second shipped run (`book/results/phantom-paper-shuffled/`, the same
+# pairs on other images, made from the first run's inversions), checked and re-checked the same
+# way. The phrase prior and the two text-blind floors run live on all the same pairs; the Captum
+# method runs live on a nested subset of them (`captum_pairs`). With any other model or data,
+# every row runs live.
 
 # %% tags=["parameters"]
 model = "phantom"  # "phantom", "tiny", a diffusers folder, or the paper's MONAI checkpoint folder
@@ -62,6 +73,8 @@ reference_csv = None  # a CSV of published figures (columns method,class,metric,
 qualitative_classes = 8  # classes in the one-pair-per-class figure (0: all)
 show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
 shipped_run = "book/results/phantom-paper"  # shipped paper-preset run, read for the phantom model on the phantom ("": live)
+shipped_control = "book/results/phantom-paper-shuffled"  # the same method's shipped image-shuffle control run
+shuffle_seed = 0  # seeds which image each image's phrases are moved to in the image-shuffle control
 min_shipped_pairs = 400  # refuse a shipped run with fewer scored pairs than this (the page promises at least 400)
 recheck_pairs = 12  # pairs of the shipped run grounded again live and compared with it (whole images, seeded)
 batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the maps are the same to the bit); more on a GPU
@@ -80,6 +93,9 @@ from groundiff_core.book import figures
 from groundiff_core.book import shipped
 from groundiff_core.methods.attribution import make_method
 from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
+from groundiff_core.evaluation.compare import paired_difference, verdict
+from groundiff_core.evaluation.controls import CONTROL, shuffled_pairs
+from groundiff_core.engine.kept import InversionCache
 from groundiff_core.io.datasets import subset
 from groundiff_core.evaluation import evaluate, load_results, summarize, summary_table
 from groundiff_core.io.images import load_image
@@ -87,6 +103,7 @@ from groundiff_core.io.images import load_image
 # %% tags=["hide-input"]
 use_shipped = shipped.uses_shipped(model, dataset_csv, shipped_run)
 run = shipped.load_shipped(shipped_run) if use_shipped else None  # the shipped cross-attention run, if used
+control = shipped.load_shipped(shipped_control) if use_shipped else None  # ... and its image-shuffle control
 out, data, ldm = pages.setup_notebook(  # shipped run: every pair of the phantom split it read
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split,
@@ -97,6 +114,12 @@ if use_shipped:  # refuse a run that is not this model's, this preset's or these
     run.check_model(ldm)
     run.check_config(config, conventions)
     run.check_data(data.pairs)
+moved = shuffled_pairs(data.pairs, seed=shuffle_seed)  # the image-shuffle control's pairs: same ids, other images
+if use_shipped:
+    control.require_pairs(min_shipped_pairs)
+    control.check_model(ldm)
+    control.check_config(config, conventions)
+    control.check_data(moved)
 display(pages.provenance_box(data, ldm, preset="paper", conventions=conventions, config=config, output_dir=out,
                                 extra={"shipped": run.provenance()} if use_shipped else None))
 show = pages.resolve_show_images(show_images, data)
@@ -131,26 +154,40 @@ if use_shipped:  # the figure's pairs need a live cross-attention map: only the 
 examples = pages.one_pair_per_class(pool, conventions=conventions, crop_size=ldm.input_size,
                                        classes=qualitative_classes or None)
 kept = {p.phrase for p in examples}
-cheap_n = 0 if use_shipped else n_pairs  # the text-blind floors: every pair of the shipped run
+cheap_n = 0 if use_shipped else n_pairs  # the image-blind baselines: every pair of the shipped run
+shuffle_row = "cross-attention, image-shuffle control"
+# one inversion per image for all of its uses on this page: the control's phrases on an image reuse it
+grounder = gd.Grounder(ldm, config, batch_size=batch_images, inversion_cache=InversionCache(out / "inversions"))
 methods = {  # label: (results folder, method, pairs)
-    ldm_row: ("cross_attention", pages.KeepMaps(gd.Grounder(ldm, config, batch_size=batch_images), kept), n_pairs),
+    ldm_row: ("cross_attention", pages.KeepMaps(grounder, kept), n_pairs),
+    shuffle_row: ("cross_attention_shuffled", grounder, n_pairs),
+    "phrase prior": ("phrase_prior", pages.KeepMaps(pages.phrase_prior(data, seed=seed), kept), cheap_n),
     f"Captum {captum_method}": (f"captum_{captum_method}", pages.KeepMaps(make_method(captum_method, ldm), kept),
                                 captum_n),
     "centre prior": ("centre_prior", pages.KeepMaps(CentrePrior(), kept), cheap_n),
     "random": ("random", RandomHeatmap(seed=seed), cheap_n),
 }
 summaries, rows_of, recheck = {}, {}, None
+rechecks = {}
 for name, (folder, method, n) in methods.items():
-    if use_shipped and name == ldm_row:
-        summaries[name] = run.summarize(n_boot=n_boot, seed=seed)
-        rows_of[name] = run.rows
-        recheck = shipped.recheck(run, method, data.pairs, out / "recheck", n=recheck_pairs, seed=seed,
-                                   batch_images=batch_images)
-        print(f"{name:32s} {summaries[name]['n_pairs']:4d} pairs (shipped run), "
+    these = moved if name == shuffle_row else data.pairs
+    if use_shipped and name in (ldm_row, shuffle_row):
+        shipped_rows = run if name == ldm_row else control
+        summaries[name] = shipped_rows.summarize(n_boot=n_boot, seed=seed)
+        rows_of[name] = shipped_rows.rows
+        if name == shuffle_row:  # re-check the control on the images re-checked above: their inversions are kept
+            again = set(rechecks[ldm_row]["pair_ids"])
+            on = {p.image_path for p in data.pairs if p.pair_id in again}
+            these = [p for p in moved if p.image_path in on]
+        rechecks[name] = shipped.recheck(shipped_rows, method, these, out / f"recheck_{folder}",
+                                         n=recheck_pairs if name == ldm_row else len(these), seed=seed,
+                                         batch_images=batch_images)
+        print(f"{name:40s} {summaries[name]['n_pairs']:4d} pairs (shipped run), "
               f"{summaries[name]['seconds_per_pair']:.2f} s per pair where it ran; live re-check: "
-              f"{recheck['pairs']} pairs, {recheck['seconds_per_pair']:.2f} s per pair here")
+              f"{rechecks[name]['pairs']} pairs, {rechecks[name]['seconds_per_pair']:.2f} s per pair here")
         continue
-    summaries[name] = evaluate(method, data.pairs, out / folder, dataset=data.description,
+    summaries[name] = evaluate(method, these, out / folder,
+                               dataset={**data.description, **({"control": CONTROL} if name == shuffle_row else {})},
                                n_pairs=n or None, seed=seed, n_boot=n_boot, progress=False,
                                conventions=conventions, batch_images=batch_images)
     chosen = {p.pair_id for p in subset(data.pairs, n or None, seed=seed)}
@@ -159,8 +196,9 @@ for name, (folder, method, n) in methods.items():
         summaries[name].update(summarize([r for r in load_results(out / folder) if r["pair_id"] in chosen],
                                          n_boot=n_boot, seed=seed))
     rows_of[name] = [r for r in load_results(out / folder) if r["pair_id"] in chosen]
-    print(f"{name:32s} {summaries[name]['n_pairs']:4d} pairs, "
+    print(f"{name:40s} {summaries[name]['n_pairs']:4d} pairs, "
           f"{summaries[name]['seconds_per_pair']:.2f} s per pair")
+recheck = rechecks.get(ldm_row)
 
 # %% [markdown]
 # ## The shipped run and its live re-check
@@ -174,7 +212,10 @@ if use_shipped:
         f"measured on the machine that made it ({run.machine}).\n\n"
         + shipped.recheck_markdown(recheck, {"miou": "mIoU", "auc": "AUC-ROC", "auc_binned": "AUC-ROC (5 bins)",
                                              "cnr_abs": "|CNR|", "cnr_signed": "CNR (signed)",
-                                             "pointing": "pointing game"})))
+                                             "pointing": "pointing game"})
+        + f"\n\nThe image-shuffle control row is the shipped run `{control.folder}` ({len(control.ok_rows)} scored "
+        f"pairs, `{control.command}`), the same pairs moved to other images by `shuffled_pairs(pairs, seed="
+        f"{shuffle_seed})`; its re-check: " + shipped.recheck_markdown(rechecks[shuffle_row]).split(": ", 1)[1]))
 else:
     display(Markdown("No shipped run is used on this page: every row above was computed live, on the pairs "
                      "it states."))
@@ -194,6 +235,32 @@ table.insert(0, "pairs", [s["n_pairs"] for s in summaries.values()])
 table["s / pair"] = [f"{s['seconds_per_pair']:.2f}" for s in summaries.values()]
 table.to_csv(out / "class_averaged.csv")
 display(table)
+
+# %% [markdown]
+# ## Does it read the image?
+#
+# Two paired comparisons on the same pairs, each with a 95% bootstrap interval of the
+# class-averaged difference (pairs resampled within each class, the same resample for both rows).
+# A difference is called a win or a loss only when its interval excludes 0, and not at all on
+# fewer than 30 pairs (`groundiff_core.evaluation.compare.verdict`).
+#
+# * **Cross-attention minus the phrase prior**: above 0, the method localises better than knowing
+#   where each kind of phrase usually lies.
+# * **Own image minus another image** (the image-shuffle control): above 0, part of the score comes
+#   from reading the image; about 0, the maps come from the phrase alone.
+
+# %%
+checks = {"cross-attention minus phrase prior": (ldm_row, "phrase prior"),
+          "own image minus another image": (ldm_row, shuffle_row)}
+verdict_rows = {}
+for label, (a, b) in checks.items():
+    for m in ("miou", "auc", "cnr_abs"):
+        d = paired_difference(rows_of[a], rows_of[b], m, n_boot=n_boot, seed=seed)
+        verdict_rows[(label, names[m])] = {
+            "difference": figures.fmt_diff(d), "pairs": d["n_pairs"], "verdict": verdict(d)}
+reads_image = pd.DataFrame(verdict_rows).T.rename_axis(["comparison", "metric"])
+reads_image.to_csv(out / "does_it_read_the_image.csv")
+display(reads_image)
 
 # %% [markdown]
 # ## How much the scoring conventions move the numbers
@@ -285,7 +352,7 @@ figures.publish(fig, out, "per_class_bars")
 # during the evaluation above.
 
 # %% tags=["hide-input"]
-shown_methods = ["cross-attention (paper preset)", "centre prior", f"Captum {captum_method}"]
+shown_methods = ["cross-attention (paper preset)", "phrase prior", "centre prior", f"Captum {captum_method}"]
 grid_rows = []
 for p in examples:
     image = load_image(p.image_path)
@@ -301,8 +368,9 @@ figures.publish(figures.qualitative_grid(grid_rows) if grid_rows else figures.pl
 #
 # One pair per class (rows): the image with the phrase's ground-truth boxes (R/L: the patient's
 # right and left), then the heatmap of the cross-attention method with the paper's preset, of the
-# text-blind centre prior and of the Captum method, each with the same boxes. Look at whether the
-# cross-attention map moves with the finding from row to row while the centre prior stays put.
+# image-blind phrase prior, of the text-blind centre prior and of the Captum method, each with the
+# same boxes. The phrase prior is where such phrases usually lie; a method that reads the image
+# should follow the finding where the prior does not.
 # ```
 
 # %% [markdown]
@@ -357,6 +425,7 @@ else:
 # %%
 avg = {k: s["class_averaged"] for k, s in summaries.items()}
 ca, cp, rnd = avg["cross-attention (paper preset)"], avg["centre prior"], avg["random"]
+pp = avg["phrase prior"]
 
 
 def beats(a, b):
@@ -373,9 +442,16 @@ def beats(a, b):
 lines = [f"* Data: **{data.description['name']}**, {ours['n_pairs']} pairs over "
          f"{len(ours['categories'])} classes; model **{ldm.name}**."]
 for m in ["miou", "auc", "cnr_abs"]:
-    lines.append(f"* {names[m]}: cross-attention {figures.fmt_ci(ca[m])} is {beats(ca[m], cp[m])} the "
-                 f"centre prior ({figures.fmt_ci(cp[m])}) and {beats(ca[m], rnd[m])} the random "
-                 f"map ({figures.fmt_ci(rnd[m])}).")
+    lines.append(f"* {names[m]}: cross-attention {figures.fmt_ci(ca[m])}; against the image-blind phrase prior "
+                 f"({figures.fmt_ci(pp[m])}) the paired difference is "
+                 f"{reads_image.loc[('cross-attention minus phrase prior', names[m]), 'verdict']}; "
+                 f"it is {beats(ca[m], cp[m])} the centre prior ({figures.fmt_ci(cp[m])}) and "
+                 f"{beats(ca[m], rnd[m])} the random map ({figures.fmt_ci(rnd[m])}).")
+    lines.append(f"  On other images (the image-shuffle control) it "
+                 + {"above 0": "loses", "below 0": "gains", "not separable from 0": "neither loses nor gains",
+                    "too few pairs": "cannot be judged (too few pairs)"}[
+                     reads_image.loc[("own image minus another image", names[m]), "verdict"]]
+                 + f" ({reads_image.loc[('own image minus another image', names[m]), 'difference']}).")
 t = ours["text_sensitivity"]
 if t.get("value") is not None:
     lines.append(f"* Text sensitivity: own boxes beat another finding's boxes in "
@@ -388,7 +464,9 @@ metrics_file = pages.save_json({"dataset": data.description, "model": ldm.identi
                                                                           "text_sensitivity", "seconds_per_pair",
                                                                           "config", "identity")}
                                                  for k, s in summaries.items()},
-                                   "shipped": run.provenance() if use_shipped else None, "recheck": recheck},
+                                   "shipped": run.provenance() if use_shipped else None, "recheck": recheck,
+                                   "shipped_control": control.provenance() if use_shipped else None,
+                                   "does_it_read_the_image": reads_image.reset_index().to_dict("records")},
                                   out, "main_table")
 print(f"metrics written to {out}/ (main_table.json, class_averaged.csv, per_class_all_methods.csv, "
       "text_sensitivity.csv, one evaluation folder per method)")

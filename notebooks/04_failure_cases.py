@@ -12,8 +12,9 @@
 #
 # Averages hide how a method fails. This notebook runs the paper's preset on a set of pairs and
 # looks at the errors: the worst pair of each class, error against the size of the ground-truth
-# box, left/right confusions, phrases with several boxes, and how the heatmap reacts when the
-# phrase is rephrased, its side swapped, or negated ("no pleural effusion").
+# box, left against right, where the image-blind phrase prior does better, phrases with several
+# boxes, and how the heatmap reacts when the phrase is rephrased, its side swapped, or negated
+# ("no pleural effusion").
 #
 # With the default parameters this runs on the phantom test bed ([introduction](../intro.md)).
 # The phantom's text encoder knows only the words of its report templates: a phrase its tokenizer
@@ -37,6 +38,7 @@ worst_per_class = 1  # worst pairs shown per class
 prompt_pairs = 2  # pairs whose phrase is varied in the prompt-sensitivity study
 batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the maps are the same to the bit); more on a GPU
 show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
+n_boot = 1000  # bootstrap resamples for the confidence intervals
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -50,6 +52,7 @@ from groundiff_core.book import figures
 from groundiff_core.evaluation import metrics
 from groundiff_core.io.datasets import group_by_image
 from groundiff_core.evaluation import evaluate, load_results
+from groundiff_core.evaluation.compare import by_side, paired_difference, verdict
 from groundiff_core.io.images import load_image
 from groundiff_core.models.text import check_phrase
 
@@ -142,34 +145,27 @@ figures.publish(fig, out, "by_box_size")
 # %% [markdown]
 # ## Left and right
 #
-# For phrases that name one side, the share of the heatmap's mass that lies on the named side of
-# the image (the patient's right is the image's left). Below 0.5 the map favours the wrong side.
+# For phrases that name one side, the pointing game (is the map's maximum inside the boxes?) and
+# AUC-ROC, separately for "left ..." and "right ..." phrases. A model that localises what it sees
+# scores both sides alike; one that learned a place for each phrase, or mixes up the radiological
+# convention (the patient's right is the image's left), does not.
 
 # %% tags=["hide-input"]
 lat = res[res.side.isin(["left", "right"])].copy()
-shares = []
-for _, r in lat.iterrows():
-    _, hm = heatmap(r.pair_id)
-    h = np.nan_to_num(hm)
-    half = h.shape[1] // 2
-    patient_right, patient_left = h[:, :half].sum(), h[:, h.shape[1] - half:].sum()
-    total = patient_right + patient_left
-    named = patient_right if r.side == "right" else patient_left
-    shares.append(named / total if total > 0 else np.nan)
-lat["named_side_share"] = shares
-lat["confused"] = lat.named_side_share < 0.5
-side_table = lat.groupby("side").agg(pairs=("pair_id", "count"), named_side_share=("named_side_share", "mean"),
-                                     confusions=("confused", "mean"), auc=("auc", "mean"))
+sides = {m: by_side(res, m, n_boot=n_boot, seed=seed) for m in ("pointing", "auc", "miou")}
+side_table = pd.DataFrame({(m, side): {"pairs": st[side]["n_pairs"], "mean [95% CI]": figures.fmt_ci(st[side])}
+                           for m, st in sides.items() for side in ("left", "right")}).T
 side_table.to_csv(out / "laterality.csv")
 display(side_table)
 if len(lat):
-    fig, ax = plt.subplots(figsize=(5.5, 3), constrained_layout=True)
-    for side, df in lat.groupby("side"):
-        ax.hist(df.named_side_share.dropna(), bins=np.linspace(0, 1, 11), alpha=0.6, label=f"phrase says {side}")
-    ax.axvline(0.5, color="k", ls=":")
-    ax.set_xlabel("share of heatmap mass on the named side")
-    ax.set_ylabel("pairs")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8), constrained_layout=True)
+    for ax, m, label in zip(axes, ["pointing", "auc"], ["pointing game", "AUC-ROC"]):
+        for j, side in enumerate(("right", "left")):
+            st = sides[m][side]
+            if st["mean"] is not None:
+                ax.bar(j, st["mean"], yerr=[[st["mean"] - st["ci_low"]], [st["ci_high"] - st["mean"]]], capsize=3)
+        ax.set_xticks([0, 1], [f"'right ...' ({sides[m]['right']['n_pairs']})", f"'left ...' ({sides[m]['left']['n_pairs']})"])
+        ax.set_ylabel(label)
     figures.publish(fig, out, "laterality")
 else:
     figures.publish(figures.placeholder("no evaluated phrase names one side"), out, "laterality")
@@ -178,10 +174,58 @@ else:
 # ```{glue:figure} laterality
 # :name: fig-04-laterality
 #
-# Distribution of the heatmap's mass on the side the phrase names, for "left" and
-# "right" phrases. Mass left of the dotted line at 0.5 is a left/right confusion. Look at whether
-# one side is confused more often than the other (a model that mixed up the radiological
-# convention would be wrong on both).
+# Pointing game and AUC-ROC (mean, 95% bootstrap interval; pairs in brackets) of the phrases that
+# name the patient's right and of those that name the left. Bars of different height mean the
+# method localises one side better than the other.
+# ```
+
+# %% [markdown]
+# ## Where the phrase prior wins
+#
+# The phrase prior never looks at the image: each phrase's map is where such phrases usually lie
+# (on the phantom fitted on training phantoms, elsewhere cross-fitted by image). On the same pairs:
+# per class, the cross-attention method minus the prior, and the pairs where the prior is furthest
+# ahead.
+
+# %% tags=["hide-input"]
+prior = pages.KeepMaps(pages.phrase_prior(data, seed=seed))
+evaluate(prior, data.pairs, out / "phrase_prior", dataset=data.description, n_pairs=n_pairs or None, seed=seed,
+         progress=False)
+prior_rows = pd.DataFrame([r for r in load_results(out / "phrase_prior") if r.get("status") == "ok"])
+prior_rows = prior_rows[prior_rows.pair_id.isin(res.pair_id)]
+per_class_prior = {}
+for c in sorted(res.category.unique()):
+    a, b = res[res.category == c], prior_rows[prior_rows.category == c]
+    for m, label in (("miou", "mIoU"), ("auc", "AUC-ROC")):
+        d = paired_difference(a, b, m, n_boot=n_boot, seed=seed)
+        per_class_prior[(c, label)] = {"pairs": d["n_pairs"], "cross-attention minus prior": figures.fmt_diff(d),
+                                       "verdict": verdict(d)}
+per_class_prior = pd.DataFrame(per_class_prior).T.rename_axis(["class", "metric"])
+per_class_prior.to_csv(out / "against_phrase_prior.csv")
+display(per_class_prior)
+gap = res[["pair_id", "category", "phrase", "boxes", "auc"]].merge(
+    prior_rows[["pair_id", "auc"]], on="pair_id", suffixes=("", "_prior"))
+gap["prior_ahead"] = gap.auc_prior - gap.auc
+ahead = gap.sort_values("prior_ahead", ascending=False).head(4)
+fig, axes = figures.grid(2 * len(ahead), ncols=4, size=2.7)
+for k, (_, r) in enumerate(ahead.iterrows()):
+    image, hm = heatmap(r.pair_id)
+    figures.overlay(axes[2 * k], shown(image), hm, r.boxes, title=f"cross-attention, AUC {r.auc:.2f}\n'{r.phrase}'",
+                    fontsize=7)
+    figures.overlay(axes[2 * k + 1], shown(image), prior.get(image, r.phrase), r.boxes,
+                    title=f"phrase prior, AUC {r.auc_prior:.2f}", fontsize=7)
+    for ax in axes[2 * k:2 * k + 2]:
+        figures.side_labels(ax)
+figures.publish(fig, out, "prior_ahead")
+
+# %% [markdown]
+# ```{glue:figure} prior_ahead
+# :name: fig-04-prior-ahead
+#
+# The pairs on which the image-blind phrase prior beats the cross-attention map by the most
+# AUC-ROC: each pair's cross-attention map, then the prior's map, with the phrase's boxes. Where
+# the prior wins, the finding lies where such findings usually lie and the cross-attention map is
+# elsewhere: on another finding, on anatomy, or spread out.
 # ```
 
 # %% [markdown]
@@ -293,6 +337,7 @@ figures.publish(fig, out, "prompt_sensitivity")
 
 # %%
 metrics_file = pages.save_json({"dataset": data.description, "class_averaged": summary["class_averaged"],
-                                   "laterality": side_table.reset_index().to_dict(orient="records"),
+                                   "laterality": sides,
+                                   "against_phrase_prior": per_class_prior.reset_index().to_dict(orient="records"),
                                    "multi_box": multi.reset_index().to_dict(orient="records") if len(multi) else [],
                                    "prompt_sensitivity": prompt_rows}, out, "failure_cases")

@@ -99,8 +99,8 @@ def test_model_card_states_the_shipped_geometry_and_command(tmp_path):
     from groundiff_core.phantom.card import write_card
 
     shutil.copy(WEIGHTS_DIR / "phantom.json", tmp_path / "phantom.json")
-    summaries = json.loads((WEIGHTS_DIR / "evaluation.json").read_text())
-    card = write_card(summaries, tmp_path).read_text()
+    record = json.loads((WEIGHTS_DIR / "evaluation.json").read_text())
+    card = write_card(record["methods"], record["comparison"], tmp_path).read_text()
     assert "2x downsampling (128 -> 64)" in card
     # layers 2 to 7 all run at 16x16, the paper reads four of them (the card once called 3, 4, 6, 7 "the deepest")
     assert "layers 2 to 7 run at the deepest\n  resolution, 16x16 (the paper's preset reads 3, 4, 6, 7 of them)" in card
@@ -108,7 +108,10 @@ def test_model_card_states_the_shipped_geometry_and_command(tmp_path):
     shipped = (WEIGHTS_DIR / "MODEL_CARD.md").read_text()
     assert shipped.split("## Training")[0] == card.split("## Training")[0]  # the shipped card is the generator's
     assert "--unet-channels 16,32,64" in card and "--vae-channels 16,32" in card
-    assert json.loads((tmp_path / "evaluation.json").read_text())["ldm"]["n_pairs"] >= 400
+    methods = json.loads((tmp_path / "evaluation.json").read_text())["methods"]
+    assert methods["ldm"]["n_pairs"] >= 400 and methods["ldm-shuffled"]["n_pairs"] == methods["ldm"]["n_pairs"]
+    assert "phrase prior (image-blind)" in card and "image-shuffle drop" in card
+    assert card.count("**met**") + card.count("**NOT met**") == 5  # every target stated, met or not
 
 
 def test_the_shipped_folder_is_a_diffusers_pipeline_folder():

@@ -111,6 +111,13 @@ def fmt_ci(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
     return f"{m} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
 
 
+def fmt_diff(d: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """A paired difference ``{"difference", "ci_low", "ci_high"}`` -> ``"+0.012 [+0.004, +0.020]"``."""
+    if not d or d.get("difference") is None:
+        return "n/a"
+    return f"{d['difference']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
+
+
 def ci_frame(stats: Mapping[str, Mapping[str, Mapping[str, Any]]], metrics: Sequence[str],
              names: Mapping[str, str] | None = None, digits: int = 3):
     """A table (pandas DataFrame) of ``"mean [low, high]"`` strings: one row per key of ``stats``

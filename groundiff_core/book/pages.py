@@ -22,11 +22,12 @@ if TYPE_CHECKING:
 
     from groundiff_core.models.ldm import LDM
 
-__all__ = ["BookData", "KeepMaps", "class_averaged_ci", "load_book_data", "nested_count", "one_pair_per_class", "paired_difference", "provenance", "provenance_box", "reference_table", "resolve_show_images",
+__all__ = ["BookData", "KeepMaps", "class_averaged_ci", "load_book_data", "nested_count", "one_pair_per_class", "paired_difference", "phrase_prior", "provenance", "provenance_box", "reference_table", "resolve_show_images",
            "save_json", "scorable_pairs", "scored_boxes", "setup_notebook", "side_of_phrase", "swap_sides", "unrelated_finding"]
 
 from groundiff_core.book.provenance import provenance, provenance_box, provenance_markdown  # noqa: E402,F401
 from groundiff_core.evaluation.compare import class_averaged_ci, paired_difference  # noqa: E402,F401
+from groundiff_core.util.phrases import side_of_phrase  # noqa: E402,F401
 
 PHANTOM_TEST_IMAGES = 200  # ~2 findings per image: about 400 image-phrase pairs
 
@@ -126,6 +127,20 @@ def setup_notebook(output_dir: str | os.PathLike, *, seed: int, model: str | os.
     return out, data, ldm
 
 
+def phrase_prior(data: BookData, *, seed: int = 0, folds: int = 5):
+    """The image-blind phrase prior a page compares with: on the phantom, the one fitted on training
+    phantoms (:func:`groundiff_core.phantom.prior.phantom_prior`); on any other dataset, cross-fitted
+    on its own pairs in ``folds`` folds grouped by image, so no pair is scored by a prior that saw its
+    image (:class:`groundiff_core.methods.prior.CrossFittedPrior`)."""
+    if data.is_phantom:
+        from groundiff_core.phantom.prior import phantom_prior
+
+        return phantom_prior()
+    from groundiff_core.methods.prior import CrossFittedPrior
+
+    return CrossFittedPrior.fit(data.pairs, folds=folds, seed=seed)
+
+
 def _clean(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}
@@ -146,19 +161,6 @@ def save_json(obj: Any, output_dir: str | os.PathLike, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_clean(obj), indent=2, default=str) + "\n")
     return path
-
-
-def side_of_phrase(phrase: str) -> str:
-    """The laterality a phrase states: ``"right"``, ``"left"``, ``"bilateral"`` or ``"none"``
-    (words "right"/"left"/"bilateral"/"bibasilar"; both sides named -> "bilateral")."""
-    words = set(phrase.lower().replace(",", " ").split())
-    if words & {"bilateral", "bibasilar", "bibasal"} or {"right", "left"} <= words:
-        return "bilateral"
-    if "right" in words:
-        return "right"
-    if "left" in words:
-        return "left"
-    return "none"
 
 
 def scored_boxes(pair: Any, hw: tuple[int, int], *, conventions: str = "paper",

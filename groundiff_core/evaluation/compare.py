@@ -16,8 +16,12 @@ from typing import Any
 import numpy as np
 
 from groundiff_core.evaluation.summary import _rng, bootstrap_ci
+from groundiff_core.util.phrases import side_of_phrase
 
-__all__ = ["class_averaged_ci", "paired_difference"]
+__all__ = ["class_averaged_ci", "paired_difference", "by_side", "verdict", "MIN_PAIRS"]
+
+#: Fewer pairs than this and a comparison gives no verdict ("too few pairs").
+MIN_PAIRS = 30
 
 
 def _values(rows: Any, metric: str) -> dict[str, tuple[str, float]]:
@@ -67,3 +71,38 @@ def paired_difference(a: Any, b: Any, metric: str, *, n_boot: int = 1000, seed: 
     d, lo, hi = bootstrap_ci(_by_class(diffs), n_boot, confidence, _rng(seed, "paired", metric))
     return {"difference": d, "ci_low": lo, "ci_high": hi, "n_pairs": len(common),
             "separated": bool(lo > 0 or hi < 0)}
+
+
+def by_side(rows: Any, metric: str = "pointing", *, n_boot: int = 1000, seed: int = 0,
+            confidence: float = 0.95) -> dict:
+    """``metric`` over the pairs whose phrase names the patient's right, and over those naming the
+    left (:func:`~groundiff_core.util.phrases.side_of_phrase`), pair-averaged with bootstrap
+    intervals, and their difference ``left - right``: a method that reads laterality, or the image,
+    scores both sides alike. ``{"right": {...}, "left": {...}, "difference": float | None}``."""
+    if hasattr(rows, "to_dict"):
+        rows = rows.to_dict("records")
+    out: dict = {}
+    for side in ("right", "left"):
+        vals = [v for _, v in _values([r for r in rows if side_of_phrase(str(r.get("phrase", ""))) == side],
+                                      metric).values()]
+        if not vals:
+            out[side] = {"mean": None, "ci_low": None, "ci_high": None, "n_pairs": 0}
+            continue
+        mean, lo, hi = bootstrap_ci([np.array(vals)], n_boot, confidence, _rng(seed, "side", side, metric))
+        out[side] = {"mean": mean, "ci_low": lo, "ci_high": hi, "n_pairs": len(vals)}
+    l, r = out["left"]["mean"], out["right"]["mean"]
+    out["difference"] = None if l is None or r is None else l - r
+    return out
+
+
+def verdict(d: dict, min_pairs: int = MIN_PAIRS) -> str:
+    """The one rule every comparison of the book is read by: ``"above 0"`` / ``"below 0"`` when the
+    interval of a :func:`paired_difference` excludes 0, ``"not separable from 0"`` when it does not,
+    ``"too few pairs"`` below ``min_pairs`` pairs."""
+    if d.get("difference") is None or d.get("n_pairs", 0) < min_pairs:
+        return "too few pairs"
+    if d["ci_low"] > 0:
+        return "above 0"
+    if d["ci_high"] < 0:
+        return "below 0"
+    return "not separable from 0"

@@ -1,9 +1,18 @@
 """Evaluate the phantom LDM and write its model card: ``python -m groundiff_core.phantom.card``.
 
-Generates a phantom test set from the test split's seeds (never used in training), evaluates the
-cross-attention method with the paper's preset and the two text-blind baselines through the same
-runner as ``groundiff evaluate`` (resumable: rerun to continue), and writes ``evaluation.json`` and
-``MODEL_CARD.md`` next to the weights.
+Generates the phantom test split (seeds never used in training), evaluates through the same runner
+as ``groundiff evaluate`` (resumable: rerun to continue):
+
+* the cross-attention method with the paper's preset;
+* the same on the image-shuffle control (each image's phrases grounded on another test image and
+  scored on their own boxes there, :mod:`groundiff_core.evaluation.controls`), reusing the first
+  run's inversions through an inversion cache;
+* the image-blind phrase prior (fitted on training phantoms), the centre prior and a uniform
+  random map;
+
+then compares them on the same pairs (paired bootstrap intervals) and writes ``evaluation.json``
+and ``MODEL_CARD.md`` next to the weights. ``--sweep`` adds the validation numbers of the training
+recipes the model was chosen from.
 """
 
 from __future__ import annotations
@@ -15,27 +24,32 @@ from pathlib import Path
 
 from groundiff_core.phantom.model import WEIGHTS_DIR
 
-TARGETS = {"auc": 0.85, "miou": 0.25, "cnr_abs": 1.0, "text_sensitivity": 0.80}
+#: What the test bed asks of the shipped model (the issue "does it read the image"): each checked
+#: on the test split by a paired interval or a point figure, and stated as met or not.
+TARGETS = {
+    "miou_above_prior": "class-averaged mIoU above the phrase prior's (paired 95% interval of the difference above 0)",
+    "auc_above_prior": "class-averaged AUC-ROC above the phrase prior's (paired 95% interval above 0)",
+    "shuffle_drop": "mIoU drops when the phrases are grounded on another image (paired 95% interval above 0)",
+    "text_sensitivity": "text sensitivity >= 0.85",
+    "laterality": "pointing game on 'left ...' and 'right ...' phrases within 0.1 of each other",
+}
+NAMES = {"ldm": "cross-attention, paper preset", "ldm-shuffled": "the same, image-shuffle control",
+         "phrase-prior": "phrase prior (image-blind)", "centre": "centre prior", "random": "uniform random"}
 
 
-def alt_config(layers: tuple[int, ...]):
-    """The paper's preset reading other cross-attention layers (chosen on validation phantoms)."""
+def run_evaluation(work: Path, n_images: int, weights: Path, device: str | None = None,
+                   batch_images: int = 1) -> tuple[dict[str, dict], dict[str, list]]:
+    """Evaluate every method of :data:`NAMES` on the phantom test split; the summaries and rows."""
     from groundiff_core.engine.config import GroundingConfig
-
-    return GroundingConfig.paper().with_layers(layers)
-
-
-def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path,
-                   alt_layers: tuple[int, ...] | None = None, alt_pairs: int | None = None,
-                   device: str | None = None, batch_images: int = 1) -> dict[str, dict]:
-    """Evaluate ldm/random/centre (and ``ldm-alt``) on the phantom test split; return the summaries."""
-    from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
-    from groundiff_core.engine.config import GroundingConfig
-    from groundiff_core.io.datasets import load_dataset
-    from groundiff_core.evaluation import evaluate
     from groundiff_core.engine.grounder import Grounder
+    from groundiff_core.engine.kept import InversionCache
+    from groundiff_core.evaluation import evaluate, load_results
+    from groundiff_core.evaluation.controls import CONTROL, shuffled_pairs
+    from groundiff_core.io.datasets import load_dataset
+    from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
     from groundiff_core.phantom.generator import write_phantom_set
     from groundiff_core.phantom.model import load_phantom
+    from groundiff_core.phantom.prior import phantom_prior
 
     data = work / "testset"
     csv = data / "annotations.csv"
@@ -43,21 +57,33 @@ def run_evaluation(work: Path, n_images: int, shard: str | None, weights: Path,
         write_phantom_set(data, n_images, split="test")
     pairs = load_dataset("phantom", csv, data)
     model = load_phantom(weights, device=device)
-    methods = {
-        "ldm": (Grounder(model, GroundingConfig.paper(), batch_size=batch_images), None),
-        "random": (RandomHeatmap(seed=0), None),
-        "centre": (CentrePrior(), None),
-    }
-    if alt_layers:
-        methods["ldm-alt"] = (Grounder(model, alt_config(alt_layers), batch_size=batch_images), alt_pairs)
-    out = {}
-    for name, (method, n_pairs) in methods.items():
-        folder = work / (name if shard is None else f"{name}-{shard.replace('/', 'of')}")
-        out[name] = evaluate(method, pairs, folder, dataset={"name": "phantom", "split": "test"},
-                             shard=shard, n_pairs=n_pairs, progress=True,
-                             batch_images=batch_images if name.startswith("ldm") else 1,
-                             info={"device": str(model.device) if name.startswith("ldm") else "cpu"})
-    return out
+    grounder = Grounder(model, GroundingConfig.paper(), batch_size=batch_images,
+                        inversion_cache=InversionCache(work / "inversions"))
+    runs = {"ldm": (grounder, pairs, {}), "ldm-shuffled": (grounder, shuffled_pairs(pairs, seed=0), {"control": CONTROL}),
+            "phrase-prior": (phantom_prior(), pairs, {}), "centre": (CentrePrior(), pairs, {}),
+            "random": (RandomHeatmap(seed=0), pairs, {})}
+    summaries, rows = {}, {}
+    for name, (method, these, extra) in runs.items():
+        summaries[name] = evaluate(method, these, work / name, dataset={"name": "phantom", "split": "test", **extra},
+                                   progress=True, batch_images=batch_images if name.startswith("ldm") else 1,
+                                   info={"device": str(model.device) if name.startswith("ldm") else "cpu"})
+        rows[name] = load_results(work / name)
+    return summaries, rows
+
+
+def compare(rows: dict[str, list], summaries: dict[str, dict]) -> dict:
+    """The paired comparisons and the targets' verdicts (:data:`TARGETS`)."""
+    from groundiff_core.evaluation.compare import by_side, paired_difference
+
+    prior = {m: paired_difference(rows["ldm"], rows["phrase-prior"], m) for m in ("miou", "auc", "cnr_abs")}
+    shuffle = {m: paired_difference(rows["ldm"], rows["ldm-shuffled"], m) for m in ("miou", "auc", "cnr_abs")}
+    side = by_side(rows["ldm"], "pointing")
+    ts = summaries["ldm"]["text_sensitivity"]["value"]
+    met = {"miou_above_prior": prior["miou"]["ci_low"] > 0, "auc_above_prior": prior["auc"]["ci_low"] > 0,
+           "shuffle_drop": shuffle["miou"]["ci_low"] > 0, "text_sensitivity": ts is not None and ts >= 0.85,
+           "laterality": side["difference"] is not None and abs(side["difference"]) <= 0.1}
+    return {"ldm_minus_prior": prior, "shuffle_drop": shuffle, "pointing_by_side": side,
+            "targets": {k: {"target": TARGETS[k], "met": bool(v)} for k, v in met.items()}}
 
 
 def _fmt(stat: dict | None) -> str:
@@ -65,6 +91,10 @@ def _fmt(stat: dict | None) -> str:
         return "n/a"
     v = stat.get("mean", stat.get("value"))
     return f"{v:.3f} [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]"
+
+
+def _diff(d: dict) -> str:
+    return "n/a" if d["difference"] is None else f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
 
 
 def _geometry(meta: dict) -> dict:
@@ -78,68 +108,76 @@ def _geometry(meta: dict) -> dict:
             "mid": latent // 2, "deep": latent // 4}
 
 
-def _alt_note(summaries: dict[str, dict], meta: dict) -> str:
-    if "ldm-alt" not in summaries:
-        return ""
-    p, a = summaries["ldm"]["class_averaged"], summaries["ldm-alt"]["class_averaged"]
-    alt = summaries["ldm-alt"].get("config", {}).get("layers", "other")
-    return f"""
-The second row reads other cross-attention layers ({alt}, chosen on validation phantoms, never on
-the test set) with the paper's window and post-processing: AUC-ROC {a['auc']['mean']:.3f} vs
-{p['auc']['mean']:.3f}, mIoU {a['miou']['mean']:.3f} vs {p['miou']['mean']:.3f}, abs CNR
-{a['cnr_abs']['mean']:.3f} vs {p['cnr_abs']['mean']:.3f}. The book's ablation notebook shows the
-whole L/T grid.
-"""
-
-
 def _command(meta: dict) -> str:
     """The training command that reproduces the shipped model (from its recorded settings)."""
-    spec = meta.get("spec", {})
+    spec, cap = meta.get("spec", {}), meta.get("captions") or {}
     parts = ["python -m groundiff_core.phantom.train --out DIR", f"--lr {meta.get('lr')}",
              f"--threads {meta.get('threads')}"]
     for key in ("vae_channels", "unet_channels", "unet_heads"):
         if key in spec:
             parts.append(f"--{key.replace('_', '-')} {','.join(str(v) for v in spec[key])}")
-    parts.append(f"--unet-steps {meta.get('unet_steps')} --install")
+    if cap:
+        parts.append(f"--captions {cap['phrase']},{cap['report']},{cap['empty']}")
+    parts.append(f"--unet-steps {meta.get('schedule_steps', meta.get('unet_steps'))} --install")
     return " ".join(parts)
 
 
-def write_card(summaries: dict[str, dict], weights: Path) -> Path:
+def _captions(meta: dict) -> str:
+    cap = meta.get("captions") or {"phrase": 0.45, "report": 0.45, "empty": 0.10}
+    return (f"one finding's phrase ({cap['phrase']:.0%}), the whole report ({cap['report']:.0%}), "
+            f"empty ({cap['empty']:.0%})")
+
+
+def _sweep_section(sweep: dict | None) -> str:
+    if not sweep:
+        return ""
+    lines = ["## Recipe selection (validation phantoms, never the test split)", "",
+             sweep.get("note", ""), "", "| candidate | AUC-ROC | mIoU | abs CNR | text sensitivity | pairs |",
+             "|---|---|---|---|---|---|"]
+    for name, r in sweep["candidates"].items():
+        ts = "n/a" if r.get("text_sensitivity") is None else f"{r['text_sensitivity']:.3f}"
+        lines.append(f"| {name} | {r['auc']:.3f} | {r['miou']:.3f} | {r['cnr_abs']:.3f} | {ts} | {r['n_pairs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_card(summaries: dict[str, dict], comparison: dict, weights: Path, sweep: dict | None = None) -> Path:
     meta = json.loads((weights / "phantom.json").read_text())
     ldm = summaries["ldm"]
-    rows = []
-    labels = [("ldm", "cross-attention, paper preset")]
-    if "ldm-alt" in summaries:
-        alt = summaries["ldm-alt"]["config"]["layers"] if "config" in summaries["ldm-alt"] else "other"
-        labels.append(("ldm-alt", f"cross-attention, paper preset but layers {tuple(alt)} "
-                                  f"({summaries['ldm-alt']['n_pairs']} pairs)"))
-    labels += [("centre", "centre prior"), ("random", "uniform random")]
-    for name, label in labels:
-        s = summaries[name]["class_averaged"]
-        rows.append(f"| {label} | {_fmt(s['auc'])} | {_fmt(s['miou'])} | {_fmt(s['cnr_abs'])} | "
-                    f"{_fmt(summaries[name]['text_sensitivity'])} |")
-    reached = {
-        "auc": ldm["class_averaged"]["auc"]["mean"],
-        "miou": ldm["class_averaged"]["miou"]["mean"],
-        "cnr_abs": ldm["class_averaged"]["cnr_abs"]["mean"],
-        "text_sensitivity": ldm["text_sensitivity"]["value"],
-    }
-    verdict = "\n".join(
-        f"- {k}: {reached[k]:.3f} (target >= {t}) {'met' if reached[k] is not None and reached[k] >= t else 'NOT met'}"
-        for k, t in TARGETS.items())
+    rows = [f"| {NAMES[n]} | {s['n_pairs']} | {_fmt(s['class_averaged']['auc'])} | {_fmt(s['class_averaged']['miou'])} | "
+            f"{_fmt(s['class_averaged']['cnr_abs'])} | {_fmt(s['text_sensitivity'])} |"
+            for n, s in summaries.items()]
+    names = {"miou": "mIoU", "auc": "AUC-ROC", "cnr_abs": "abs CNR"}
+    prior = ", ".join(f"{names[m]} {_diff(d)}" for m, d in comparison["ldm_minus_prior"].items())
+    shuffle = ", ".join(f"{names[m]} {_diff(d)}" for m, d in comparison["shuffle_drop"].items())
+    side = comparison["pointing_by_side"]
+    verdict = "\n".join(f"- {t['target']}: **{'met' if t['met'] else 'NOT met'}**"
+                        for t in comparison["targets"].values())
     per_class = "\n".join(
-        f"| {c} | {v['n_pairs']} | {_fmt(v['auc'])} | {_fmt(v['miou'])} | {_fmt(v['cnr_abs'])} |"
+        f"| {c} | {v['n_pairs']} | {_fmt(v['auc'])} | {_fmt(v['miou'])} | {_fmt(v['cnr_abs'])} | "
+        f"{_fmt(summaries['phrase-prior']['per_class'].get(c, {}).get('miou'))} |"
         for c, v in sorted(ldm["per_class"].items()))
     spec = meta.get("spec", {})
     geo = _geometry(meta)
     where = ldm.get("info", {}).get("device") or "cpu"
-    trained_on = meta.get("hardware")
     card = f"""# Phantom LDM — model card
 
-A small latent diffusion model trained by this project on its synthetic chest phantoms, so that the
-paper's zero-shot grounding method can be run offline, on CPU, in minutes. **It is a test bed, not a
-medical model**: it has never seen a real radiograph, and its numbers are not comparable with the
-paper's MS-CXR figures.
+A small latent diffusion model trained by this project on its synthetic chest phantoms (version 4:
+the chest's pose and each finding's place vary, so a phrase does not give its box away), so that
+the paper's zero-shot grounding method can be run offline, on CPU, in minutes. **It is a test bed,
+not a medical model**: it has never seen a real radiograph, and its numbers are not comparable with
+the paper's MS-CXR figures.
+
+## Does it read the image?
+
+On {ldm['n_pairs']} pairs of the phantom test split, against the image-blind phrase prior and the image-shuffle
+control (paired 95% bootstrap intervals, class-averaged):
+- cross-attention minus phrase prior: {prior};
+- own image minus another image (image-shuffle drop): {shuffle};
+- pointing game on phrases naming the patient's left: {_fmt(side['left'])} ({side['left']['n_pairs']} pairs),
+  right: {_fmt(side['right'])} ({side['right']['n_pairs']} pairs).
+
+Against the targets set for this test bed:
+{verdict}
 
 ## Model
 - Autoencoder: diffusers `AutoencoderKL`, channels {spec.get('vae_channels')}, no attention,
@@ -158,41 +196,42 @@ paper's MS-CXR figures.
 
 ## Training
 - Data: {meta.get('n_train')} phantoms from the train split's seeds (`groundiff_core.phantom.generator`),
-  captions: one finding's phrase (45%), the whole report (45%), empty (10%).
-- Autoencoder: {meta.get('vae_steps')} steps, batch 16 (L1 + 1e-4 KL){' (taken from an earlier run: ' + str(meta.get('vae_init')) + ')' if meta.get('vae_init') else ''}.
+  captions: {_captions(meta)}.
+- Autoencoder: {meta.get('vae_steps')} steps, batch 16 (L1 + 1e-4 KL){' (taken from an earlier run of the sweep)' if meta.get('vae_init') else ''}.
 - UNet + text encoder: {meta.get('unet_steps')} steps, batch {meta.get('unet_batch')}, AdamW lr {meta.get('lr')}
-  (warm-up, cosine), EMA of the weights; seed {meta.get('seed')}.
-- Wall time {meta.get('train_wall_seconds', 0) / 60:.0f} min in all on {trained_on} ({meta.get('threads')} threads),
+  (warm-up, cosine over {meta.get('schedule_steps', meta.get('unet_steps'))} steps), EMA of the weights; seed {meta.get('seed')}.
+- Wall time {meta.get('train_wall_seconds', 0) / 60:.0f} min of UNet training on {meta.get('hardware')} ({meta.get('threads')} threads),
   torch {meta.get('torch')}. Command: `{_command(meta)}`.
 
+{_sweep_section(sweep)}
 ## Evaluation
-`groundiff evaluate --model phantom --dataset phantom` with the paper's preset on {ldm['n_pairs']} image-phrase
-pairs of a phantom test set from seeds never used in training (`groundiff phantom --split test`),
-class-averaged (unweighted mean over the 8 categories), 95% bootstrap confidence intervals.
-Text sensitivity: share of comparisons, on images with another finding, in which the heatmap's
-AUC-ROC on its own phrase's boxes beats its AUC-ROC on the other finding's boxes.
+`python -m groundiff_core.phantom.card` (the runner of `groundiff evaluate`) with the paper's preset on
+{ldm['n_pairs']} image-phrase pairs of the phantom test split (`groundiff phantom --n 220 --split test`,
+seeds never used in training), class-averaged (unweighted mean over the 8 categories), 95% bootstrap
+confidence intervals. Text sensitivity: share of comparisons, on images with another finding, in
+which the heatmap's AUC-ROC on its own phrase's boxes beats its AUC-ROC on the other finding's boxes.
+The phrase prior maps each phrase to the mean box of its nearest training phrases (3000 training
+phantoms), without the image; the image-shuffle control grounds each image's phrases on another
+test image and scores them on their own boxes there.
 
-| method | AUC-ROC | mIoU | abs CNR | text sensitivity |
-|---|---|---|---|---|
+| method | pairs | AUC-ROC | mIoU | abs CNR | text sensitivity |
+|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Each class-averaged figure against the threshold set for this test bed:
-{verdict}
+Per class (cross-attention, paper preset; last column: the phrase prior's mIoU):
 
-{_alt_note(summaries, meta)}
-Per class (cross-attention, paper preset):
-
-| category | pairs | AUC-ROC | mIoU | abs CNR |
-|---|---|---|---|---|
+| category | pairs | AUC-ROC | mIoU | abs CNR | prior mIoU |
+|---|---|---|---|---|---|
 {per_class}
 
-Evaluated on {where} ({ldm.get('hardware', {}).get('cpu') or ldm.get('versions', {}).get('processor') or platform.machine()}), {ldm.get('seconds_per_pair', float('nan')):.2f} s per pair.
+Evaluated on {where} ({platform.machine()}), {ldm.get('seconds_per_pair') or float('nan'):.2f} s per pair.
 """
     path = weights / "MODEL_CARD.md"
     path.write_text(card)
     keep = {k: {"class_averaged": s["class_averaged"], "text_sensitivity": s["text_sensitivity"],
                 "n_pairs": s["n_pairs"], "per_class": s["per_class"]} for k, s in summaries.items()}
-    (weights / "evaluation.json").write_text(json.dumps(keep, indent=1, default=str))
+    (weights / "evaluation.json").write_text(json.dumps({"methods": keep, "comparison": comparison}, indent=1,
+                                                        default=str))
     return path
 
 
@@ -200,29 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--work", type=Path, required=True, help="folder for the test set and results")
     ap.add_argument("--images", type=int, default=220, help="test phantoms (about 2 pairs each)")
-    ap.add_argument("--shard", help="i/n: evaluate only this shard (run n processes, then --merge)")
-    ap.add_argument("--merge", action="store_true", help="merge the shards' results and write the card")
-    ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
-    ap.add_argument("--alt-layers", help="also evaluate the paper's preset with these layers, e.g. 8,9,10 "
-                                         "(choose them on validation phantoms, never on the test set)")
-    ap.add_argument("--alt-pairs", type=int, help="pairs for the --alt-layers evaluation (default all)")
+    ap.add_argument("--sweep", type=Path, help="the recipe sweep's validation numbers (JSON) to state in the card")
     ap.add_argument("--device", help="cpu (default) or cuda")
-    ap.add_argument("--batch-images", type=int, default=1, help="images per inversion batch (GPU throughput)")
+    ap.add_argument("--batch-images", type=int, default=1, help="images per inversion batch")
     a = ap.parse_args(argv)
-    alt = tuple(int(x) for x in a.alt_layers.split(",")) if a.alt_layers else None
-    names = ["ldm", "random", "centre"] + (["ldm-alt"] if alt else [])
-    if a.merge:
-        from groundiff_core.evaluation import merge
-
-        summaries = {name: merge([a.work / f"{name}-{i}of{a.shards}" for i in range(a.shards)],
-                                 a.work / name) for name in names}
-    else:
-        summaries = run_evaluation(a.work, a.images, a.shard, a.weights, alt, a.alt_pairs, a.device,
-                                   a.batch_images)
-        if a.shard:
-            return 0
-    print(write_card(summaries, a.weights).read_text())
+    summaries, rows = run_evaluation(a.work, a.images, a.weights, a.device, a.batch_images)
+    sweep = json.loads(a.sweep.read_text()) if a.sweep else None
+    print(write_card(summaries, compare(rows, summaries), a.weights, sweep).read_text())
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["as_phrase_list"]
+__all__ = ["as_phrase_list", "side_of_phrase"]
 
 
 def as_phrase_list(phrases: Sequence[str] | str) -> list[str]:
@@ -27,3 +27,16 @@ def _check_one(k: int, p: Any) -> None:
         raise ValueError(f"phrase {k} is a {type(p).__name__}, not a string")
     if not p.strip():
         raise ValueError(f"phrase {k} is empty; give the finding to ground, e.g. 'left pleural effusion'")
+
+
+def side_of_phrase(phrase: str) -> str:
+    """The laterality a phrase states: ``"right"``, ``"left"``, ``"bilateral"`` or ``"none"``
+    (words "right"/"left"/"bilateral"/"bibasilar"; both sides named -> "bilateral")."""
+    words = set(phrase.lower().replace(",", " ").split())
+    if words & {"bilateral", "bibasilar", "bibasal"} or {"right", "left"} <= words:
+        return "bilateral"
+    if "right" in words:
+        return "right"
+    if "left" in words:
+        return "left"
+    return "none"
