@@ -19,6 +19,7 @@ from groundiff_core.util.lazy import lazy_getattr
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.engine.grounder import Grounder
+    from groundiff_core.engine.kept import Inversion, InversionCache
     from groundiff_core.evaluation import metrics
     from groundiff_core.heatmaps import GroundingMethod, Heatmaps, Recording
     from groundiff_core.io.images import load_image
@@ -32,6 +33,8 @@ _LAZY = {
     "NoiseSchedule": "models.ldm",
     "GroundingConfig": "engine.config",
     "Grounder": "engine.grounder",
+    "Inversion": "engine.kept",
+    "InversionCache": "engine.kept",
     "GroundingMethod": "heatmaps",
     "Heatmaps": "heatmaps",
     "Recording": "heatmaps",

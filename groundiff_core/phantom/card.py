@@ -38,7 +38,7 @@ NAMES = {"ldm": "cross-attention, paper preset", "ldm-shuffled": "the same, imag
 
 
 def run_evaluation(work: Path, n_images: int, weights: Path, device: str | None = None,
-                   batch_images: int = 1) -> tuple[dict[str, dict], dict[str, list]]:
+                   batch_images: int = 1, command: str = "") -> tuple[dict[str, dict], dict[str, list]]:
     """Evaluate every method of :data:`NAMES` on the phantom test split; the summaries and rows."""
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.engine.grounder import Grounder
@@ -66,7 +66,8 @@ def run_evaluation(work: Path, n_images: int, weights: Path, device: str | None 
     for name, (method, these, extra) in runs.items():
         summaries[name] = evaluate(method, these, work / name, dataset={"name": "phantom", "split": "test", **extra},
                                    progress=True, batch_images=batch_images if name.startswith("ldm") else 1,
-                                   info={"device": str(model.device) if name.startswith("ldm") else "cpu"})
+                                   info={"device": str(model.device) if name.startswith("ldm") else "cpu",
+                                         "command": command})
         rows[name] = load_results(work / name)
     return summaries, rows
 
@@ -200,7 +201,7 @@ Against the targets set for this test bed:
 - Autoencoder: {meta.get('vae_steps')} steps, batch 16 (L1 + 1e-4 KL){' (taken from an earlier run of the sweep)' if meta.get('vae_init') else ''}.
 - UNet + text encoder: {meta.get('unet_steps')} steps, batch {meta.get('unet_batch')}, AdamW lr {meta.get('lr')}
   (warm-up, cosine over {meta.get('schedule_steps', meta.get('unet_steps'))} steps), EMA of the weights; seed {meta.get('seed')}.
-- Wall time {meta.get('train_wall_seconds', 0) / 60:.0f} min of UNet training on {meta.get('hardware')} ({meta.get('threads')} threads),
+- Wall time {meta.get("train_wall_seconds", 0) / 60:.0f} min in all (autoencoder, latents, UNet) on {meta.get('hardware')} ({meta.get('threads')} threads),
   torch {meta.get('torch')}. Command: `{_command(meta)}`.
 
 {_sweep_section(sweep)}
@@ -244,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", help="cpu (default) or cuda")
     ap.add_argument("--batch-images", type=int, default=1, help="images per inversion batch")
     a = ap.parse_args(argv)
-    summaries, rows = run_evaluation(a.work, a.images, a.weights, a.device, a.batch_images)
+    import sys
+
+    command = " ".join(["python -m groundiff_core.phantom.card", *(sys.argv[1:] if argv is None else argv)])
+    summaries, rows = run_evaluation(a.work, a.images, a.weights, a.device, a.batch_images, command)
     sweep = json.loads(a.sweep.read_text()) if a.sweep else None
     print(write_card(summaries, compare(rows, summaries), a.weights, sweep).read_text())
     return 0
