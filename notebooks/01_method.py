@@ -41,6 +41,7 @@ device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
 text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
 output_dir = "book/notebooks/01_method_files"
+inversion_cache = "book/notebooks/_inversions"  # inversions shared by the pages of a build (content-keyed; None: off)
 num_inference_steps = 300  # the paper's 300 (334 trailing steps); the window scales with it
 trajectory_fractions = [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]  # where along the trajectory to decode
 generate_phrases = ["right pleural effusion", "left apical pneumothorax", "cardiomegaly",
@@ -92,7 +93,7 @@ for q in by_image[pair.image_path]:
     if q.phrase != pair.phrase and len(qb):
         others.append(q)
         other_boxes.append(qb)
-grounder = gd.Grounder(ldm, config)
+grounder = gd.Grounder(ldm, config, inversion_cache=pages.inversion_cache(inversion_cache))
 layers = grounder.layers
 print(f"phrase: {pair.phrase!r} ({pair.category}); other finding(s) on the image: "
       f"{[q.phrase for q in others]}")

@@ -65,6 +65,7 @@ device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
 text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
 output_dir = "book/notebooks/02_main_table_files"
+inversion_cache = "book/notebooks/_inversions"  # inversions shared by the pages of a build (content-keyed; None: off)
 captum_method = "grad_cam"  # the Captum method in the table (see notebook 5 for all of them)
 captum_pairs = 20  # pairs for the Captum method: a nested subset of the same pairs, at most n_pairs (0: all)
 n_boot = 1000  # bootstrap resamples for the confidence intervals
@@ -95,7 +96,6 @@ from groundiff_core.methods.attribution import make_method
 from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 from groundiff_core.evaluation.compare import paired_difference, verdict
 from groundiff_core.evaluation.controls import CONTROL, shuffled_pairs
-from groundiff_core.engine.kept import InversionCache
 from groundiff_core.io.datasets import subset
 from groundiff_core.evaluation import evaluate, load_results, summarize, summary_table
 from groundiff_core.io.images import load_image
@@ -157,7 +157,7 @@ kept = {p.phrase for p in examples}
 cheap_n = 0 if use_shipped else n_pairs  # the image-blind baselines: every pair of the shipped run
 shuffle_row = "cross-attention, image-shuffle control"
 # one inversion per image for all of its uses on this page: the control's phrases on an image reuse it
-grounder = gd.Grounder(ldm, config, batch_size=batch_images, inversion_cache=InversionCache(out / "inversions"))
+grounder = gd.Grounder(ldm, config, batch_size=batch_images, inversion_cache=pages.inversion_cache(inversion_cache))
 methods = {  # label: (results folder, method, pairs)
     ldm_row: ("cross_attention", pages.KeepMaps(grounder, kept), n_pairs),
     shuffle_row: ("cross_attention_shuffled", grounder, n_pairs),

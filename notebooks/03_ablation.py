@@ -40,6 +40,7 @@ device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
 text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
 output_dir = "book/notebooks/03_ablation_files"
+inversion_cache = "book/notebooks/_inversions"  # inversions shared by the pages of a build (content-keyed; None: off)
 num_inference_steps = 300  # the paper's 300 (334 trailing steps); fewer makes the recording cheaper (windows scale)
 L_values = [1, 2, 4, 6, 8, 11]  # numbers of middle cross-attention layers
 T_values = [5, 10, 20, 40, 60, 100]  # window widths, % of the steps, centred on the middle
@@ -78,7 +79,7 @@ display(pages.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} in
 show = pages.resolve_show_images(show_images, data)
 
 # %%
-grounder = gd.Grounder(ldm, config, batch_size=batch_images)
+grounder = gd.Grounder(ldm, config, batch_size=batch_images, inversion_cache=pages.inversion_cache(inversion_cache))
 n_layers = len(grounder.layers)
 L_values = [L for L in L_values if 1 <= L <= n_layers]
 windows = {T: window_from_percent(T, num_inference_steps) for T in T_values}

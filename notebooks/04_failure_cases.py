@@ -34,6 +34,7 @@ device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
 text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
 output_dir = "book/notebooks/04_failure_cases_files"
+inversion_cache = "book/notebooks/_inversions"  # inversions shared by the pages of a build (content-keyed; None: off)
 worst_per_class = 1  # worst pairs shown per class
 prompt_pairs = 2  # pairs whose phrase is varied in the prompt-sensitivity study
 batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the maps are the same to the bit); more on a GPU
@@ -65,7 +66,8 @@ display(pages.provenance_box(data, ldm, preset="paper", config=gd.GroundingConfi
 show = pages.resolve_show_images(show_images, data)
 
 # %%
-grounder = pages.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper(), batch_size=batch_images))
+grounder = pages.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper(), batch_size=batch_images,
+                                      inversion_cache=pages.inversion_cache(inversion_cache)))
 summary = evaluate(grounder, data.pairs, out / "cross_attention", dataset=data.description,
                    n_pairs=n_pairs or None, seed=seed, progress=False, batch_images=batch_images)
 pairs = {p.pair_id: p for p in data.pairs}

@@ -41,6 +41,7 @@ device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
 text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
 output_dir = "book/notebooks/05_captum_files"
+inversion_cache = "book/notebooks/_inversions"  # inversions shared by the pages of a build (content-keyed; None: off)
 methods = ["saliency", "integrated_gradients", "gradient_shap", "occlusion", "grad_cam", "smoothgrad"]
 objective_draws = 4  # (timestep, noise) draws of the denoising-gain objective
 ig_steps = 16  # Integrated Gradients: integration steps
@@ -79,7 +80,8 @@ objective = ObjectiveConfig(n_draws=objective_draws, seed=seed)
 settings = {"integrated_gradients": {"n_steps": ig_steps}, "gradient_shap": {"n_samples": n_samples},
             "smoothgrad": {"n_samples": n_samples},
             "occlusion": {"window_frac": occlusion_window, "stride_frac": occlusion_stride}}
-contenders = {"cross-attention (paper preset)": gd.Grounder(ldm, gd.GroundingConfig.paper())}
+contenders = {"cross-attention (paper preset)": gd.Grounder(ldm, gd.GroundingConfig.paper(),
+                                                          inversion_cache=pages.inversion_cache(inversion_cache))}
 for name in methods:
     contenders[name] = make_method(name, ldm, objective=objective, seed=seed, **settings.get(name, {}))
 contenders = {k: pages.KeepMaps(m) for k, m in contenders.items()}

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from groundiff_core.models.ldm import LDM
 
-__all__ = ["BookData", "KeepMaps", "class_averaged_ci", "load_book_data", "nested_count", "one_pair_per_class", "paired_difference", "phrase_prior", "provenance", "provenance_box", "reference_table", "resolve_show_images",
+__all__ = ["BookData", "KeepMaps", "class_averaged_ci", "load_book_data", "nested_count", "inversion_cache", "one_pair_per_class", "paired_difference", "phrase_prior", "provenance", "provenance_box", "reference_table", "resolve_show_images",
            "save_json", "scorable_pairs", "scored_boxes", "setup_notebook", "side_of_phrase", "swap_sides", "unrelated_finding"]
 
 from groundiff_core.book.provenance import provenance, provenance_box, provenance_markdown  # noqa: E402,F401
@@ -125,6 +125,17 @@ def setup_notebook(output_dir: str | os.PathLike, *, seed: int, model: str | os.
                           split=split, phantom_images=phantom_images)
     ldm = load_model(model, device=device, dtype=dtype, text_encoder=text_encoder)
     return out, data, ldm
+
+
+def inversion_cache(folder: str | os.PathLike | None):
+    """The book's shared inversion cache from a notebook's ``inversion_cache`` parameter (None: no
+    cache): the notebooks of one build that ground the same images with the same model and steps
+    invert each image once (:class:`groundiff_core.engine.kept.InversionCache`)."""
+    if not folder:
+        return None
+    from groundiff_core.engine.kept import InversionCache
+
+    return InversionCache(folder)
 
 
 def phrase_prior(data: BookData, *, seed: int = 0, folds: int = 5):

@@ -312,8 +312,9 @@ class Grounder:
                 found[b], geoms[b], keys[b] = image.steps(window), image.geometry, image.key
                 continue
             x, geoms[b] = prepare_image(load_image(image), S, conv)
-            if cache is not None:
-                keys[b] = inversion_key(x, self.model_key())
+            if cache is not None:  # CPU threads change the reduction order, hence the last bits
+                keys[b] = inversion_key(x, {**self.model_key(), "threads": torch.get_num_threads()
+                                            if self.model.device.type == "cpu" else None})
                 got = cache.get(keys[b], window)
                 if got is not None:
                     found[b] = got

@@ -8,7 +8,8 @@ own conditional rows are computed again, and the maps are those of a fresh
 
 What an inversion depends on is its :func:`inversion_key`: the prepared image (its pixels after the
 resize and crop), the model's weights, its device and dtype, the noise schedule, the number of
-inference steps and their spacing. The window is not part of it: an entry holds the steps
+inference steps and their spacing, and on a CPU torch's thread count (it changes the order of
+floating-point reductions, hence the last bits). The window is not part of it: an entry holds the steps
 ``[start, stop)`` it was computed for and serves any window inside them.
 
 The cache is content-keyed and off by default: one file per key, written atomically (a reader never
