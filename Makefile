@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test test-slow test-all book book-quick book-fixture clean bench
+.PHONY: setup test test-slow test-all book book-quick book-bare book-fixture clean bench
 
 setup:
 	@bash scripts/setup-env.sh
@@ -28,7 +28,7 @@ book: setup
 	$(PY) -m groundiff_core.book.check book/notebooks --dataset phantom
 	$(PY) -m groundiff_core.book.cost book/_generated/cost.md
 	$(PY) -m groundiff_core.book.hosting book/_generated/_config.yml
-	.venv/bin/jupyter-book build book --config book/_generated/_config.yml -W --keep-going
+	GROUNDIFF_BOOK_PROFILE=full .venv/bin/jupyter-book build book --config book/_generated/_config.yml -W --keep-going
 	$(PY) -m groundiff_core.book.check --html book/_build/html
 
 # CI profile: fewer pairs, same notebooks, warnings are errors; then every page must have run
@@ -38,7 +38,7 @@ book-quick: setup
 	$(PY) -m groundiff_core.book.check book/notebooks --dataset phantom
 	$(PY) -m groundiff_core.book.cost book/_generated/cost.md
 	$(PY) -m groundiff_core.book.hosting book/_generated/_config.yml
-	.venv/bin/jupyter-book build book --config book/_generated/_config.yml -W --keep-going
+	GROUNDIFF_BOOK_PROFILE=quick .venv/bin/jupyter-book build book --config book/_generated/_config.yml -W --keep-going
 	$(PY) -m groundiff_core.book.check --html book/_build/html
 
 # The five notebooks (quick profile, every pair) on an MS-CXR-shaped fixture and a MONAI bundle
@@ -49,6 +49,12 @@ book-fixture: setup
 
 bench: setup
 	$(PY) benchmarks/bench_engine.py
+
+# The design card's command on its own: executes the pages that are missing or out of date with the
+# same runner (quick profile here), then renders (groundiff_core/book/sphinx_ext.py).
+book-bare: setup
+	GROUNDIFF_BOOK_PROFILE=quick .venv/bin/jupyter-book build book -W --keep-going
+	$(PY) -m groundiff_core.book.check --html book/_build/html
 
 clean:
 	rm -rf book/_build book/notebooks

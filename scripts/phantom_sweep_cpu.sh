@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${W:-/work/runs/sweep4}; mkdir -p "$W"
 PY=${PY:-.venv/bin/python}
-STEPS=${STEPS:-2400}; PROBE=${PROBE:-600}; VAL=${VAL:-40}; THREADS=${THREADS:-2}
+STEPS=${STEPS:-1500}; PROBE=${PROBE:-400}; VAL=${VAL:-40}; THREADS=${THREADS:-2}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=$THREADS
 common="-m groundiff_core.phantom.train --lr 5e-4 --threads $THREADS --unet-steps $STEPS --save-every 100 --export-every 100000"
 declare -A MIX=([A]=0.45,0.45,0.10 [B]=0.20,0.70,0.10 [C]=0.70,0.20,0.10)

@@ -48,6 +48,7 @@ class NotebookRun:
     error: str | None = None
     files: list[str] = field(default_factory=list)
     provenance: dict | None = None  # the page's provenance.json (dataset, model fingerprint, ...), if written
+    source_sha256: str | None = None  # of the source executed: a later build knows whether the page is current
 
 
 def now() -> str:

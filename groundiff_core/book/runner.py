@@ -45,6 +45,7 @@ from groundiff_core.book.parameters import (
 )
 from groundiff_core.book.record import NotebookRun, listing, now, read_provenance, write_record
 from groundiff_core.book.sources import KERNEL_NAME, discover, read_source, select
+from groundiff_core.util.fingerprint import file_sha256
 
 __all__ = [
     "PROFILES",
@@ -60,6 +61,7 @@ __all__ = [
     "run_book",
     "run_from_args",
     "select",
+    "stale_notebooks",
     "main",
 ]
 
@@ -185,6 +187,7 @@ def run_book(
                 output_dir=files_dir,
                 parameters={**{k: p.value for k, p in declared.items()}, **inject},
                 injected=inject,
+                source_sha256=file_sha256(src),
             )
         )
     refuse_undeclared(overrides, declared_any)
@@ -241,6 +244,29 @@ def run_book(
     if failure is not None:
         raise failure
     return runs
+
+
+def stale_notebooks(root: Path, profile: str | None = None) -> list[str]:
+    """The notebooks of the project at ``root`` whose executed page is missing or out of date: no
+    executed copy, no ``ok`` entry in the record, a source changed since (SHA-256), or (with
+    ``profile``) executed with another profile. Empty: the book can be rendered as it is."""
+    import json
+
+    root = Path(root)
+    path = root / "book" / "_generated" / "reproducibility.json"
+    try:
+        record = json.loads(path.read_text()).get("notebooks", {})
+    except (OSError, ValueError, AttributeError):
+        record = {}
+    stale = []
+    for src in discover(root / "notebooks"):
+        entry = record.get(src.stem) or {}
+        current = (entry.get("status") == "ok" and entry.get("source_sha256") == file_sha256(src)
+                   and (root / "book" / "notebooks" / f"{src.stem}.ipynb").is_file()
+                   and (profile is None or entry.get("profile") == profile))
+        if not current:
+            stale.append(src.stem)
+    return stale
 
 
 def _execute_job(name: str, source: Path, output: Path, parameters: Mapping[str, Any], cwd: Path,
