@@ -246,8 +246,12 @@ def test_shards_merge_to_the_unsharded_result(data, tmp_path):
         s = ev.evaluate(RandomHeatmap(seed=3), pairs, d, shard=f"{i}/2", progress=False, n_boot=100)
         done.append(s["n_pairs"])
     assert done == [3, 2]  # images a1, c3 | b2
-    with pytest.warns(UserWarning, match="missing shard"):
+    with pytest.raises(ValueError, match=r"shard\(s\) 1/2 of 2 not given"):
         ev.merge(parts[:1], tmp_path / "partial", n_boot=100)
+    with pytest.warns(UserWarning, match="partial merge"):
+        part = ev.merge(parts[:1], tmp_path / "partial", n_boot=100, allow_partial=True)
+    assert part["n_pairs"] == 3 and "1/2 of 2 not given" in part["partial"]["reasons"][0]
+    assert "partial" in (tmp_path / "partial" / "summary.csv").read_text().splitlines()[0]
     merged = ev.merge(parts[::-1], tmp_path / "merged", n_boot=100)
     assert merged["overall"] == whole["overall"]
     assert merged["class_averaged"] == whole["class_averaged"]

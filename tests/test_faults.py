@@ -344,3 +344,53 @@ def test_doctor_still_reports_unreadable_checkpoints(tmp_path):
     (tmp_path / "autoencoder.pth").write_bytes(b"not a checkpoint")
     entry = doctor.report(str(tmp_path))["models"]["paper"]["files"]["autoencoder.pth"]
     assert entry["readable"] is False and "autoencoder.pth" in entry["problem"]
+
+
+# ------------------------------------------------------------------------------ second pass
+def test_results_files_get_the_users_umask_not_0600(tmp_path):
+    import os
+    import stat
+
+    from groundiff_core.util.fileio import atomic_write
+
+    old = os.umask(0o002)
+    try:
+        atomic_write(tmp_path / "a.json", "{}")
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o664
+        os.umask(0o077)
+        atomic_write(tmp_path / "a.json", "{}")  # an existing file keeps its mode
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o664
+        atomic_write(tmp_path / "b.json", "{}")
+        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_ground_never_writes_over_its_input_image(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from groundiff_core.cli import main
+
+    img = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)).save(img)
+    before = img.read_bytes()
+    base = ["ground", "--model", "tiny", "--image", str(img), "--phrase", "edema", "--steps", "5"]
+    assert main(base + ["--out", str(tmp_path / "m.npy"), "--overlay", str(img)]) == 2
+    assert "--overlay" in capsys.readouterr().err and img.read_bytes() == before
+    (tmp_path / "link.png").symlink_to(img)
+    assert main(base + ["--out", str(tmp_path / "m.npy"), "--overlay", str(tmp_path / "link.png")]) == 2
+    assert "is the input image" in capsys.readouterr().err and img.read_bytes() == before
+
+
+def test_phantom_refuses_to_replace_a_set_without_overwrite(tmp_path, capsys):
+    from groundiff_core.cli import main
+
+    out = tmp_path / "set"
+    assert main(["phantom", "--out", str(out), "--n", "2", "--no-progress"]) == 0
+    (out / "annotations.csv").write_text("my own annotations\n")
+    assert main(["phantom", "--out", str(out), "--n", "2", "--no-progress"]) == 2
+    assert "already holds a phantom set" in capsys.readouterr().err
+    assert (out / "annotations.csv").read_text() == "my own annotations\n"
+    assert main(["phantom", "--out", str(out), "--n", "2", "--no-progress", "--overwrite"]) == 0
+    assert (out / "annotations.csv").read_text().startswith("dicom_id")

@@ -90,7 +90,7 @@ def test_merge_and_evaluate_never_overwrite_another_finished_run(data, tmp_path,
     before = {f: (full / f).read_bytes() for f in ("results.jsonl", "run.json", "summary.json")}
     capsys.readouterr()
 
-    assert cli_main(["evaluate", "--merge", str(shards[0]), "--out", str(full)]) == 2
+    assert cli_main(["evaluate", "--merge", str(shards[0]), "--out", str(full), "--allow-partial"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("groundiff evaluate: error: ") and str(full) in err
     assert "holds an evaluation of method 'random'" in err and err.count("\n") == 1
@@ -389,3 +389,103 @@ def test_an_image_that_fails_to_decode_is_a_skipped_pair(data, tmp_path):
     (entry,) = s["skipped"]["images"]
     assert entry["image_path"] == str(root / fx.rel_path("b2"))
     assert entry["reason"].startswith("unreadable image") and "pixels" in entry["reason"]
+
+
+# ------------------------------------------------------------------------------ incomplete merges
+class _StopAfter:
+    """Random maps, but the user presses Ctrl-C after ``n`` images."""
+
+    name = "random"
+
+    def __init__(self, n: int):
+        self.n, self.inner = n, RandomHeatmap(seed=0)
+
+    def describe(self):
+        return self.inner.describe()
+
+    def ground(self, image, phrases):
+        if self.n == 0:
+            raise KeyboardInterrupt
+        self.n -= 1
+        return self.inner.ground(image, phrases)
+
+
+def test_a_merge_refuses_an_interrupted_shard_mixed_counts_and_a_missing_shard(data, tmp_path, capsys):
+    pairs, csv, root = data
+    s0, s1 = tmp_path / "s0", tmp_path / "s1"
+    ev.evaluate(_StopAfter(100), pairs, s1, shard="1/2", progress=False, n_boot=10)
+    with pytest.raises(KeyboardInterrupt):  # shard 0 (two images) interrupted after one image
+        ev.evaluate(_StopAfter(1), pairs, s0, shard="0/2", progress=False, n_boot=10)
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--merge", str(s0), str(s1), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert f"{s0} is unfinished: its last session is interrupted" in err and err.count("\n") == 1
+    assert not (tmp_path / "m" / "results.jsonl").exists()  # nothing written
+    # another shard count: 0/2 with 1/3
+    s13 = tmp_path / "s13"
+    ev.evaluate(_StopAfter(100), pairs, s13, shard="1/3", progress=False, n_boot=10)
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--merge", str(s1), str(s13), "--out", str(tmp_path / "m")]) == 2
+    assert "different shard counts" in capsys.readouterr().err
+    # --allow-partial merges what there is and says so in the summary, its line and its CSV
+    assert cli_main(["evaluate", "--merge", str(s0), str(s1), "--out", str(tmp_path / "p"), "--allow-partial"]) == 0
+    assert "PARTIAL merge" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert any("unfinished" in r for r in summary["partial"]["reasons"])
+    header = (tmp_path / "p" / "summary.csv").read_text().splitlines()[0].split(",")
+    assert header[-1] == "partial"
+    # resumed to the end, shard 0 merges
+    ev.evaluate(_StopAfter(100), pairs, s0, shard="0/2", progress=False, n_boot=10)
+    assert cli_main(["evaluate", "--merge", str(s0), str(s1), "--out", str(tmp_path / "m")]) == 0
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["partial"] is None
+
+
+def test_a_phrase_the_model_cannot_spell_is_skipped_and_the_run_goes_on(data, tmp_path):
+    import dataclasses
+
+    import groundiff_core as gd
+    from groundiff_core.models.architectures import tiny_ldm
+
+    pairs, _, _ = data
+    bad = dataclasses.replace(pairs[1], phrase="épanchement pleural")  # a character the tiny vocabulary lacks
+    pairs = [pairs[0], bad, *pairs[2:]]
+    g = gd.Grounder(tiny_ldm(), gd.GroundingConfig.paper().with_steps(10))
+    summary = ev.evaluate(g, pairs, tmp_path / "run", progress=False, n_boot=10)
+    assert summary["n_pairs"] == len(pairs) - 1  # every other pair, also the bad one's image-mates
+    (skipped,) = summary["skipped"]["images"]
+    assert skipped["pair_ids"] == [bad.pair_id] and "phrase cannot be grounded" in skipped["reason"]
+    assert "é" in skipped["reason"]
+    # a resume retries it, skips it again, and finishes
+    again = ev.evaluate(g, pairs, tmp_path / "run", progress=False, n_boot=10)
+    assert again["n_pairs"] == summary["n_pairs"] and again["skipped"]["n_pairs"] == 1
+
+
+class _RefusesOneImage:
+    """Refuses (ValueError) any call that includes the image of a given size, as a method may refuse an input."""
+
+    name = "refuses"
+
+    def __init__(self, hw):
+        self.hw, self.inner = hw, RandomHeatmap(seed=0)
+
+    def describe(self):
+        return {"method": self.name}
+
+    def ground(self, image, phrases):
+        if image.shape == self.hw:
+            raise ValueError("this image is not for me")
+        return self.inner.ground(image, phrases)
+
+    def ground_batch(self, images, phrases_per_image):
+        return [self.ground(i, p) for i, p in zip(images, phrases_per_image)]
+
+
+def test_an_input_the_method_refuses_skips_that_image_only(data, tmp_path):
+    from groundiff_core.io.images import load_image
+
+    pairs, _, _ = data
+    hw = load_image(pairs[0].image_path).shape
+    summary = ev.evaluate(_RefusesOneImage(hw), pairs, tmp_path / "run", progress=False, n_boot=10, batch_images=3)
+    refused = [p for p in pairs if load_image(p.image_path).shape == hw]
+    assert summary["skipped"]["n_pairs"] == len(refused) and summary["n_pairs"] == len(pairs) - len(refused)
+    assert "grounding failed: this image is not for me" in summary["skipped"]["images"][0]["reason"]

@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (resumed if it exists)")
     p.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
                    help="combine the folders of a sharded run into --out (no grounding)")
+    p.add_argument("--allow-partial", action="store_true", help="with --merge: merge even when a shard is "
+                   "unfinished or missing, or the shard counts differ; the summary is then marked partial")
     p.add_argument("--model", help="model source for --method ldm: 'phantom', 'tiny', or a path "
                    "(see groundiff doctor)")
     p.add_argument("--text-encoder", metavar="DIR", help="for MONAI models: the Stable Diffusion 2.1 base folder "
@@ -196,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_args(args)
     if args.merge:
-        summary = ev.merge(args.merge, args.out, n_boot=args.bootstrap, seed=args.seed)
+        summary = ev.merge(args.merge, args.out, n_boot=args.bootstrap, seed=args.seed,
+                           allow_partial=args.allow_partial)
         _report(summary, args.out)
         return _require_results(summary, "check the shard folders")
     missing = [f"--{n}" for n in ("dataset", "csv") if getattr(args, n) is None]
@@ -267,6 +270,8 @@ def _launch(args: argparse.Namespace):
 
 def _report(summary: dict, out: Path) -> None:
     ca = summary["class_averaged"]
+    if summary.get("partial"):
+        print("PARTIAL merge: " + "; ".join(summary["partial"]["reasons"]), file=sys.stderr)
 
     def fmt(m: str) -> str:
         s = ca[m]

@@ -55,11 +55,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def check_outputs(out: str, overlay: str | None) -> tuple[Path, Path | None]:
+def check_outputs(out: str, overlay: str | None, image: str | None = None) -> tuple[Path, Path | None]:
     """The ``--out`` and ``--overlay`` paths, refused before any work if they cannot be written as named.
 
     ``--out`` must end in ``.npy`` (NumPy would otherwise append it, writing a file other than the one
-    named); ``--overlay`` must have an image extension matplotlib can write. Neither may be a folder.
+    named); ``--overlay`` must have an image extension matplotlib can write. Neither may be a folder,
+    the input ``image``, or the other.
     """
     out_path = Path(out)
     if out_path.suffix.lower() != ".npy":
@@ -79,7 +80,22 @@ def check_outputs(out: str, overlay: str | None) -> tuple[Path, Path | None]:
     for flag, path in paths:
         if path.is_dir():
             raise ValueError(f"{flag} {path} is a folder; name the file to write")
+        if image is not None and _same_file(path, Path(image)):
+            raise ValueError(f"{flag} {path} is the input image (--image {image}); writing it would replace the "
+                             "radiograph: name another file")
+    if overlay_path is not None and _same_file(out_path, overlay_path):
+        raise ValueError(f"--out and --overlay name the same file ({out}); name two files")
     return out_path, overlay_path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same path, or two names of one existing file)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def _parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -162,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     # every option is checked before any work: settings, output names, device, then the image
     cfg = config_from_args(args)
-    out, overlay = check_outputs(args.out, args.overlay)
+    out, overlay = check_outputs(args.out, args.overlay, args.image)
     device, dtype = _device_and_dtype(args.device, args.dtype)
     image = load_image(args.image)  # fail early on a bad image, before loading a model
     model = load_model(args.model, text_encoder=args.text_encoder)

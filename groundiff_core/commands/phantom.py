@@ -15,13 +15,22 @@ def register(sub) -> None:
                    help="seed range to draw from (default test: never used in training)")
     p.add_argument("--seed", type=int, default=None,
                    help="first seed (overrides the split's range); image i uses seed+i")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier set in --out "
+                   "(annotations.csv, images/phantom_*.png); without it such a folder is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from groundiff_core.phantom.generator import write_phantom_set
 
-    path = write_phantom_set(args.out, args.n, split=args.split, seed=args.seed, progress=not args.no_progress)
+    out = Path(args.out)
+    there = [p for p in [out / "annotations.csv", *sorted((out / "images").glob("phantom_*.png"))[:1]] if p.exists()]
+    if there and not args.overwrite:
+        raise ValueError(f"--out {out} already holds a phantom set ({there[0]}); writing would replace it: "
+                         "choose another folder or pass --overwrite")
+    path = write_phantom_set(out, args.n, split=args.split, seed=args.seed, progress=not args.no_progress)
     print(f"wrote {args.n} phantoms and {path}")
     return 0

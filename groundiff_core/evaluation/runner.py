@@ -262,6 +262,21 @@ def _skip_rows(path: Path, pending: Sequence[GroundingPair], reason: str) -> lis
              "phrase": p.phrase, "category": p.category} for p in pending]
 
 
+def _unusable_phrases(method: Any, phrases: Sequence[str]) -> dict[str, str]:
+    """The phrases the method's own check refuses (``check_phrases``, e.g. a word its tokenizer cannot
+    spell, too many tokens), each with the reason; empty for methods without such a check."""
+    check = getattr(method, "check_phrases", None)
+    if not callable(check):
+        return {}
+    bad = {}
+    for phrase in phrases:
+        try:
+            check([phrase])
+        except ValueError as e:
+            bad[phrase] = str(e)
+    return bad
+
+
 def _crop_size(method: Any) -> int:
     """The input size of the method's model (the centre crop that decides which boxes it can see);
     the paper's 512 for methods without a model (the baselines score the same pairs as the LDM)."""
@@ -294,14 +309,29 @@ def _evaluate_images(method: Any, chunk: Sequence[tuple[Path, list, list]],
                 f"unreadable image ({type(e).__name__}: {e})"
             yield _skip_rows(path, pending, reason)
             continue
-        readable.append((path, grp, pending, image, list(dict.fromkeys(p.phrase for p in grp))))
+        phrases = list(dict.fromkeys(p.phrase for p in grp))
+        bad = _unusable_phrases(method, phrases)
+        for phrase, why in bad.items():  # one bad phrase never stops the run, nor the image's others
+            yield _skip_rows(path, [p for p in pending if p.phrase == phrase], f"phrase cannot be grounded: {why}")
+        pending = [p for p in pending if p.phrase not in bad]
+        phrases = [ph for ph in phrases if ph not in bad]
+        if pending:
+            readable.append((path, grp, pending, image, phrases))
     if not readable:
         return
     t0 = time.perf_counter()
-    if use_batch:
-        results = method.ground_batch([r[3] for r in readable], [r[4] for r in readable])
-    else:
-        results = [method.ground(r[3], r[4]) for r in readable]
+    try:
+        if use_batch:
+            results = method.ground_batch([r[3] for r in readable], [r[4] for r in readable])
+        else:
+            results = [method.ground(r[3], r[4]) for r in readable]
+    except ValueError as e:  # an input the method refuses: image by image, so only the culprit is skipped
+        if len(readable) > 1:
+            for r in readable:
+                yield from _evaluate_images(method, [r[:3]], by_image_all, False, conventions, crop_size)
+            return
+        yield _skip_rows(readable[0][0], readable[0][2], f"grounding failed: {e}")
+        return
     seconds = (time.perf_counter() - t0) / len(readable)
     for (path, grp, pending, image, phrases), result in zip(readable, results):
         maps = np.asarray(getattr(result, "heatmaps", result), dtype=np.float32)

@@ -10,21 +10,37 @@ from typing import Sequence
 
 from groundiff_core.evaluation.identity import comparable, diff_paths, same_run
 from groundiff_core.evaluation.options import check_options
-from groundiff_core.evaluation.results import (FORMAT, RESULTS, RUN, describe_run, latest, now,
-                                               out_folder, read_jsonl, read_run, run_facts, session)
+from groundiff_core.evaluation.results import (FORMAT, RESULTS, RUN, SUMMARY_JSON, describe_run, latest,
+                                               now, out_folder, read_jsonl, read_run, run_facts, session)
 from groundiff_core.evaluation.summary import summarize, write_summary
 from groundiff_core.util.fileio import atomic_write, folder_lock
 
 __all__ = ["merge"]
 
 
+def _unfinished(folder: Path, run: dict) -> str | None:
+    """Why a shard folder is not a finished evaluation (None when it is): its last evaluation
+    session did not finish (interrupted, killed, failed) or it has no summary."""
+    sessions = [x for x in run.get("sessions", []) if isinstance(x, dict) and x.get("kind") == "evaluate"]
+    if not sessions:
+        return "it records no evaluation session"
+    last = sessions[-1]
+    if last.get("status") != "finished":
+        return f"its last session is {last.get('status', 'unknown')} ({last.get('pairs_done', '?')} pairs done)"
+    if not (folder / SUMMARY_JSON).is_file():
+        return f"it has no {SUMMARY_JSON} (the run did not end)"
+    return None
+
+
 def merge(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, n_boot: int = 1000,
-          seed: int = 0) -> dict:
+          seed: int = 0, allow_partial: bool = False) -> dict:
     """Combine the folders of a sharded evaluation into ``out_dir``; return the merged summary.
 
     The folders must share one identity apart from the shard (content fingerprints: shards run
-    on other machines, from other paths, merge). Missing shards are warned about (the summary then
-    covers only the shards given). ``out_dir`` gets a merged ``results.jsonl``, ``run.json``
+    on other machines, from other paths, merge). A merge that would be incomplete is refused,
+    naming the shard and what is missing: a shard that has not finished, shards made for different
+    shard counts, a shard not given. ``allow_partial=True`` merges anyway and marks the summary
+    ``partial`` (with the reasons), as the summary line and ``summary.csv`` then say too. ``out_dir`` gets a merged ``results.jsonl``, ``run.json``
     (``merged_from``) and the summary files, each replaced atomically. ``out_dir`` must be new,
     empty of results, or an earlier merge of the same evaluation: any other run there is refused,
     never overwritten.
@@ -53,12 +69,22 @@ def merge(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, n_bo
                              f"(differs in {', '.join(diff[:8])})")
     shards = sorted({tuple(r["identity"].get("shard") or (0, 1)) for r in runs})
     ns = {n for _, n in shards}
-    if len(ns) == 1:
+    problems = []
+    if len(ns) > 1:
+        problems.append("the folders are shards of different shard counts ("
+                        + ", ".join(f"{d}: {'/'.join(map(str, r['identity'].get('shard') or (0, 1)))}"
+                                    for d, r in zip(dirs, runs)) + ")")
+    else:
         n = ns.pop()
         missing = sorted(set(range(n)) - {i for i, _ in shards})
         if missing:
-            warnings.warn(f"merging {len(shards)} of {n} shards; missing shard(s) {missing}",
-                          UserWarning, stacklevel=2)
+            problems.append(f"shard(s) {', '.join(f'{i}/{n}' for i in missing)} of {n} not given")
+    problems += [f"{d} is unfinished: {why}" for d, r in zip(dirs, runs) if (why := _unfinished(d, r))]
+    if problems and not allow_partial:
+        raise ValueError("refusing an incomplete merge: " + "; ".join(problems)
+                         + ". Finish every shard and merge them all, or pass --allow-partial")
+    if problems:
+        warnings.warn("partial merge: " + "; ".join(problems), UserWarning, stacklevel=2)
     rows: list[dict] = []
     for d in dirs:
         rows += read_jsonl(d / RESULTS)
@@ -82,6 +108,7 @@ def merge(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, n_bo
             summary["shards"] = run["shards"]
             summary["changed"] = {"n_pairs": 0, "pair_ids": []}
             summary["dropped"] = {"n_pairs": len(dropped), "pairs": dropped}
+            summary["partial"] = {"reasons": problems} if problems else None
             write_summary(summary, out)
     return summary
 

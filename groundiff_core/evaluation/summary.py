@@ -244,6 +244,8 @@ def write_summary(summary: dict, out_dir: str | os.PathLike) -> None:
     out = Path(out_dir)
     write_json(out / SUMMARY_JSON, summary)
     rows = summary_table(summary)
+    if summary.get("partial"):  # a partial merge says so on every row of the table
+        rows = [{**r, "partial": "yes"} for r in rows]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()

@@ -29,7 +29,8 @@ class FolderBusyError(ValueError):
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Replace ``path`` with ``data`` (text is written as UTF-8) atomically.
 
-    The data go to a uniquely named temporary file next to ``path``, are flushed and fsynced, and
+    The data go to a uniquely named temporary file next to ``path`` (with the permissions a plain
+    ``open`` would give: the existing file's, else those the umask allows), are flushed and fsynced, and
     the file is renamed over ``path`` (``os.replace``: atomic on POSIX and Windows). On any error
     the temporary file is removed and ``path`` is left as it was.
     """
@@ -37,6 +38,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600; the file gets the mode a plain open gives
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
@@ -45,6 +47,16 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` would leave: the existing file's, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 @contextmanager
