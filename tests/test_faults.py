@@ -394,3 +394,32 @@ def test_phantom_refuses_to_replace_a_set_without_overwrite(tmp_path, capsys):
     assert (out / "annotations.csv").read_text() == "my own annotations\n"
     assert main(["phantom", "--out", str(out), "--n", "2", "--no-progress", "--overwrite"]) == 0
     assert (out / "annotations.csv").read_text().startswith("dicom_id")
+
+
+def test_a_fifo_or_device_is_refused_as_an_image_instead_of_hanging(tmp_path):
+    import os
+
+    from groundiff_core.io.images import image_size, load_image
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        with pytest.raises(ValueError, match="not a regular file"):
+            load_image(path)
+        with pytest.raises(ValueError, match="not a regular file"):
+            image_size(path)
+
+
+def test_an_annotated_image_that_is_a_device_or_fifo_is_skipped_not_hung_on(tmp_path):
+    import os
+
+    from groundiff_core import evaluation as ev
+    from groundiff_core.io.datasets.common import GroundingPair
+    from groundiff_core.methods.baselines import CentrePrior
+
+    os.mkfifo(tmp_path / "pipe.png")
+    pairs = [GroundingPair("a", "/dev/zero", "edema", "edema", [[0, 0, 4, 4]], image_size=(8, 8)),
+             GroundingPair("b", tmp_path / "pipe.png", "edema", "edema", [[0, 0, 4, 4]], image_size=(8, 8))]
+    summary = ev.evaluate(CentrePrior(), pairs, tmp_path / "run", progress=False, n_boot=10)
+    assert summary["n_pairs"] == 0 and summary["skipped"]["n_pairs"] == 2
+    assert all("not a regular file" in im["reason"] for im in summary["skipped"]["images"])

@@ -128,7 +128,10 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
 
 
 def _image_sha256(path: Path) -> str | None:
-    """The image file's SHA-256, or None when it cannot be read (the runner then skips it)."""
+    """The image file's SHA-256, or None when it cannot be read (the runner then skips it). Only a
+    regular file is read: a FIFO or a device (/dev/zero) would block or never end."""
+    if not Path(path).is_file():
+        return None
     try:
         return file_sha256(path)
     except OSError:

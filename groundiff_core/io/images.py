@@ -82,6 +82,8 @@ def _load_file(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise ValueError(f"expected an image file, got a directory: {path}")
+    if not path.is_file():  # a FIFO, socket or device (/dev/zero) would block or never end
+        raise ValueError(f"{path} is not a regular file (a pipe, socket or device); give an image file")
     if _is_dicom(path):
         return _load_dicom(path)
     from PIL import Image, UnidentifiedImageError
