@@ -198,12 +198,20 @@ class Recording:
     def load(cls, path: str | Path) -> "Recording":
         """Read a recording written by :meth:`save` (maps on the CPU); files of older versions,
         which stored the window under ``"steps"``, read the same."""
-        with np.load(path) as f:
-            meta = json.loads(str(f["meta"]))
-            maps = {int(k.split("_", 1)[1]): torch.from_numpy(f[k]) for k in f.files if k.startswith("layer_")}
-            timesteps = f["timesteps"]
-        window = meta["window"] if "window" in meta else meta["steps"]
-        return cls(phrases=meta["phrases"], geometry=CropGeometry(*meta["geometry"]), maps=maps,
-                   window=(int(window[0]), int(window[1])), timesteps=timesteps,
-                   config=GroundingConfig.from_dict(meta["config"]), input_size=meta["input_size"],
-                   n_layers=meta["n_layers"], info=meta["info"])
+        import zipfile
+
+        try:
+            with np.load(path) as f:
+                meta = json.loads(str(f["meta"]))
+                maps = {int(k.split("_", 1)[1]): torch.from_numpy(f[k]) for k in f.files if k.startswith("layer_")}
+                timesteps = f["timesteps"]
+            window = meta["window"] if "window" in meta else meta["steps"]
+            return cls(phrases=meta["phrases"], geometry=CropGeometry(*meta["geometry"]), maps=maps,
+                       window=(int(window[0]), int(window[1])), timesteps=timesteps,
+                       config=GroundingConfig.from_dict(meta["config"]), input_size=meta["input_size"],
+                       n_layers=meta["n_layers"], info=meta["info"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"recording not found: {path}") from None
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError, TypeError, OSError, AttributeError) as e:
+            raise ValueError(f"{path} is not a recording written by Recording.save (or it is truncated): "
+                             f"{type(e).__name__}: {e}") from None

@@ -423,3 +423,40 @@ def test_an_annotated_image_that_is_a_device_or_fifo_is_skipped_not_hung_on(tmp_
     summary = ev.evaluate(CentrePrior(), pairs, tmp_path / "run", progress=False, n_boot=10)
     assert summary["n_pairs"] == 0 and summary["skipped"]["n_pairs"] == 2
     assert all("not a regular file" in im["reason"] for im in summary["skipped"]["images"])
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda c: c.with_window(1.9, 3.2), "window's start must be a whole number"),
+    (lambda c: c.with_steps(True), "num_inference_steps must be a whole number"),
+    (lambda c: c.with_middle_layers(2.5), "middle layers must be a whole number"),
+    (lambda c: c.with_window_percent("20"), "window percent must be a number"),
+])
+def test_config_values_are_checked_not_truncated(call, match):
+    import groundiff_core as gd
+
+    with pytest.raises(ValueError, match=match):
+        call(gd.GroundingConfig.paper())
+    assert gd.GroundingConfig.paper().with_window(120.0, 180).window == (120, 180)  # a whole float is fine
+
+
+def test_whitespace_in_label_text_never_splits_a_pair(tmp_path):
+    from groundiff_core.io.datasets import load_mscxr
+
+    header = "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
+    (tmp_path / "a.csv").write_text(header + "d1,Pleural Effusion,Bilateral effusions,files/a.jpg,1,1,4,4,32,32\n"
+                                    "d1,Pleural Effusion,Bilateral  effusions ,files/a.jpg,20,1,4,4,32,32\n")
+    (pair,) = load_mscxr(tmp_path / "a.csv", tmp_path)
+    assert pair.phrase == "Bilateral effusions" and len(pair.boxes) == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a zip at all"])
+def test_a_bad_recording_file_is_named_not_a_traceback(tmp_path, content):
+    import groundiff_core as gd
+
+    path = tmp_path / "rec.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="rec.npz is not a recording"):
+        gd.Recording.load(path)
+    np.savez(tmp_path / "foreign.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="foreign.npz is not a recording"):
+        gd.Recording.load(tmp_path / "foreign.npz")

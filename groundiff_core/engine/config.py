@@ -100,8 +100,22 @@ def parse_bool(value: Any, what: str) -> bool:
     raise ValueError(f"{what} must be a boolean (yes/no, true/false), got {value!r}")
 
 
+def whole(value: Any, what: str) -> int:
+    """``value`` as an int if it is a whole number (an int, a numpy integer, or a float such as 3.0);
+    anything else (2.5, True, "3") is refused naming ``what``: a float is never truncated silently."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if not math.isfinite(value) or not float(value).is_integer():
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def window_from_percent(percent: float, num_inference_steps: int) -> tuple[int, int]:
     """Steps ``[start, stop)`` of a window of ``percent`` % of ``num_inference_steps`` around the middle."""
+    if isinstance(percent, bool) or not isinstance(percent, numbers.Real) or not math.isfinite(percent):
+        raise ValueError(f"window percent must be a number in (0, 100], got {percent!r}")
     if not (0 < percent <= 100):
         raise ValueError(f"window percent must be in (0, 100], got {percent}")
     width = max(1, int(round(num_inference_steps * percent / 100.0)))
@@ -218,11 +232,11 @@ class GroundingConfig:
 
     def with_middle_layers(self, count: int) -> "GroundingConfig":
         """The same settings reading the ``count`` middle cross-attention layers of the model."""
-        return replace(self, layers=None, n_middle_layers=int(count))
+        return replace(self, layers=None, n_middle_layers=whole(count, "the number of middle layers"))
 
     def with_window(self, start: int, stop: int) -> "GroundingConfig":
         """The same settings reading inversion steps ``[start, stop)``."""
-        return replace(self, window=(int(start), int(stop)))
+        return replace(self, window=(whole(start, "the window's start"), whole(stop, "the window's stop")))
 
     def with_window_percent(self, percent: float) -> "GroundingConfig":
         """The same settings reading a window of ``percent`` % of the steps centred on the middle."""
@@ -231,7 +245,7 @@ class GroundingConfig:
     def with_steps(self, num_inference_steps: int) -> "GroundingConfig":
         """Another number of inference steps; the window keeps its position and width as a share
         of the steps (the paper's [120, 180) of 300 becomes [12, 18) of 30)."""
-        n_old, n = self.num_inference_steps, int(num_inference_steps)
+        n_old, n = self.num_inference_steps, whole(num_inference_steps, "num_inference_steps")
         if n < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps}")
         start, stop = self.window

@@ -64,7 +64,8 @@ def load_mscxr(csv: str | os.PathLike, image_root: str | os.PathLike,
     root = Path(image_root)
     rows, no_text = [], []
     for idx, r in zip(df.index, df.to_dict("records")):
-        if not r["label_text"].strip():
+        r["label_text"] = " ".join(r["label_text"].split())  # "a  b " and "a b" are one phrase
+        if not r["label_text"]:
             no_text.append(f"row {idx + 2}")
             continue
         rows.append({
