@@ -40,12 +40,21 @@ note = ("Validation phantoms (the 'val' seeds), fast preset, paper's layers. Thr
 print(json.dumps({"note": note, "choice": choice, "candidates": cands}, indent=1))
 PYEOF
 date -u +"card %FT%TZ"
-[ -f "$R/testset/annotations.csv" ] || .venv/bin/groundiff phantom --out "$R/testset" --n 220 --split test
+[ -f "$R/testset/annotations.csv" ] || .venv/bin/groundiff phantom --out "$R/testset" --n 220 --split test --no-progress
+card="$PY -m groundiff_core.phantom.card --work $R --batch-images 4"
+# the paper-preset run in two shards side by side, then its image-shuffle control (from the cached inversions)
+$card --only ldm --shard 0/2 > "$R.ldm0.log" 2>&1 & a=$!
+$card --only ldm --shard 1/2 > "$R.ldm1.log" 2>&1 & b=$!
+wait $a $b
+date -u +"control %FT%TZ"
+$card --only ldm-shuffled --shard 0/2 > "$R.shuf0.log" 2>&1 & a=$!
+$card --only ldm-shuffled --shard 1/2 > "$R.shuf1.log" 2>&1 & b=$!
+wait $a $b
+date -u +"fast %FT%TZ"
 .venv/bin/groundiff evaluate --model phantom --dataset phantom --csv "$R/testset/annotations.csv" --images "$R/testset" \
-  --out "$R/fast" --preset fast --n-pairs 240 --batch-images 4 --device cpu --no-progress > "$R.fast.log" 2>&1 &
-fast=$!
-$PY -m groundiff_core.phantom.card --work "$R" --sweep benchmarks/results/phantom_v4_sweep.json --batch-images 4 > "$R.card.log" 2>&1
-wait $fast
+  --out "$R/fast" --preset fast --n-pairs 240 --batch-images 4 --device cpu --no-progress > "$R.fast.log" 2>&1 & a=$!
+$card --merge 2 --sweep benchmarks/results/phantom_v4_sweep.json > "$R.card.log" 2>&1
+wait $a
 date -u +"ship %FT%TZ"
 $PY scripts/ship_results.py "$R/ldm" "$R/testset" book/results/phantom-paper
 $PY scripts/ship_results.py "$R/ldm-shuffled" "$R/testset" book/results/phantom-paper-shuffled

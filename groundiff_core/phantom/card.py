@@ -37,9 +37,21 @@ NAMES = {"ldm": "cross-attention, paper preset", "ldm-shuffled": "the same, imag
          "phrase-prior": "phrase prior (image-blind)", "centre": "centre prior", "random": "uniform random"}
 
 
+LDM_RUNS = ("ldm", "ldm-shuffled")  # the costly runs, which may be sharded over processes
+
+
+def _shard_dir(work: Path, name: str, shard: str | None) -> Path:
+    return work / (name if shard is None else f"{name}-{shard.replace('/', 'of')}")
+
+
 def run_evaluation(work: Path, n_images: int, weights: Path, device: str | None = None,
-                   batch_images: int = 1, command: str = "") -> tuple[dict[str, dict], dict[str, list]]:
-    """Evaluate every method of :data:`NAMES` on the phantom test split; the summaries and rows."""
+                   batch_images: int = 1, command: str = "", only: tuple[str, ...] = tuple(NAMES),
+                   shard: str | None = None) -> tuple[dict[str, dict], dict[str, list]]:
+    """Evaluate the methods ``only`` of :data:`NAMES` on the phantom test split; the summaries and rows.
+
+    ``shard`` ("i/n", the cross-attention runs only) evaluates that shard into ``NAME-iofn`` (merge
+    with :func:`merge_shards`). The runs share one inversion cache: the image-shuffle control,
+    run after the main run (all of its shards), inverts nothing again."""
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.engine.grounder import Grounder
     from groundiff_core.engine.kept import InversionCache
@@ -63,25 +75,40 @@ def run_evaluation(work: Path, n_images: int, weights: Path, device: str | None 
             "phrase-prior": (phantom_prior(), pairs, {}), "centre": (CentrePrior(), pairs, {}),
             "random": (RandomHeatmap(seed=0), pairs, {})}
     summaries, rows = {}, {}
-    for name, (method, these, extra) in runs.items():
-        summaries[name] = evaluate(method, these, work / name, dataset={"name": "phantom", "split": "test", **extra},
-                                   progress=True, batch_images=batch_images if name.startswith("ldm") else 1,
-                                   info={"device": str(model.device) if name.startswith("ldm") else "cpu",
+    for name in only:
+        method, these, extra = runs[name]
+        if shard is not None and name not in LDM_RUNS:
+            raise ValueError(f"--shard applies to the cross-attention runs {LDM_RUNS}, not {name!r}")
+        folder = _shard_dir(work, name, shard)
+        summaries[name] = evaluate(method, these, folder, dataset={"name": "phantom", "split": "test", **extra},
+                                   shard=shard, progress=True, batch_images=batch_images if name in LDM_RUNS else 1,
+                                   info={"device": str(model.device) if name in LDM_RUNS else "cpu",
                                          "command": command})
+        rows[name] = load_results(folder)
+    return summaries, rows
+
+
+def merge_shards(work: Path, shards: int) -> tuple[dict[str, dict], dict[str, list]]:
+    """Merge the ``shards`` shard folders of each cross-attention run into ``work/NAME``."""
+    from groundiff_core.evaluation import load_results, merge
+
+    summaries, rows = {}, {}
+    for name in LDM_RUNS:
+        summaries[name] = merge([_shard_dir(work, name, f"{i}/{shards}") for i in range(shards)], work / name)
         rows[name] = load_results(work / name)
     return summaries, rows
 
 
 def compare(rows: dict[str, list], summaries: dict[str, dict]) -> dict:
     """The paired comparisons and the targets' verdicts (:data:`TARGETS`)."""
-    from groundiff_core.evaluation.compare import by_side, paired_difference
+    from groundiff_core.evaluation.compare import by_side, paired_difference, verdict
 
     prior = {m: paired_difference(rows["ldm"], rows["phrase-prior"], m) for m in ("miou", "auc", "cnr_abs")}
     shuffle = {m: paired_difference(rows["ldm"], rows["ldm-shuffled"], m) for m in ("miou", "auc", "cnr_abs")}
     side = by_side(rows["ldm"], "pointing")
     ts = summaries["ldm"]["text_sensitivity"]["value"]
-    met = {"miou_above_prior": prior["miou"]["ci_low"] > 0, "auc_above_prior": prior["auc"]["ci_low"] > 0,
-           "shuffle_drop": shuffle["miou"]["ci_low"] > 0, "text_sensitivity": ts is not None and ts >= 0.85,
+    met = {"miou_above_prior": verdict(prior["miou"]) == "above 0", "auc_above_prior": verdict(prior["auc"]) == "above 0",
+           "shuffle_drop": verdict(shuffle["miou"]) == "above 0", "text_sensitivity": ts is not None and ts >= 0.85,
            "laterality": side["difference"] is not None and abs(side["difference"]) <= 0.1}
     return {"ldm_minus_prior": prior, "shuffle_drop": shuffle, "pointing_by_side": side,
             "targets": {k: {"target": TARGETS[k], "met": bool(v)} for k, v in met.items()}}
@@ -244,11 +271,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", type=Path, help="the recipe sweep's validation numbers (JSON) to state in the card")
     ap.add_argument("--device", help="cpu (default) or cuda")
     ap.add_argument("--batch-images", type=int, default=1, help="images per inversion batch")
+    ap.add_argument("--only", choices=tuple(NAMES), action="append", help="evaluate only this method (repeatable); "
+                    "no card is written")
+    ap.add_argument("--shard", help="i/n: evaluate this shard of the cross-attention runs (with --only); then --merge")
+    ap.add_argument("--merge", type=int, metavar="N", help="merge the N shards of the cross-attention runs, "
+                    "evaluate the rest and write the card")
     a = ap.parse_args(argv)
     import sys
 
     command = " ".join(["python -m groundiff_core.phantom.card", *(sys.argv[1:] if argv is None else argv)])
-    summaries, rows = run_evaluation(a.work, a.images, a.weights, a.device, a.batch_images, command)
+    if a.only:
+        run_evaluation(a.work, a.images, a.weights, a.device, a.batch_images, command, tuple(a.only), a.shard)
+        return 0
+    if a.merge:
+        summaries, rows = merge_shards(a.work, a.merge)
+        rest = tuple(n for n in NAMES if n not in LDM_RUNS)
+        s2, r2 = run_evaluation(a.work, a.images, a.weights, a.device, a.batch_images, command, rest)
+        summaries, rows = {n: {**summaries, **s2}[n] for n in NAMES}, {**rows, **r2}
+    else:
+        summaries, rows = run_evaluation(a.work, a.images, a.weights, a.device, a.batch_images, command)
     sweep = json.loads(a.sweep.read_text()) if a.sweep else None
     print(write_card(summaries, compare(rows, summaries), a.weights, sweep).read_text())
     return 0
