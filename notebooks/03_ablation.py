@@ -55,6 +55,7 @@ batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the 
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
+from groundiff_core.evaluation.compare import MIN_PAIRS, verdict
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
@@ -163,9 +164,9 @@ figures.publish(fig, out, "ablation_grid")
 # Class-averaged mIoU, AUC-ROC and |CNR| for every number of middle layers L (rows)
 # and window width T (columns), each cell from the same recordings. The red square is the paper's
 # summary choice (L = 6, T = 20 %); the dashed white square is the cell with the highest mean in
-# this run (whether it is better than the paper's setting is tested in the next section). Look at
-# whether the high region sits in the middle of the grid (few middle layers, a middle window) as
-# the paper reports, and how fast the scores fall towards all layers and all steps.
+# this run (whether it is better than the paper's setting is tested in the next section). The
+# paper reports its best setting in the middle of the grid (few middle layers, a middle window);
+# where this run's best cell lies is what the dashed square shows.
 # ```
 
 # %% [markdown]
@@ -195,11 +196,12 @@ for m, (L, T) in top_cells.items():
     verdicts[f"{m}_difference"] = {"cell": [int(L), int(T)], **d}
     if d["difference"] is None:
         continue
-    lines.append(f"* {titles[m]}: L = {int(L)}, T = {int(T)} % minus the paper code's setting = {d['difference']:+.3f} "
-                 f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] on {d['n_pairs']} pairs: "
-                 + ("the interval excludes 0, so on these pairs this cell scores "
-                    + ("higher." if d["difference"] > 0 else "lower.")
-                    if d["separated"] else "the interval includes 0: these pairs do not separate the two."))
+    lines.append(f"* {titles[m]}: L = {int(L)}, T = {int(T)} % minus the paper code's setting = {figures.fmt_diff(d)} "
+                 f"on {d['n_pairs']} pairs: " + {
+                     "above 0": "the interval excludes 0, so on these pairs this cell scores higher.",
+                     "below 0": "the interval excludes 0, so on these pairs this cell scores lower.",
+                     "not separable from 0": "the interval includes 0: these pairs do not separate the two.",
+                     "too few pairs": f"too few pairs for a verdict (fewer than {MIN_PAIRS})."}[verdict(d)])
 display(Markdown("\n".join(lines) or "No pair was scored."))
 
 # %% [markdown]
