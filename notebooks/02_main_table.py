@@ -424,29 +424,16 @@ else:
 
 # %%
 avg = {k: s["class_averaged"] for k, s in summaries.items()}
-ca, cp, rnd = avg["cross-attention (paper preset)"], avg["centre prior"], avg["random"]
-pp = avg["phrase prior"]
-
-
-def beats(a, b):
-    """'above' if a's CI lies above b's mean-CI, 'below' if under, else 'overlapping'."""
-    if a.get("mean") is None or b.get("mean") is None:
-        return "undefined"
-    if a["ci_low"] > b["ci_high"]:
-        return "clearly above"
-    if a["ci_high"] < b["ci_low"]:
-        return "clearly below"
-    return "not separable from"
-
-
+ca = avg[ldm_row]
+said = {"above 0": "above", "below 0": "below", "not separable from 0": "not separable from",
+        "too few pairs": "too few pairs to compare with"}
 lines = [f"* Data: **{data.description['name']}**, {ours['n_pairs']} pairs over "
          f"{len(ours['categories'])} classes; model **{ldm.name}**."]
 for m in ["miou", "auc", "cnr_abs"]:
-    lines.append(f"* {names[m]}: cross-attention {figures.fmt_ci(ca[m])}; against the image-blind phrase prior "
-                 f"({figures.fmt_ci(pp[m])}) the paired difference is "
-                 f"{reads_image.loc[('cross-attention minus phrase prior', names[m]), 'verdict']}; "
-                 f"it is {beats(ca[m], cp[m])} the centre prior ({figures.fmt_ci(cp[m])}) and "
-                 f"{beats(ca[m], rnd[m])} the random map ({figures.fmt_ci(rnd[m])}).")
+    against = [f"{said[verdict(paired_difference(rows_of[ldm_row], rows_of[b], m, n_boot=n_boot, seed=seed))]} "
+               f"the {b} ({figures.fmt_ci(avg[b][m])})" for b in ("phrase prior", "centre prior", "random")]
+    lines.append(f"* {names[m]}: cross-attention {figures.fmt_ci(ca[m])} is " + ", ".join(against)
+                 + " (paired differences on the same pairs).")
     lines.append(f"  On other images (the image-shuffle control) it "
                  + {"above 0": "loses", "below 0": "gains", "not separable from 0": "neither loses nor gains",
                     "too few pairs": "cannot be judged (too few pairs)"}[
