@@ -431,7 +431,8 @@ lines = [f"* Data: **{data.description['name']}**, {ours['n_pairs']} pairs over 
          f"{len(ours['categories'])} classes; model **{ldm.name}**."]
 for m in ["miou", "auc", "cnr_abs"]:
     against = [f"{said[verdict(paired_difference(rows_of[ldm_row], rows_of[b], m, n_boot=n_boot, seed=seed))]} "
-               f"the {b} ({figures.fmt_ci(avg[b][m])})" for b in ("phrase prior", "centre prior", "random")]
+               f"the {b.replace('random', 'random map')} ({figures.fmt_ci(avg[b][m])})"
+               for b in ("phrase prior", "centre prior", "random")]
     lines.append(f"* {names[m]}: cross-attention {figures.fmt_ci(ca[m])} is " + ", ".join(against)
                  + " (paired differences on the same pairs).")
     lines.append(f"  On other images (the image-shuffle control) it "
