@@ -13,6 +13,8 @@ W=${W:-/work/runs/sweep4}; R=${R:-/work/runs/card}; PY=${PY:-.venv/bin/python}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 STEPS=${STEPS:-1500}; PROBE=${PROBE:-400}
 declare -A MIX=([A]=0.45,0.45,0.10 [B]=0.20,0.70,0.10 [C]=0.70,0.20,0.10)
+# without the sweep's folder (the model is already installed and committed), start at the card
+if [ -f "$W/choice.txt" ]; then
 best=$(cat "$W/choice.txt")
 init=""; [ "$best" != A ] && init="--init-vae $W/A/$(printf "model-%05d" "$PROBE")"
 date -u +"install $best %FT%TZ"
@@ -39,6 +41,7 @@ note = ("Validation phantoms (the 'val' seeds), fast preset, paper's layers. Thr
         f"mIoU + AUC-ROC ({choice}) trained on to the schedule's end (scripts/phantom_sweep_cpu.sh).")
 print(json.dumps({"note": note, "choice": choice, "candidates": cands}, indent=1))
 PYEOF
+fi
 date -u +"card %FT%TZ"
 [ -f "$R/testset/annotations.csv" ] || .venv/bin/groundiff phantom --out "$R/testset" --n 220 --split test --no-progress
 card="$PY -m groundiff_core.phantom.card --work $R --batch-images 4"
