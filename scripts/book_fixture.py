@@ -82,6 +82,8 @@ def main(argv=None) -> int:
         fx = write_book_fixture(work / "data")
         project = work / "project"
         (project / "notebooks").mkdir(parents=True, exist_ok=True)
+        (project / "book").mkdir(exist_ok=True)  # the published figures notebook 2 and the claim ledger read
+        shutil.copy(ROOT / "book/published.csv", project / "book/published.csv")
         for src in book.discover(ROOT / "notebooks"):
             shutil.copy(src, project / "notebooks" / src.name)
         common = {"model": str(fx["model"]), "dataset_csv": str(fx["csv"]),

@@ -139,6 +139,8 @@ def test_main_table_notebook_runs_on_the_tiny_model(tmp_path):
     (tmp_path / "notebooks").mkdir()
     src = ROOT / "notebooks/02_main_table.py"
     (tmp_path / "notebooks" / src.name).write_text(src.read_text())
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book/published.csv").write_text((ROOT / "book/published.csv").read_text())
     runs = runner.run_book(tmp_path, overrides={"model": "tiny", "n_pairs": 2, "captum_pairs": 1,
                                                 "phantom_images": 4, "n_boot": 50, "seed": 1})
     files = tmp_path / "book/notebooks/02_main_table_files"
@@ -148,6 +150,8 @@ def test_main_table_notebook_runs_on_the_tiny_model(tmp_path):
     result = json.loads((files / "main_table.json").read_text())
     assert result["summaries"]["cross-attention (paper preset)"]["n_pairs"] == 2
     assert (files / "per_class_bars.png").is_file()
+    assert "LDM (frozen) (MIDL 2026 Table 1)" in (files / "reference_comparison.csv").read_text()
+    assert "| verdict |" in (tmp_path / "book/_generated/claims.md").read_text()
 
 
 # --------------------------------------------------------------------------- shipped runs

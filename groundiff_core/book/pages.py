@@ -212,7 +212,8 @@ def nested_count(wanted: int | None, n_pairs: int | None) -> int | None:
 
 
 _METRIC_ALIASES = {"miou": "miou", "mean iou": "miou", "auc": "auc", "auc-roc": "auc", "auroc": "auc",
-                   "auc_roc": "auc", "cnr": "cnr_abs", "cnr_abs": "cnr_abs", "|cnr|": "cnr_abs"}
+                   "auc_roc": "auc", "cnr": "cnr_abs", "cnr_abs": "cnr_abs", "|cnr|": "cnr_abs",
+                   "cnr_signed": "cnr_signed", "cnr (signed)": "cnr_signed"}
 
 
 def reference_table(summary: dict, reference_csv: str | os.PathLike, *, label: str = "this run"):
@@ -220,9 +221,12 @@ def reference_table(summary: dict, reference_csv: str | os.PathLike, *, label: s
     run (``summary``: an :func:`groundiff_core.evaluation.runner.evaluate` summary) and one per method of the
     CSV.
 
-    ``reference_csv`` has the columns ``method,class,metric,value`` (a reader fills it in from a
-    paper; the book ships none). ``class`` is a finding's name in any case, or ``average`` for the
-    class average; ``metric`` one of ``miou``, ``auc``, ``cnr`` (also ``mIoU``, ``AUC-ROC``, ``|CNR|``).
+    ``reference_csv`` has the columns ``method,class,metric,value`` (the book's own,
+    ``book/published.csv``, also ``label``, ``source``, ``table``, ``protocol``: each method's column is
+    then named ``method (label)``, so one method from two sources stays two columns). ``class`` is a
+    finding's name in any case, or ``average`` for the class average; ``metric`` one of ``miou``,
+    ``auc``, ``cnr`` (absolute, as the paper's code; also ``mIoU``, ``AUC-ROC``, ``|CNR|``) or
+    ``cnr_signed``.
     Rows of classes the run has no pairs of show an empty cell for the run. An unknown metric or a
     missing column is a ``ValueError``.
     """
@@ -235,8 +239,10 @@ def reference_table(summary: dict, reference_csv: str | os.PathLike, *, label: s
     metric = ref["metric"].astype(str).str.strip().str.lower().map(_METRIC_ALIASES)
     if metric.isna().any():
         bad = sorted(set(ref.loc[metric.isna(), "metric"].astype(str)))
-        raise ValueError(f"{reference_csv}: unknown metric(s) {bad}; use miou, auc or cnr")
+        raise ValueError(f"{reference_csv}: unknown metric(s) {bad}; use miou, auc, cnr or cnr_signed")
     ref = ref.assign(metric=metric, key=ref["class"].map(_norm_category))
+    if "label" in ref.columns:
+        ref["method"] = [f"{m} ({lab})" for m, lab in zip(ref["method"], ref["label"])]
     ours_by_key = {_norm_category(c): (c, st) for c, st in summary.get("per_class", {}).items()}
     ours_by_key["average"] = ("class average", summary.get("class_averaged", {}))
     names = {k: v[0] for k, v in ours_by_key.items()}

@@ -3,7 +3,8 @@
 :func:`write_record` writes ``book/_generated/reproducibility.json`` (versions, hardware, git
 state, environment variables, and per notebook its parameters, status, runtime, output files and
 the ``provenance.json`` it wrote) and beside it the Markdown the book includes
-(``reproducibility.md``, ``data_sources.md``, see :mod:`groundiff_core.book.markdown`).
+(``reproducibility.md``, ``data_sources.md``, see :mod:`groundiff_core.book.markdown`) and the
+claim ledger (``claims.md``, :mod:`groundiff_core.book.ledger`).
 The runner rewrites it after every notebook, so a failed run still leaves its record.
 """
 
@@ -112,4 +113,8 @@ def write_record(
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     (gen / "reproducibility.md").write_text(record_markdown(record))
     (gen / "data_sources.md").write_text(data_sources_markdown(record))
+    if (Path(book_dir) / "published.csv").is_file():  # the book's first page includes the claim ledger
+        from groundiff_core.book.ledger import write_ledger
+
+        write_ledger(book_dir)
     return record

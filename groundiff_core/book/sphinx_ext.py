@@ -87,6 +87,10 @@ def _on_config(app, config) -> None:
         raise ExtensionError(f"groundiff: {e}") from None
     if not ran and not (Path(app.srcdir) / "_generated" / "cost.md").is_file():  # e.g. after `make clean`
         _write_cost(Path(app.srcdir))
+    if not (Path(app.srcdir) / "_generated" / "claims.md").is_file() and (Path(app.srcdir) / "published.csv").is_file():
+        from groundiff_core.book.ledger import write_ledger
+
+        write_ledger(Path(app.srcdir))
 
 
 def setup(app):
