@@ -185,14 +185,22 @@ class Recording:
         """A copy with the maps on ``device`` (e.g. ``"cpu"`` to keep many recordings)."""
         return replace(self, maps={k: v.to(device) for k, v in self.maps.items()})
 
-    def save(self, path: str | Path) -> None:
-        """Write the recording to one ``.npz`` file (maps as float32)."""
+    def save(self, path: str | Path) -> Path:
+        """Write the recording to one NumPy ``.npz`` archive (maps as float32) at exactly ``path``
+        (no suffix is added), atomically: an interrupted save leaves any earlier file whole."""
+        import io
+
+        from groundiff_core.util.fileio import atomic_write
+
         arrays = {f"layer_{k}": v.float().cpu().numpy() for k, v in self.maps.items()}
         g = self.geometry
         meta = {"phrases": self.phrases, "geometry": [g.height, g.width, g.size, g.conventions],
                 "window": list(self.window), "config": self.config.to_dict(), "input_size": self.input_size,
                 "n_layers": self.n_layers, "info": self.info}
-        np.savez_compressed(path, timesteps=self.timesteps, meta=np.array(json.dumps(meta)), **arrays)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, timesteps=self.timesteps, meta=np.array(json.dumps(meta)), **arrays)
+        atomic_write(path, buf.getvalue())
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Recording":

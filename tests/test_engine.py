@@ -290,6 +290,9 @@ def test_record_restricted_and_errors(model, image, tmp_path):
     back = type(rec).load(path)
     assert back.phrases == rec.phrases and back.window == rec.window and back.geometry == rec.geometry
     np.testing.assert_array_equal(back.aggregate().heatmaps, rec.aggregate().heatmaps)
+    bare = tmp_path / "rec"  # saved where it was asked, no ".npz" appended
+    assert rec.save(bare) == bare and bare.is_file() and not (tmp_path / "rec.npz.npz").exists()
+    assert type(rec).load(bare).phrases == rec.phrases
 
 
 # ---------------------------------------------------------------------- bad input

@@ -201,6 +201,8 @@ def test_phantom_ground_is_quiet_with_no_progress(tmp_path, capfd, png):
     ({"layers": (3.5, 4)}, "must be integers"),
     ({"layers": "3;4"}, "comma-separated"),
     ({"guidance_scale": "1"}, "guidance_scale"),
+    ({"guidance_scale": 1e30}, r"guidance_scale must be a finite number in \[0, 100\]"),
+    ({"guidance_scale": -1.0}, "guidance_scale"),
 ])
 def test_bad_settings_are_refused(fields, needle):
     from groundiff_core.engine.config import GroundingConfig

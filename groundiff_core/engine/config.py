@@ -39,6 +39,8 @@ TOKEN_SELECTIONS = ("phrase", "phrase+end")
 NORMALISATIONS = ("minmax", "none")
 #: Nominal inference steps of :meth:`GroundingConfig.fast` (the paper's 300 / 3).
 FAST_STEPS = 100
+#: The largest classifier-free guidance a config accepts (the paper runs 0).
+MAX_GUIDANCE = 100.0
 #: Named presets, as the command line's ``--preset`` offers them.
 PRESETS = ("paper", "fast")
 RESIZE_MODES = ("bilinear", "nearest")
@@ -205,8 +207,9 @@ class GroundingConfig:
         if not isinstance(self.otsu, bool):
             raise ValueError(f"otsu must be True or False, got {self.otsu!r}")
         g = self.guidance_scale
-        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
-            raise ValueError(f"guidance_scale must be a finite number, got {g!r}")
+        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not (math.isfinite(g) and 0 <= g <= MAX_GUIDANCE):
+            # beyond a few tens the guided trajectory leaves the model's range and every map is zero
+            raise ValueError(f"guidance_scale must be a finite number in [0, {MAX_GUIDANCE:g}] (the paper's is 0), got {g!r}")
         check_conventions(self.conventions)
 
     # ------------------------------------------------------------------ presets and helpers
