@@ -311,6 +311,12 @@ def test_bad_options_are_refused_before_any_work(data, tmp_path, capsys):
     assert cli_main(["evaluate", "--merge", str(tmp_path / "nope"), "--out", str(tmp_path / "m")]) == 2
     assert f"shard folder not found: {tmp_path / 'nope'}" in capsys.readouterr().err
     assert afile.read_text() == "keep me"
+    # options of an evaluation beside --merge are refused, not silently ignored
+    assert cli_main(["evaluate", "--merge", str(tmp_path / "nope"), "--out", str(tmp_path / "m"),
+                     "--model", "tiny", "--steps", "20", "--dataset", "mscxr"]) == 2
+    err = capsys.readouterr().err
+    assert "--model, --dataset, --steps would be ignored" in err and "\n" not in err.strip()
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("line", ["[]", '{"x": 1}', '"ok"'])

@@ -193,9 +193,23 @@ def _require_results(summary: dict, hint: str) -> int:
                      f"time{why}; {hint}")
 
 
+# options of an evaluation that a merge cannot honour, with their defaults
+_EVALUATION_ONLY = {"model": None, "text_encoder": None, "dataset": None, "csv": None, "images": None, "split": None,
+                    "method": "ldm", "prior": None, "prior_train": None, "prior_folds": 5, "control": None,
+                    "preset": "paper", "conventions": "paper", "steps": None, "n_pairs": None, "shard": None,
+                    "batch_images": 1, "inversion_cache": None}
+
+
 def run(args: argparse.Namespace) -> int:
     from groundiff_core import evaluation as ev
 
+    if args.merge:
+        # a merge reads what the shards ran; an option of the evaluation itself would be silently ignored
+        ignored = [f"--{name.replace('_', '-')}" for name, default in _EVALUATION_ONLY.items()
+                   if getattr(args, name, default) != default]
+        if ignored:
+            raise ValueError(f"--merge joins finished shards as they were run; {', '.join(ignored)} "
+                             "would be ignored: drop it, or evaluate again without --merge")
     check_args(args)
     if args.merge:
         summary = ev.merge(args.merge, args.out, n_boot=args.bootstrap, seed=args.seed,
