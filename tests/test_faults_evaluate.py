@@ -362,19 +362,21 @@ def test_pairs_dropped_at_load_time_are_listed_and_counted(data, tmp_path, capsy
     pairs, csv, root = data
     extra = [("a1", "Atelectasis", "left basal atelectasis", 10, 10, 0, 5, "test"),
              ("b2", "Edema", "mild edema", "n/a", 3, 4, 4, "test"),
-             ("b2", "Lung Opacity", "right opacity", 100, 100, 5, 5, "test")]
+             ("b2", "Lung Opacity", "right opacity", 100, 100, 5, 5, "test"),
+             ("b2", "Edema", "   ", 3, 3, 4, 4, "test")]
     fx.write_csv(csv, extra_rows=extra)
     with pytest.warns(UserWarning, match="no valid box"):
         assert cli_main(_cli(csv, root, tmp_path / "run", "--method", "centre")) == 0
     out = capsys.readouterr()
-    assert "5 pairs on 3 images (3 dropped at load time)" in out.out
-    assert "DROPPED 3 pair(s)" in out.err
+    assert "5 pairs on 3 images (4 dropped at load time)" in out.out
+    assert "DROPPED 4 pair(s)" in out.err
     dropped = json.loads((tmp_path / "run" / "summary.json").read_text())["dropped"]
-    assert dropped["n_pairs"] == 3
+    assert dropped["n_pairs"] == 4
     reasons = {d["pair_id"]: d["reason"] for d in dropped["pairs"]}
     assert reasons == {"a1|left basal atelectasis": "no usable box (row 9: zero area)",
                        "b2|mild edema": "no usable box (row 10: non-numeric coordinates)",
-                       "b2|right opacity": "no usable box (row 11: outside the 48x40 image)"}
+                       "b2|right opacity": "no usable box (row 11: outside the 48x40 image)",
+                       "b2|(row 12)": "empty label_text (no phrase to ground)"}
 
 
 def _bomb_png() -> bytes:

@@ -66,7 +66,9 @@ def load_mscxr(csv: str | os.PathLike, image_root: str | os.PathLike,
     for idx, r in zip(df.index, df.to_dict("records")):
         r["label_text"] = " ".join(r["label_text"].split())  # "a  b " and "a b" are one phrase
         if not r["label_text"]:
-            no_text.append(f"row {idx + 2}")
+            no_text.append({"pair_id": f"{r['dicom_id']}|(row {idx + 2})", "image_path": str(r["path"]),
+                            "phrase": "", "category": r["category_name"], "rows": [f"row {idx + 2}"],
+                            "reason": "empty label_text (no phrase to ground)"})
             continue
         rows.append({
             "key": (r["path"], r["label_text"]),
@@ -78,7 +80,7 @@ def load_mscxr(csv: str | os.PathLike, image_root: str | os.PathLike,
         })
     if no_text:
         warnings.warn(f"{csv}: skipped {len(no_text)} row(s) with an empty label_text: "
-                      f"{', '.join(no_text[:10])}", UserWarning, stacklevel=2)
+                      f"{', '.join(d['rows'][0] for d in no_text[:10])}", UserWarning, stacklevel=2)
     merged = pairs_from_rows(rows, str(csv))
     _check_consistent(rows, str(csv))
 
@@ -94,7 +96,9 @@ def load_mscxr(csv: str | os.PathLike, image_root: str | os.PathLike,
             image_size=m["image_size"], extra=extra,
         )
 
-    return build_pairs(merged, str(csv), make)
+    pairs = build_pairs(merged, str(csv), make)
+    pairs.dropped += no_text  # listed in the run's summary.json beside the pairs left without a box
+    return pairs
 
 
 def _check_consistent(rows: list[dict], source: str) -> None:
