@@ -114,6 +114,21 @@ def test_pickles_needing_arbitrary_objects_are_refused(tmp_path):
         read_state_dict(tmp_path / "list.pth")
 
 
+def test_random_bytes_are_a_named_error_never_a_traceback(tmp_path):
+    """About one random file in ten tripped IndexError / KeyError inside torch's unpickler."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        path = tmp_path / f"r{i}.pth"
+        path.write_bytes(rng.integers(0, 256, 512, dtype=np.uint8).tobytes())
+        with pytest.raises(ValueError, match=rf"r{i}.pth is not a readable PyTorch checkpoint"):
+            read_state_dict(path)
+    (tmp_path / "w.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ValueError, match="w.safetensors is not a readable safetensors file"):
+        read_state_dict(tmp_path / "w.safetensors")
+
+
 def test_wrapped_and_data_parallel_state_dicts_are_unwrapped(tmp_path):
     sd = {"a.weight": torch.ones(2), "b.bias": torch.zeros(1)}
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, tmp_path / "w.pth")

@@ -158,7 +158,10 @@ def _fits(part: str, path: Path, spec) -> tuple[bool, str | None]:
     from groundiff_core.models.loading.monai_autoencoder import autoencoder_state_for_diffusers
     from groundiff_core.models.loading.monai_unet import unet_state_for_diffusers
 
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt file is a finding of the doctor, not a crash
+        return False, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})"[:300]
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
     latent = spec.input_size // 2 ** (len(spec.autoencoder_config.channels) - 1)
     try:

@@ -39,7 +39,10 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Ten
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # a corrupt header or body: safetensors' own error types
+            raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
     try:
         obj = _torch_load(path, mmap)
     except pickle.UnpicklingError as e:
@@ -55,12 +58,21 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Ten
         raise UnsafeCheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {text.splitlines()[-3:]}"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+    except Exception as e:  # noqa: BLE001 - random bytes also trip IndexError / KeyError inside the unpickler
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                         f"{type(e).__name__}: {e}") from None
     return _unwrap(obj, path)
 
 
 def _torch_load(path: Path, mmap: bool):
+    import warnings
+
+    with warnings.catch_warnings():  # a corrupt file's first byte reads as an odd pickle protocol: our error says it
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return _torch_load_quiet(path, mmap)
+
+
+def _torch_load_quiet(path: Path, mmap: bool):
     if mmap:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
