@@ -254,6 +254,19 @@ def test_bad_requests_are_clear_errors(tmp_path):
     assert runner.main(["--root", str(tmp_path), "-p", "nope", "1"]) == 2
 
 
+def test_missing_book_packages_name_the_extra(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "papermill" else real(name, *a))
+    write_source(tmp_path, "01_p", PARAM_NOTEBOOK)
+    assert runner.main(["--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("[book] error: executing the notebooks needs the book extra (missing: papermill): "
+                           "pip install 'groundiff_core[book]'")
+    assert not (tmp_path / "book").exists()  # nothing was started
+
+
 # --------------------------------------------------------------------------- the rendered book
 FIGURE_NOTEBOOK = """
 # %% [markdown]

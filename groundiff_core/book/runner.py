@@ -318,8 +318,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-output", action="store_true", help="echo the notebooks' output while they run")
 
 
+def require_book_packages() -> None:
+    """A ``ValueError`` naming the extra to install when the packages that execute notebooks are
+    missing (a plain ``pip install groundiff_core`` has none of them)."""
+    import importlib.util
+
+    missing = [m for m in ("papermill", "jupytext", "nbformat", "ipykernel") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"executing the notebooks needs the book extra (missing: {', '.join(missing)}): "
+                         "pip install 'groundiff_core[book]'")
+
+
 def run_from_args(args: argparse.Namespace, command: str | None = None) -> int:
     """Run the book from parsed :func:`add_arguments` options; 1 if a notebook failed."""
+    require_book_packages()
     overrides = {k: parse_value(v) for k, v in args.parameter}
     for key in ("model", "text_encoder"):  # --model / --text-encoder: -p with a path made absolute
         value = getattr(args, key, None)
