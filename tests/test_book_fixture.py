@@ -230,6 +230,12 @@ def test_bookcheck_passes_good_output_and_fails_each_kind_of_breakage(tmp_path):
                                            "b": [{"cnr_abs": -0.2}], "c": {"mIoU": {"row": float("nan")}}})
     assert n == 3 and len(problems) == 3
     assert bookcheck.check_metrics({"nothing": 1}) == ([], 0)
+    # a paired difference may be negative (a method below its baseline), never beyond a unit metric's span
+    diffs = {"miou": {"difference": -0.06, "ci_low": -0.07, "ci_high": -0.05, "n_pairs": 40},
+             "cnr_abs": {"difference": -0.7, "ci_low": -0.8, "ci_high": -0.6}}
+    assert bookcheck.check_metrics({"paired": diffs}) == ([], 2)
+    problems, _ = bookcheck.check_metrics({"auc": {"difference": -1.5, "ci_low": -1.6, "ci_high": -1.4}})
+    assert len(problems) == 3 and "outside [-1, 1]" in problems[0]
     assert any("not executed" in p for p in bookcheck.check_book(tmp_path / "missing"))
 
 

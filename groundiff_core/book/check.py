@@ -50,8 +50,12 @@ ANY_REAL = {"cnr_signed", "CNR (signed)"}
 def _stat_problems(name: str, where: str, value: Any) -> list[str]:
     """Problems of one metric entry: a number, or a ``{mean, ci_low, ci_high}`` summary."""
     out = []
+    signed = False  # a difference of two scores: any sign, a unit metric's within [-1, 1]
     if isinstance(value, dict):
-        if "mean" in value:
+        if "difference" in value and "mean" not in value:
+            signed = True
+            vals = [(k, value.get(k)) for k in ("difference", "ci_low", "ci_high")]
+        elif "mean" in value:
             lo, m, hi = value.get("ci_low"), value.get("mean"), value.get("ci_high")
             if m is not None and lo is not None and hi is not None and not (lo - 1e-9 <= m <= hi + 1e-9):
                 out.append(f"{where}: mean {m} outside its interval [{lo}, {hi}]")
@@ -69,6 +73,9 @@ def _stat_problems(name: str, where: str, value: Any) -> list[str]:
         label = f"{where}{'.' + k if k else ''}"
         if not math.isfinite(v):
             out.append(f"{label}: {v} is not finite")
+        elif signed:
+            if name in UNIT and not (-1 - 1e-9 <= v <= 1 + 1e-9):
+                out.append(f"{label}: {v} outside [-1, 1] (a difference of two scores in [0, 1])")
         elif name in UNIT and not (-1e-9 <= v <= 1 + 1e-9):
             out.append(f"{label}: {v} outside [0, 1]")
         elif name in NON_NEGATIVE and v < -1e-9:
