@@ -49,7 +49,7 @@ def fmt(x: float | None) -> str:
     """A figure to 3 significant digits ("-" when there is none)."""
     if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
         return "-"
-    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
+    return f"{x:#.3g}".rstrip(".") if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
 
 
 def _ci(stat: dict | None) -> str:
@@ -64,7 +64,7 @@ def _ci(stat: dict | None) -> str:
 def _diff(d: dict) -> str:
     if d.get("difference") is None:
         return "-"
-    return f"{d['difference']:+.3g} [{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]"
+    return f"{d['difference']:+#.3g} [{d['ci_low']:+#.3g}, {d['ci_high']:+#.3g}]".replace(". ", " ").replace(".,", ",").replace(".]", "]")
 
 
 def load_published(path: str | Path) -> list[dict]:
