@@ -19,7 +19,7 @@ test-all: setup
 	$(PY) -m pytest -q tests
 
 # Full book on the embedded phantom default: execute the notebooks with papermill (two at a time, each
-# kernel with half the cores as torch threads), then render. From a fresh clone on 2 cores: 17 min,
+# kernel with half the cores as torch threads), then render. From a fresh clone on 2 cores: 16 min,
 # against 35 min one notebook after the other (benchmarks/results/book_build.md).
 # With GROUNDIFF_REPOSITORY_URL set (the publishing job), the pages link to that repository and carry
 # Binder launch buttons (groundiff_core/book/hosting.py); without it they have neither.
