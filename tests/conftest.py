@@ -21,6 +21,12 @@ needs_monai = pytest.mark.skipif(
     reason="MONAI (and einops) not installed: pip install -e '.[monai]'")
 
 
+@pytest.fixture(autouse=True)
+def _own_conversion_cache(tmp_path_factory, monkeypatch):
+    """Each test converts MONAI checkpoints into its own cache, never the user's ~/.cache/groundiff."""
+    monkeypatch.setenv("GROUNDIFF_CACHE_DIR", str(tmp_path_factory.mktemp("groundiff-cache")))
+
+
 @pytest.fixture(scope="module")
 def tiny_v():
     """A tiny random v-prediction LDM in float32 (seed 0)."""

@@ -219,9 +219,13 @@ def test_unknown_target(tmp_path, template):
 def test_missing_checkpoint(tmp_path, template):
     root = _copy(template, tmp_path / "b")
     (root / "models" / "diffusion_model.pth").unlink()
-    with pytest.raises(MissingWeightsError, match=r"no diffusion_model checkpoint \(looked for "
-                                                  r"models/diffusion_model\.pth and diffusion_model\.pth"):
+    with pytest.raises(MissingWeightsError, match=r"no diffusion_model checkpoint for diffusion_def") as err:
         load_model(root)
+    text = str(err.value)
+    # what the config named, that it is not there, and where today's published weights are
+    assert "models/diffusion_model.pth: named by configs/inference.json: load_diffusion_path" in text
+    assert "not there" in text and "1CjcmiPu5_QWr-f7wDJsXrCCcVeczneGT" in text
+    assert "c3fd4c8e38cd1d7250a8903cca935823" in text and "1PUqHb_0dKB7GAXA3P8l_3pIyorLudgrB" not in text
 
 
 def test_checkpoint_that_the_definition_does_not_describe(tmp_path, template):

@@ -74,7 +74,8 @@ def test_doctor_recognises_files_of_the_expected_architecture(tmp_path, monkeypa
     assert all(files[name]["path"] for name in ("autoencoder.pth", "diffusion_model.pth", "text_encoder", "tokenizer"))
     assert files["diffusion_model.pth"]["tensors"] == 496  # same layout as the paper's, narrower
     assert files["diffusion_model.pth"]["matches_published"] is None  # ...so not the published weights
-    assert len(files["autoencoder.pth"]["sha256"]) == 64
+    assert len(files["autoencoder.pth"]["sha256"]) == 64 and len(files["autoencoder.pth"]["md5"]) == 32
+    assert files["autoencoder.pth"]["md5_matches"] is False  # random weights are not the published file
     assert rep["paper_reproduction"]["can_run"] is False
     assert rep["models"]["paper"]["converted_cache"] is None
 

@@ -10,6 +10,7 @@ latent (posterior mean) and decoding; max abs difference < 1e-4.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,7 +151,9 @@ def test_load_model_matches_monai_and_caches_the_conversion(layout, tmp_path, un
     assert model.scale_factor == 0.3 and model.input_range == (0.0, 1.0) and model.image_channels == 1
     assert model.input_size == IMAGE and model.latent_size == LATENT
     assert model.info["conversion"]["from_cache"] is False
-    assert (tmp_path / "paper" / "models" / "groundiff-diffusers" / "conversion.json").is_file()
+    cache = Path(model.info["conversion"]["cache"])
+    assert (cache / "conversion.json").is_file() and cache.is_relative_to(os.environ["GROUNDIFF_CACHE_DIR"])
+    assert not any(p.is_dir() for p in (tmp_path / "paper" / "models").iterdir())  # nothing beside the weights
 
     out_m, probs_m = monai_cross_attention(monai, *unet_inputs)
     out_d, probs_d, _ = diffusers_cross_attention(model.unet, *unet_inputs)
@@ -173,7 +176,7 @@ def test_load_model_matches_monai_and_caches_the_conversion(layout, tmp_path, un
 def test_cache_is_rebuilt_when_a_checkpoint_changes(tmp_path, unet_inputs):
     write_paper_dir(tmp_path / "paper")
     first = load_scaled_paper(tmp_path / "paper", cache_dir=tmp_path / "cache")
-    assert first.info["conversion"]["cache"] == str(tmp_path / "cache")
+    assert Path(first.info["conversion"]["cache"]).parent == tmp_path / "cache"
     other = monai_unet(seed=5)
     torch.save(to_generative_layout(other.state_dict(), "unet"), tmp_path / "paper" / "models" / "diffusion_model.pth")
     second = load_scaled_paper(tmp_path / "paper", cache_dir=tmp_path / "cache")

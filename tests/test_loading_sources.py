@@ -4,6 +4,9 @@ loads offline and grounds end to end."""
 from __future__ import annotations
 
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -123,7 +126,8 @@ def test_paper_files_load_from_top_level_or_models_folder(tmp_path):
     write_paper_dir(tmp_path / "flat", bundle_layout=False)
     model = load_scaled_paper(tmp_path / "flat")
     assert model.info["source"] == "monai" and model.name == "monai-cxr-ldm"
-    assert (tmp_path / "flat" / "groundiff-diffusers" / "conversion.json").is_file()
+    assert Path(model.info["conversion"]["cache"]).is_relative_to(os.environ["GROUNDIFF_CACHE_DIR"])
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir() if p.is_dir()) == ["text_encoder", "tokenizer"]
 
 
 @needs_monai

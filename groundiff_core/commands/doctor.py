@@ -87,6 +87,17 @@ def _inspect_checkpoint(path: Path, expected: dict) -> dict:
     return info
 
 
+def _md5(path: Path) -> str:
+    """The file's MD5 (what the model zoo's large_files.yml records), read in 1 MiB pieces."""
+    import hashlib
+
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _paper(paper_dir: str | None, hash_files: bool) -> dict:
     from groundiff_core.models.loading.catalog import PAPER_DIR_ENV, checksums, default_paper_dir, find_paper_files
     from groundiff_core.models.loading.checkpoints import fingerprint
@@ -109,9 +120,11 @@ def _paper(paper_dir: str | None, hash_files: bool) -> dict:
             entry["size"] = path.stat().st_size
             entry.update(_inspect_checkpoint(path, expected))
             if hash_files:
-                entry["sha256"] = file_sha256(path)
+                entry["sha256"], entry["md5"] = file_sha256(path), _md5(path)
                 if expected.get("sha256"):
                     entry["sha256_matches"] = entry["sha256"] == expected["sha256"]
+                if expected.get("md5"):  # the published bundles give MD5 only
+                    entry["md5_matches"] = entry["md5"] == expected["md5"]
             if not entry.get("readable"):
                 out["problems"].append(f"{fname} unreadable: {entry.get('problem')}")
             elif entry.get("matches_published") is None:
@@ -133,21 +146,36 @@ def _paper(paper_dir: str | None, hash_files: bool) -> dict:
         out["files"]["text_encoder"]["hidden_size"] = hidden
         if hidden != want:
             out["problems"].append(f"text encoder hidden size {hidden}, the paper's is {want} (SD 2.1 base)")
-    cache = None
-    if files.diffusion_model is not None:
-        folder = files.diffusion_model.parent / "groundiff-diffusers"
-        try:
-            record = json.loads((folder / "conversion.json").read_text())
-            current = record["request"]["sources"]["diffusion_model"] == fingerprint(files.diffusion_model)
-            cache = {"path": str(folder), "current": bool(current)}
-        except (OSError, ValueError, KeyError):
-            cache = None
+    from groundiff_core.models.loading.paper import cached_conversion
+
+    folder = cached_conversion(files)
+    cache = None if folder is None else {"path": str(folder), "current": True}
     out["converted_cache"] = cache
     out["ready"] = not out["problems"]
     return out
 
 
-def _fits(part: str, path: Path, spec) -> tuple[bool, str | None]:
+_LAYOUTS = {"generative": "old GenerativeModels", "monai": "MONAI core"}
+
+
+def _layout(part: str, state: dict, load_old: bool | None) -> str:
+    """The key layout read from the tensors, and whether it agrees with the bundle's ``load_old``."""
+    from groundiff_core.models.loading import monai_autoencoder, monai_unet
+
+    module = monai_unet if part == "diffusion_model" else monai_autoencoder
+    try:
+        found = module.detect_layout(state)
+    except ValueError as e:
+        return str(e)
+    text = f"{_LAYOUTS[found]} layout"
+    if load_old is not None:
+        declared = "generative" if load_old else "monai"
+        text += (" (as load_old says)" if declared == found else
+                 f" (load_old says {_LAYOUTS[declared]}; groundiff converts what the tensors are)")
+    return text
+
+
+def _fits(part: str, path: Path, spec) -> tuple[bool, str | None, str | None]:
     """Whether a checkpoint fits the bundle's definition: the converter's own key and shape check.
 
     The UNet is checked on meta tensors (shapes only); the autoencoder on the memory-mapped file
@@ -161,8 +189,9 @@ def _fits(part: str, path: Path, spec) -> tuple[bool, str | None]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - a corrupt file is a finding of the doctor, not a crash
-        return False, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})"[:300]
+        return False, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})"[:300], None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    layout = _layout(part, state, spec.load_old)
     latent = spec.input_size // 2 ** (len(spec.autoencoder_config.channels) - 1)
     try:
         if part == "diffusion_model":
@@ -171,8 +200,8 @@ def _fits(part: str, path: Path, spec) -> tuple[bool, str | None]:
         else:
             autoencoder_state_for_diffusers(state, spec.autoencoder_config, spec.input_size, spec.scale_factor)
     except ValueError as e:  # first sentence: which tensor does not fit (the rest is a hint for the paper loader)
-        return False, re.split(r"\. (?=[A-Z])", str(e).splitlines()[0])[0]
-    return True, None
+        return False, re.split(r"\. (?=[A-Z])", str(e).splitlines()[0])[0], layout
+    return True, None, layout
 
 
 def _bundle(folder: str, text_encoder: str | None, hash_files: bool) -> dict:
@@ -201,18 +230,21 @@ def _bundle(folder: str, text_encoder: str | None, hash_files: bool) -> dict:
         path = spec.checkpoints[part]
         entry: dict = {"path": None if path is None else str(path), "definition": definition.key}
         if path is None:
-            out["problems"].append(f"{part}.pth not found (models/ or the folder's top)")
+            from groundiff_core.models.loading.catalog import published_weights
+
+            entry["published"] = published_weights(part)
+            out["problems"].append(f"no {part} checkpoint (see the files considered)")
         else:
             entry["size"] = path.stat().st_size
             entry.update(_inspect_checkpoint(path, {}))
             entry.pop("matches_published", None)
             if entry.get("readable"):
-                entry["fits"], problem = _fits(part, path, spec)
+                entry["fits"], problem, entry["layout"] = _fits(part, path, spec)
                 if problem:
                     entry["problem"] = problem
-                    out["problems"].append(f"{part}.pth does not fit {definition.key}: {problem}")
+                    out["problems"].append(f"{path.name} does not fit {definition.key}: {problem}")
             else:
-                out["problems"].append(f"{part}.pth unreadable: {entry.get('problem')}")
+                out["problems"].append(f"{path.name} unreadable: {entry.get('problem')}")
             if hash_files:
                 entry["sha256"] = file_sha256(path)
         out["checkpoints"][part] = entry
@@ -295,14 +327,16 @@ def _print(rep: dict) -> None:
             else:
                 extra = f"  unreadable: {entry.get('problem')}"
             if "sha256" in entry:
-                extra += f", sha256 {entry['sha256']}"
+                extra += f", sha256 {entry['sha256']}, md5 {entry['md5']}"
+                if "md5_matches" in entry:
+                    extra += " (the published file)" if entry["md5_matches"] else " (NOT the published file's MD5)"
         if name == "text_encoder" and entry.get("path"):
             extra = f"  hidden size {entry.get('hidden_size')}"
         lines.append(f"              [{mark}] {name:<20}{entry.get('path') or ''}{extra}")
     cache = p["converted_cache"]
     lines.append("              converted cache: " + (
-        f"{cache['path']} ({'current' if cache['current'] else 'stale: rebuilt on next load'})" if cache
-        else "none yet (made on first load)"))
+        f"{cache['path']} (made from these files)" if cache
+        else "none yet (made on first load, in the user cache, never beside the checkpoints)"))
     if "bundle" in rep["models"]:
         lines.extend(_bundle_lines(rep["models"]["bundle"]))
     r = rep["paper_reproduction"]
@@ -345,7 +379,15 @@ def _bundle_lines(b: dict) -> list[str]:
                          f"parameters: {verdict}")
             elif entry.get("path"):
                 extra = f"  unreadable: {entry.get('problem')}"
-            lines.append(f"              [{mark}] {part + '.pth':<20}{entry.get('path') or ''}{extra}")
+            elif entry.get("published"):
+                extra = entry["published"]
+            if entry.get("layout"):
+                extra += f", {entry['layout']}"
+            lines.append(f"              [{mark}] {part:<20}{entry.get('path') or ''}{extra}")
+        lines.append("              files considered:" if b.get("considered") else
+                     "              files considered: none (no weight file named by the config or in the folder)")
+        for c in b.get("considered", []):
+            lines.append(f"                {'taken' if c['taken'] else 'left '}  {c['path']}: {c['why']}")
         te = b["text_encoder"]
         mark = "found  " if te.get("path") and te.get("tokenizer") else "MISSING"
         extra = f"  hidden size {te.get('hidden_size')}" if te.get("path") else ""

@@ -23,6 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from groundiff_core.commands import add_model_options, model_options
 from groundiff_core.evaluation.distributed import clear_shard_done, launch_rank, mark_shard_done, shard_folder, wait_for_shards
 
 METHODS = ("ldm", "random", "centre", "phrase-prior")
@@ -47,8 +48,7 @@ def register(subparsers) -> None:
                    "unfinished or missing, or the shard counts differ; the summary is then marked partial")
     p.add_argument("--model", help="model source for --method ldm: 'phantom', 'tiny', or a path "
                    "(see groundiff doctor)")
-    p.add_argument("--text-encoder", metavar="DIR", help="for MONAI models: the Stable Diffusion 2.1 base folder "
-                   "holding text_encoder/ and tokenizer/, if they are not inside the model folder")
+    add_model_options(p)
     p.add_argument("--dataset", choices=("mscxr", "vindr", "nih", "phantom"),
                    help="annotation layout of --csv ('phantom' = MS-CXR layout from groundiff phantom)")
     p.add_argument("--csv", type=Path, help="annotation CSV")
@@ -121,8 +121,10 @@ def build_method(args: argparse.Namespace, pairs=()):
     cross-fitted phrase prior is fitted on)."""
     from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 
-    if args.method != "ldm" and (args.model or args.steps or args.text_encoder or getattr(args, "inversion_cache", None)):
-        raise ValueError(f"--model, --text-encoder, --steps and --inversion-cache apply to --method ldm, "
+    if args.method != "ldm" and (args.model or args.steps or args.text_encoder or getattr(args, "inversion_cache", None)
+                                 or getattr(args, "cache_dir", None) or getattr(args, "no_cache", False)):
+        raise ValueError(f"--model, --text-encoder, --cache-dir, --no-cache, --steps and --inversion-cache apply "
+                         f"to --method ldm, "
                          f"not {args.method!r}")
     if args.method != "phrase-prior" and (getattr(args, "prior", None) or getattr(args, "prior_train", None)):
         raise ValueError(f"--prior and --prior-train apply to --method phrase-prior, not {args.method!r}")
@@ -139,7 +141,7 @@ def build_method(args: argparse.Namespace, pairs=()):
     from groundiff_core.models.loading import load_model, resolve_device
 
     device = resolve_device(args.device)  # an unavailable device is refused before the model loads
-    model = load_model(args.model, text_encoder=args.text_encoder)
+    model = load_model(args.model, **model_options(args))
     model.to(device)
     config = GroundingConfig.preset(args.preset)
     if args.steps is not None:
@@ -197,7 +199,7 @@ def _require_results(summary: dict, hint: str) -> int:
 _EVALUATION_ONLY = {"model": None, "text_encoder": None, "dataset": None, "csv": None, "images": None, "split": None,
                     "method": "ldm", "prior": None, "prior_train": None, "prior_folds": 5, "control": None,
                     "preset": "paper", "conventions": "paper", "steps": None, "n_pairs": None, "shard": None,
-                    "batch_images": 1, "inversion_cache": None}
+                    "batch_images": 1, "inversion_cache": None, "cache_dir": None, "no_cache": False}
 
 
 def run(args: argparse.Namespace) -> int:

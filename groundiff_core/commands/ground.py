@@ -16,6 +16,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from groundiff_core.commands import add_model_options, model_options
+
 __all__ = ["register", "run", "config_from_args"]
 
 
@@ -24,8 +26,7 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model source: phantom, tiny, paper, or a model folder "
                    "(diffusers layout, MONAI bundle, MONAI checkpoints)")
-    p.add_argument("--text-encoder", metavar="DIR", help="for MONAI models: the Stable Diffusion 2.1 base folder "
-                   "holding text_encoder/ and tokenizer/, if they are not inside the model folder")
+    add_model_options(p)
     p.add_argument("--image", required=True, help="image file (PNG/JPEG 8/16-bit, DICOM)")
     p.add_argument("--phrase", action="append", required=True, help="phrase to ground (repeat for several)")
     p.add_argument("--out", required=True, help="output .npy file: float32 [K, H, W], NaN outside the crop")
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     out, overlay = check_outputs(args.out, args.overlay, args.image)
     device, dtype = _device_and_dtype(args.device, args.dtype)
     image = load_image(args.image)  # fail early on a bad image, before loading a model
-    model = load_model(args.model, text_encoder=args.text_encoder)
+    model = load_model(args.model, **model_options(args))
     if model.device != device or (dtype is not None and model.dtype != dtype):
         model.to(device=device, dtype=dtype)
     cache = None

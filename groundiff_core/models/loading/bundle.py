@@ -18,22 +18,28 @@ checkpoints are converted by the same code as the paper's (:mod:`.paper`, :mod:`
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from groundiff_core.models.loading.bundle_config import (CONFIG_NAMES, BundleError, Definition, Resolver,
-                                                         find_bundle_config, find_definitions, parse_config)
+from groundiff_core.models.loading.bundle_config import (CONFIG_NAMES, WEIGHT_SUFFIXES, BundleError, Definition,
+                                                         Definitions, Resolver, declared_weights, find_bundle_config,
+                                                         find_definitions, parse_config)
 from groundiff_core.models.loading.errors import MissingWeightsError, StateDictMismatchError
 from groundiff_core.models.loading.monai_autoencoder import MonaiAutoencoderConfig
 from groundiff_core.models.loading.monai_unet import MonaiUNetConfig
 
-__all__ = ["BundleError", "BundleSpec", "Definition", "CONFIG_NAMES", "find_bundle_config", "read_bundle",
-           "load_bundle", "BUNDLE_OVERRIDES"]
+__all__ = ["BundleError", "BundleSpec", "Considered", "Definition", "CONFIG_NAMES", "find_bundle_config",
+           "read_bundle", "load_bundle", "BUNDLE_OVERRIDES", "role_of_state"]
 
-CHECKPOINTS = {"autoencoder": ("models/autoencoder.pth", "autoencoder.pth"),
-               "diffusion_model": ("models/diffusion_model.pth", "diffusion_model.pth")}
+# where the two published bundles keep their weights when a config does not say (GenerativeModels
+# names them autoencoder.pth / diffusion_model.pth, the model-zoo port autoencoder.pt / model.pt)
+CHECKPOINTS = {"autoencoder": ("models/autoencoder.pth", "models/autoencoder.pt", "autoencoder.pth", "autoencoder.pt"),
+               "diffusion_model": ("models/diffusion_model.pth", "models/model.pt", "models/diffusion_model.pt",
+                                   "diffusion_model.pth", "model.pt")}
+_PART = {"autoencoder": "autoencoder", "unet": "diffusion_model"}
 
 # MONAI / GenerativeModels schedule names -> groundiff's NoiseSchedule.beta_schedule
 _SCHEDULES = {"linear_beta": "linear", "scaled_linear_beta": "scaled_linear", "linear": "linear",
@@ -69,6 +75,8 @@ class BundleSpec:
     name: str
     checkpoints: dict[str, Path | None]
     sources: dict[str, str]  # value -> where it came from ("<file>: <key>" or "the paper's default")
+    considered: tuple["Considered", ...] = ()  # every weight file looked at, taken or not, and why
+    load_old: bool | None = None  # the config's "load_old": weights in the old GenerativeModels layout
 
     def summary(self) -> dict:
         """Definitions found, architecture, schedule, checkpoints: for ``groundiff doctor`` and results."""
@@ -87,7 +95,36 @@ class BundleSpec:
             "schedule": dict(self.schedule), "scale_factor": self.scale_factor, "input_size": self.input_size,
             "sources": dict(self.sources),
             "checkpoints": {k: None if v is None else str(v) for k, v in self.checkpoints.items()},
+            "considered": [c.summary() for c in self.considered], "load_old": self.load_old,
         }
+
+
+@dataclass(frozen=True)
+class Considered:
+    """A weight file the loader looked at: what it would be, whether it was taken, and why (for the doctor)."""
+
+    path: Path
+    part: str | None  # "autoencoder", "diffusion_model" or None (not known)
+    taken: bool
+    why: str
+
+    def summary(self) -> dict:
+        return {"path": str(self.path), "part": self.part, "taken": self.taken, "why": self.why}
+
+
+def role_of_state(keys) -> str | None:
+    """"autoencoder" or "diffusion_model" from a MONAI state dict's tensor names, or ``None``.
+
+    The UNet (``DiffusionModelUNet``) has a time embedding; the autoencoder (``AutoencoderKL``)
+    an encoder and a decoder and no time embedding. Both key layouts (old GenerativeModels and
+    MONAI core) share these names.
+    """
+    keys = list(keys)
+    unet = any(k.startswith("time_embed.") for k in keys)
+    ae = any(k.startswith("encoder.") for k in keys) and any(k.startswith("decoder.") for k in keys)
+    if unet != ae:
+        return "diffusion_model" if unet else "autoencoder"
+    return None
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -202,12 +239,85 @@ def read_bundle(folder: str | Path, *, scale_factor: float | None = None, input_
         else:
             input_size, key = stated
             sources["input_size"] = f"{rel}: {key}"
-    checkpoints = {part: next((root / c for c in cands if (root / c).is_file()), None)
-                   for part, cands in CHECKPOINTS.items()}
+    checkpoints, considered = _choose_checkpoints(root, resolver, defs, rel)
+    load_old = None
+    if "load_old" in data:
+        flag = resolver.text(data["load_old"], "load_old") if isinstance(data["load_old"], str) else data["load_old"]
+        load_old = str(flag).strip().lower() in ("1", "true", "yes")
     return BundleSpec(root=root, config=config, autoencoder=ae, unet=unet, scheduler=scheduler, inferer=inferer,
                       unet_config=unet_cfg, autoencoder_config=ae_cfg, schedule=schedule,
                       scale_factor=float(scale_factor), input_size=int(input_size), name=_name(root),
-                      checkpoints=checkpoints, sources=sources)
+                      checkpoints=checkpoints, sources=sources, considered=tuple(considered), load_old=load_old)
+
+
+def _choose_checkpoints(root: Path, resolver: Resolver, defs: Definitions,
+                        rel: str) -> tuple[dict[str, Path | None], list[Considered]]:
+    """The autoencoder and UNet weight files: as the config names them, else the published names, else by keys.
+
+    Candidates, in order: the files the config names (with the role its references give), the
+    names the two published bundles use, then any other weight file in the folder or ``models/``.
+    A candidate whose role is not known is told apart by its tensor names (read memory-mapped).
+    Nothing is written; every file looked at is returned with the reason it was taken or left.
+    """
+    from groundiff_core.models.loading.checkpoints import read_state_dict
+
+    candidates: list[tuple[Path, str | None, str]] = []  # (path, part, where it came from)
+    for d in declared_weights(resolver, defs):
+        path = Path(d.path) if Path(d.path).is_absolute() else root / d.path
+        candidates.append((path, None if d.role is None else _PART[d.role], f"named by {rel}: {d.key} ({d.via})"))
+    for part, names in CHECKPOINTS.items():
+        candidates += [(root / n, part, "a published bundle's name for it") for n in names]
+    for folder in (root / "models", root):
+        if folder.is_dir():
+            candidates += [(f, None, "a weight file in the folder") for f in sorted(folder.iterdir())
+                           if f.suffix.lower() in WEIGHT_SUFFIXES]
+    seen: set[Path] = set()
+    unique = []
+    for path, part, origin in candidates:
+        key = Path(os.path.normpath(path))
+        if key not in seen:
+            seen.add(key)
+            unique.append((key, part, origin))
+    chosen: dict[str, Path | None] = {"autoencoder": None, "diffusion_model": None}
+    notes: dict[Path, tuple[str | None, str]] = {}
+    for path, part, origin in unique:
+        if not path.is_file():
+            if path.exists():
+                notes[path] = (part, f"{origin}; not a regular file")
+            elif origin.startswith("named by"):
+                notes[path] = (part, f"{origin}; not there")
+            continue
+        if part is None and None in chosen.values():  # tell it by its tensors, only while a part is unfilled
+            try:
+                part = role_of_state(read_state_dict(path, mmap=True))
+                origin += "; its tensors say " + (part or "neither network")
+            except (ValueError, OSError) as e:
+                notes[path] = (None, f"{origin}; unreadable: {str(e).splitlines()[0][:160]}")
+                continue
+        if part is None:
+            notes[path] = (None, origin + ("; both parts already found" if None not in chosen.values() else ""))
+        elif chosen[part] is None:
+            chosen[part] = path
+            notes[path] = (part, f"taken: {origin}")
+        else:
+            notes[path] = (part, f"{origin}; left: {chosen[part].relative_to(root) if chosen[part].is_relative_to(root) else chosen[part]} was taken first")
+    considered = [Considered(path=p, part=part, taken=chosen.get(part) == p if part else False, why=why)
+                  for p, (part, why) in notes.items()]
+    return chosen, considered
+
+
+def missing_checkpoint_message(spec: BundleSpec, part: str) -> str:
+    """Which files were looked at for ``part``, and where the published weights are (checksums.json)."""
+    from groundiff_core.models.loading.catalog import published_weights
+
+    role = spec.autoencoder if part == "autoencoder" else spec.unet
+    rel = spec.config.relative_to(spec.root).as_posix()
+    looked = [c for c in spec.considered if c.part in (part, None)]
+    lines = [f"{spec.root}: no {part} checkpoint for {role.key} ({rel}). Looked at:"]
+    lines += [f"  {c.path}: {c.why}" for c in looked] or ["  no weight file in the folder or its models/"]
+    lines.append("  and the published names " + ", ".join(CHECKPOINTS[part]) + " (none there)")
+    lines.append(published_weights(part))
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -246,10 +356,7 @@ def load_bundle(folder: str | Path, *, text_encoder: str | Path | None = None, a
         given = overrides.pop(part, None)
         paths[part] = Path(given).expanduser() if given is not None else spec.checkpoints[part]
         if paths[part] is None:
-            role = spec.autoencoder if part == "autoencoder" else spec.unet
-            raise MissingWeightsError(
-                f"{root}: no {part} checkpoint (looked for {' and '.join(CHECKPOINTS[part])}; the weights of "
-                f"{role.key} in {spec.config.relative_to(root).as_posix()})")
+            raise MissingWeightsError(missing_checkpoint_message(spec, part))
     text = _text_dirs(root, text_encoder, overrides.pop("tokenizer", None))
     if text is None and not allow_download:
         raise MissingWeightsError(

@@ -12,7 +12,11 @@ as in MONAI) and :func:`find_definitions` finds, by their ``_target_`` class and
   ``LatentDiffusionInferer`` (``generative.inferers`` / ``monai.inferers``) for the latent scale factor.
 
 Python expressions (``"$..."``) and macros (``"%..."``) are not run: an argument that needs one is
-a :class:`BundleError` naming the file and the key. What the definitions mean (architecture,
+a :class:`BundleError` naming the file and the key. The one kind of expression that is read is a
+sum of references and quoted strings (``"$@model_dir + '/model.pt'"``), by :meth:`Resolver.text`,
+which parses it and never evaluates it: the same files hold expressions that download models.
+:func:`declared_weights` lists the weight files a config names and, from the references between
+its entries, which definition each one is loaded into. What the definitions mean (architecture,
 schedule, scale factor) is read in :mod:`.bundle`.
 """
 
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["BundleError", "Definition", "Definitions", "CONFIG_NAMES", "find_bundle_config", "parse_config",
-           "Resolver", "find_definitions"]
+           "Resolver", "find_definitions", "Declared", "declared_weights", "WEIGHT_SUFFIXES"]
 
 CONFIG_NAMES = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml",
                 "inference.json", "inference.yaml", "inference.yml")
@@ -44,6 +48,11 @@ _ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
 # bundle syntax inside a definition that is not a constructor argument
 _BUNDLE_KEYS = ("_target_", "_requires_", "_disabled_", "_desc_", "_mode_")
 _REFERENCE = re.compile(r"\$?@([A-Za-z0-9_]+(?:(?:#|::)[A-Za-z0-9_]+)*)")  # "@key", "@a#b", "$@key"
+_ID = r"([A-Za-z0-9_]+(?:(?:#|::)[A-Za-z0-9_]+)*)"
+_ANY_REFERENCE = re.compile("@" + _ID)
+# one term of a "$a + b" string sum: a reference, or a quoted string without escapes
+_TERM = re.compile(r"\s*(?:@" + _ID + r"|'([^'\\]*)'|\"([^\"\\]*)\")\s*")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
 
 
 class BundleError(ValueError):
@@ -137,6 +146,43 @@ class Resolver:
                 "references, and runs no '$' expressions or '%' macros); write the value itself there")
         return value
 
+    def text(self, value: Any, where: str, seen: tuple[str, ...] = ()) -> str | None:
+        """A string value as text: plain, ``"@key"``, or ``"$"`` followed by a sum of ``@key`` references
+        and quoted strings (``"$@model_dir + '/model.pt'"``), parsed, never evaluated. ``None`` for
+        anything else (another expression, a number, a missing or circular reference)."""
+        if not isinstance(value, str):
+            return None
+        if value.startswith(("%", "@")) and _REFERENCE.fullmatch(value) is None:
+            return None
+        body = value[1:] if value.startswith("$") else value
+        if not value.startswith(("$", "@")):
+            return value
+        parts, pos = [], 0
+        while True:
+            m = _TERM.match(body, pos)
+            if m is None:
+                return None
+            ref, single, double = m.groups()
+            if ref is not None:
+                if ref in seen:
+                    return None
+                try:
+                    target = self.lookup(ref, where)
+                except BundleError:
+                    return None
+                piece = self.text(target, where, (*seen, ref))
+                if piece is None:
+                    return None
+                parts.append(piece)
+            else:
+                parts.append(single if single is not None else double)
+            pos = m.end()
+            if pos == len(body):
+                return "".join(parts)
+            if body[pos] != "+":
+                return None
+            pos += 1
+
     def number(self, key: str, value: Any, kind=float):
         """``value`` resolved and converted by ``kind``; :class:`BundleError` naming ``key`` if not a number."""
         value = self.resolve(value, key)
@@ -208,3 +254,75 @@ def find_definitions(resolver: Resolver) -> Definitions:
         key, node = hit
         inferer = Definition(key, node["_target_"], {k: v for k, v in node.items() if k == "scale_factor"})
     return Definitions(autoencoder=ae, unet=unet, scheduler=scheduler, inferer=inferer)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A weight file that a config names: the entry, the path as written, and what it is loaded into."""
+
+    key: str
+    path: str
+    role: str | None  # "autoencoder", "unet" or None (the references do not say)
+    via: str  # how the role was read, for ``groundiff doctor``
+
+
+def _references(value: Any) -> set[str]:
+    """The top-level ids of every ``@id`` in a (nested) value."""
+    if isinstance(value, str):
+        return {m.group(1).replace("::", "#").split("#")[0] for m in _ANY_REFERENCE.finditer(value)}
+    if isinstance(value, dict):
+        return set().union(*(_references(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_references(v) for v in value)) if value else set()
+    return set()
+
+
+def _reaches(data: dict, start: str, stop: set[str]) -> set[str]:
+    """The ids of ``stop`` that the string entry ``start`` reaches through references between string entries."""
+    found, todo, seen = set(), [start], set()
+    while todo:
+        key = todo.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        if key in stop:
+            found.add(key)
+            continue
+        value = data.get(key)
+        if isinstance(value, str):
+            todo.extend(_references(value))
+    return found
+
+
+def declared_weights(resolver: Resolver, definitions: Definitions) -> list[Declared]:
+    """The weight files the config's top-level entries name (a string ending in a weight suffix), in order.
+
+    The role of each comes from the entries that use it: ``"load_autoencoder": "$@autoencoder_def.
+    load_state_dict(torch.load(@load_autoencoder_path))"`` (or through an entry between them, as the
+    model zoo's ``load_autoencoder_func``) loads ``load_autoencoder_path`` into the autoencoder. An
+    entry whose users reach both definitions, or neither, has no role here; the caller reads the
+    file's tensor names instead.
+    """
+    data = resolver.data
+    defs = {definitions.autoencoder.key.split("#")[0]: "autoencoder", definitions.unet.key.split("#")[0]: "unet"}
+    # entries that only alias a definition ("network_def": "@diffusion_def") stand for it
+    for key, value in data.items():
+        m = _REFERENCE.fullmatch(value) if isinstance(value, str) else None
+        if m is not None and m.group(1).split("#")[0] in defs and key not in defs:
+            defs[key] = defs[m.group(1).split("#")[0]]
+    out: list[Declared] = []
+    for key, value in data.items():
+        path = resolver.text(value, key) if isinstance(value, str) else None
+        if path is None or not path.lower().endswith(WEIGHT_SUFFIXES):
+            continue
+        users = [k for k, v in data.items() if isinstance(v, str) and k != key and key in _references(v)]
+        roles: dict[str, str] = {}
+        for user in users:
+            for hit in _reaches(data, user, set(defs)):
+                roles.setdefault(defs[hit], f"{user} loads it into @{hit}")
+        if len(roles) == 1:
+            (role, via), = roles.items()
+        else:
+            role, via = None, ("its users reach both networks" if roles else "no entry loads it into a network")
+        out.append(Declared(key=key, path=path, role=role, via=via))
+    return out

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = ["checksums", "cache_root", "default_paper_dir", "PaperFiles", "find_paper_files", "missing_paper_message",
-           "PAPER_DIR_ENV"]
+           "PAPER_DIR_ENV", "published_weights", "text_encoder_source"]
 
 PAPER_DIR_ENV = "GROUNDIFF_PAPER_DIR"
 
@@ -77,6 +77,20 @@ def _text_dirs(text_encoder: Path | None, root: Path | None) -> tuple[Path | Non
     return te, tok
 
 
+def text_encoder_source(text_encoder: str | Path) -> Path:
+    """A local folder for ``--text-encoder``: the path itself, or a Hub id's snapshot in the local HF cache.
+
+    ``"stabilityai/stable-diffusion-2-1-base"`` (any ``owner/name`` that is not an existing path)
+    is looked up in the Hugging Face cache without touching the network (:func:`.hub.cached_snapshot`).
+    """
+    from groundiff_core.models.loading.hub import cached_snapshot, looks_like_repo_id
+
+    path = Path(text_encoder).expanduser()
+    if path.exists() or not looks_like_repo_id(str(text_encoder)):
+        return path
+    return cached_snapshot(str(text_encoder))
+
+
 def find_paper_files(root: str | Path | None = None, *, autoencoder: str | Path | None = None,
                      diffusion_model: str | Path | None = None, text_encoder: str | Path | None = None,
                      tokenizer: str | Path | None = None) -> PaperFiles:
@@ -91,11 +105,20 @@ def find_paper_files(root: str | Path | None = None, *, autoencoder: str | Path 
                 *( (r / "autoencoder.pth", r / "models" / "autoencoder.pth") if r else ()))
     dm = _first(Path(diffusion_model).expanduser() if diffusion_model else None,
                 *((r / "diffusion_model.pth", r / "models" / "diffusion_model.pth") if r else ()))
-    te, tok = _text_dirs(Path(text_encoder) if text_encoder else None, r)
+    te, tok = _text_dirs(text_encoder_source(text_encoder) if text_encoder else None, r)
     if tokenizer is not None:
         t = Path(tokenizer).expanduser()
         tok = t if ((t / "vocab.json").is_file() or (t / "tokenizer.json").is_file()) else None
     return PaperFiles(root=r, autoencoder=ae, diffusion_model=dm, text_encoder=te, tokenizer=tok)
+
+
+def published_weights(part: str) -> str:
+    """Where the published weights of ``part`` ("autoencoder" / "diffusion_model") are, as both bundles name them."""
+    bundle = checksums()["paper"]["monai_bundle"]
+    entry = bundle["files"][f"{part}.pth"]
+    names = " or ".join(f"{b['files'][part]} ({key})" for key, b in bundle["bundles"].items())
+    return (f"The published {part} weights: {entry['url']} (MD5 {entry['md5']}), saved as {names}; "
+            f"{bundle['repository']}, {bundle['path']}, large_files.yml.")
 
 
 def missing_paper_message(files: PaperFiles, where: Path | None) -> str:
@@ -108,9 +131,12 @@ def missing_paper_message(files: PaperFiles, where: Path | None) -> str:
               for name in ("autoencoder", "diffusion_model", "text_encoder", "tokenizer")}
     lines = [
         f"the paper's model is incomplete in {place} (missing: {', '.join(files.missing())}). Expected:",
-        f"  [{status['autoencoder']}] autoencoder.pth      - MONAI model zoo bundle '{bundle['name']}'",
-        f"  [{status['diffusion_model']}] diffusion_model.pth  - same bundle ({bundle['repository']}, "
-        f"{bundle['path']}; download links in its large_files.yml)",
+        f"  [{status['autoencoder']}] autoencoder.pth      - MONAI model zoo bundle '{bundle['name']}': "
+        f"{bundle['files']['autoencoder.pth']['url']} (MD5 {bundle['files']['autoencoder.pth']['md5']})",
+        f"  [{status['diffusion_model']}] diffusion_model.pth  - same bundle: "
+        f"{bundle['files']['diffusion_model.pth']['url']} (MD5 {bundle['files']['diffusion_model.pth']['md5']}); "
+        f"{bundle['repository']}, {bundle['path']}, large_files.yml (the model-zoo port names them autoencoder.pt "
+        "and model.pt)",
         f"  [{status['text_encoder']}] text_encoder/        - the 'text_encoder' folder of {te['repository']} "
         f"({te['url']})",
         f"  [{status['tokenizer']}] tokenizer/           - the 'tokenizer' folder of the same repository",

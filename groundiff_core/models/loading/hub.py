@@ -1,7 +1,11 @@
-"""The only place that may reach the network: explicit, opt-in downloads from the Hugging Face Hub.
+"""The Hugging Face Hub: explicit, opt-in downloads (the only place that may reach the network) and
+offline lookups in the local Hub cache.
 
-Nothing here runs unless the caller passed ``allow_download=True``; with ``HF_HUB_OFFLINE=1`` set it
-refuses before importing the hub client, so nothing can leave the machine.
+:func:`download_snapshot` runs only when the caller passed ``allow_download=True``; with
+``HF_HUB_OFFLINE=1`` set it refuses before importing the hub client, so nothing can leave the
+machine. :func:`cached_snapshot` finds a repository already in the cache
+(``models--owner--name/snapshots/<hash>/``) with the hub library's local-files-only lookup, which
+makes no connection.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["hub_offline", "download_snapshot", "looks_like_repo_id"]
+__all__ = ["hub_offline", "download_snapshot", "looks_like_repo_id", "hub_cache_dir", "cached_snapshot"]
 
 
 def hub_offline() -> bool:
@@ -38,3 +42,33 @@ def download_snapshot(repo_id: str, local_dir: str | Path, allow_patterns: Seque
     except Exception as e:  # network, authentication, missing repository: one clear line
         raise FileNotFoundError(f"could not download {repo_id} into {local_dir}: {type(e).__name__}: {e}") from None
     return Path(path)
+
+
+def hub_cache_dir() -> Path:
+    """The Hub cache folder, by the hub library's rules, read now (not at import): ``$HF_HUB_CACHE``,
+    else ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub`` (default ``~/.cache/huggingface/hub``)."""
+    env = os.environ
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(env[name]).expanduser()
+    home = env.get("HF_HOME") or str(Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def cached_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """The local snapshot folder of ``repo_id`` in the Hub cache; never touches the network.
+
+    Raises :class:`FileNotFoundError` naming the cache folder looked in, and how to fill it.
+    """
+    from huggingface_hub import snapshot_download
+
+    cache = hub_cache_dir()
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=str(cache), local_files_only=True))
+    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError and relatives: not in the cache
+        folder = cache / f"models--{repo_id.replace('/', '--')}"
+        raise FileNotFoundError(
+            f"{repo_id} is not in the Hugging Face cache (looked in {folder}; the cache is {cache}, set by "
+            "HF_HUB_CACHE or HF_HOME). Fill it once on a machine with network (`hf download "
+            f"{repo_id} --include 'text_encoder/*' 'tokenizer/*'`), or pass the folder that holds text_encoder/ "
+            "and tokenizer/") from None

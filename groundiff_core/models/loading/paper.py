@@ -4,19 +4,24 @@ Inputs are the two MONAI checkpoints (``autoencoder.pth``, ``diffusion_model.pth
 GenerativeModels or MONAI core layout) and a local copy of ``text_encoder/`` and ``tokenizer/`` of
 ``stabilityai/stable-diffusion-2-1-base`` (see :mod:`.catalog` for where they are looked for). The
 checkpoints are converted once into diffusers models (:mod:`.monai_unet`, :mod:`.monai_autoencoder`)
-and cached with ``save_pretrained`` next to them (``groundiff-diffusers/``), or, where that folder is
-not writable, under ``~/.cache/groundiff/converted/``; later loads read the cache (seconds) after
-checking that it was made from the same files (size and a hash of their ends) with the same
-settings. Everything not stored in the weights comes from ``METHOD.md``: v-prediction,
+and cached with ``save_pretrained`` in the user's cache, ``~/.cache/groundiff/converted/<key>/``
+(``$GROUNDIFF_CACHE_DIR``, or ``cache_dir=`` / ``--cache-dir``), never beside the checkpoints: a
+model store may be shared or read-only, and a 1 GB copy must not appear in it unannounced. The key
+is a hash of the checkpoints' fingerprints (size and a hash of their ends) and the settings, so
+later loads read the cache (seconds) only when it was made from the same files with the same
+settings; its place and size are said once on stderr when it is written. ``cache_dir=False``
+(``--no-cache``) converts in memory and writes nothing. Everything not stored in the weights comes from ``METHOD.md``: v-prediction,
 "scaled linear" betas 0.0015..0.0205 over 1000 steps, latent scale 0.3, input range [0, 1],
 512x512, one channel. Every setting can be overridden.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Mapping
 
@@ -31,10 +36,9 @@ from groundiff_core.models.loading.monai_autoencoder import MonaiAutoencoderConf
 from groundiff_core.models.loading.monai_unet import MonaiUNetConfig, convert_unet
 from groundiff_core.models.loading.statedict import load_saved, set_groupnorm_eps
 
-__all__ = ["load_paper_model", "convert_paper_checkpoints", "PAPER_OVERRIDES", "CONVERTER_VERSION"]
+__all__ = ["load_paper_model", "convert_paper_checkpoints", "cached_conversion", "PAPER_OVERRIDES", "CONVERTER_VERSION"]
 
 CONVERTER_VERSION = 1
-CACHE_NAME = "groundiff-diffusers"
 RECORD = "conversion.json"
 
 PAPER_OVERRIDES = ("autoencoder", "diffusion_model", "tokenizer", "unet_config", "autoencoder_config",
@@ -69,10 +73,35 @@ def _user_cache() -> Path:
     return cache_root() / "converted"
 
 
-def _cache_candidates(files: PaperFiles, cache_dir: str | Path | None, key: str) -> list[Path]:
-    if cache_dir is not None:
-        return [Path(cache_dir).expanduser()]
-    return [files.diffusion_model.parent / CACHE_NAME, _user_cache() / key]
+def _cache_folder(cache_dir: str | Path | None | bool, request: dict) -> Path | None:
+    """Where the conversion of ``request`` is cached: ``cache_dir/<key>`` (default the user cache), or None."""
+    if cache_dir is False:
+        return None
+    if cache_dir is True or cache_dir is None:
+        base = _user_cache()
+    elif isinstance(cache_dir, (str, Path)) and str(cache_dir):
+        base = Path(cache_dir).expanduser()
+    else:
+        raise ValueError(f"cache_dir must be a folder, None (the user cache) or False (no cache), got {cache_dir!r}")
+    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+    return base / key
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def cached_conversion(files: PaperFiles, cache_dir: str | Path | None = None) -> Path | None:
+    """The cache folder holding a conversion of exactly these checkpoints (any settings), or ``None``."""
+    if files.diffusion_model is None or files.autoencoder is None:
+        return None
+    base = Path(cache_dir).expanduser() if cache_dir else _user_cache()
+    want = {"diffusion_model": fingerprint(files.diffusion_model), "autoencoder": fingerprint(files.autoencoder)}
+    for record_path in sorted(base.glob(f"*/{RECORD}")):
+        record = _read_record(record_path.parent)
+        if isinstance(record, dict) and record.get("request", {}).get("sources") == _normalised(want):
+            return record_path.parent
+    return None
 
 
 def _normalised(obj):
@@ -120,11 +149,12 @@ def _save_cache(folder: Path, unet, vae, record: dict) -> bool:
 def convert_paper_checkpoints(files: PaperFiles, unet_config: MonaiUNetConfig | None = None,
                               autoencoder_config: MonaiAutoencoderConfig | None = None, *,
                               input_size: int = 512, scale_factor: float = 0.3,
-                              cache_dir: str | Path | None = None):
+                              cache_dir: str | Path | None | bool = None):
     """``(unet, vae, info)``: the two MONAI checkpoints as diffusers models, from the cache when it is current.
 
-    ``info`` holds the checkpoints' fingerprints and, under ``"conversion"``, where the cache is
-    (``None`` if none could be written) and whether it was used.
+    ``cache_dir``: the cache's base folder (``None``: the user cache; ``False``: none). ``info`` holds
+    the checkpoints' fingerprints and, under ``"conversion"``, where the cache is (``None`` if none
+    was written) and whether it was used.
     """
     unet_cfg = unet_config or MonaiUNetConfig.paper()
     ae_cfg = autoencoder_config or MonaiAutoencoderConfig.paper()
@@ -137,8 +167,8 @@ def convert_paper_checkpoints(files: PaperFiles, unet_config: MonaiUNetConfig | 
         "autoencoder_config": ae_cfg.to_dict(), "latent_size": latent, "input_size": int(input_size),
         "scale_factor": float(scale_factor),
     })
-    candidates = _cache_candidates(files, cache_dir, sources["diffusion_model"]["head_tail_sha256"][:16])
-    for folder in candidates:
+    folder = _cache_folder(cache_dir, request)
+    if folder is not None:
         record = _read_record(folder)
         if record is not None and record.get("request") == request:
             resolved = MonaiAutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v
@@ -153,8 +183,15 @@ def convert_paper_checkpoints(files: PaperFiles, unet_config: MonaiUNetConfig | 
         bar.update()
         record = {"request": request, "autoencoder_resolved": resolved.to_dict(),
                   "note": "made by groundiff_core.models.loading.paper; see monai_unet.py / monai_autoencoder.py"}
-        written = next((f for f in candidates if _save_cache(f, unet, vae, record)), None)
+        written = folder if folder is not None and _save_cache(folder, unet, vae, record) else None
         bar.update()
+    if written is not None:
+        print(f"groundiff: converted the MONAI checkpoints once; the diffusers copy is cached in {written} "
+              f"({_folder_size(written) / 1e6:.0f} MB) for later loads (--cache-dir DIR to put it elsewhere, "
+              "--no-cache to convert in memory only)", file=sys.stderr)
+    elif folder is not None:
+        print(f"groundiff: could not write the conversion cache {folder} (not writable?); converted in memory, "
+              "so the next load converts again (--cache-dir DIR to choose a writable folder)", file=sys.stderr)
     return unet, vae, _info(sources, resolved, None if written is None else str(written), False)
 
 
@@ -171,7 +208,7 @@ def _info(sources: dict, resolved: MonaiAutoencoderConfig, cache: str | None, fr
 def load_paper_model(root: str | Path | None = None, *, text_encoder: str | Path | None = None,
                      tokenizer: str | Path | None = None, autoencoder: str | Path | None = None,
                      diffusion_model: str | Path | None = None, unet_config=None, autoencoder_config=None,
-                     cache_dir: str | Path | None = None, input_size: int = 512, scale_factor: float = 0.3,
+                     cache_dir: str | Path | None | bool = None, input_size: int = 512, scale_factor: float = 0.3,
                      input_range: tuple[float, float] = (0.0, 1.0), prediction_type: str = "v_prediction",
                      beta_start: float = 0.0015, beta_end: float = 0.0205, beta_schedule: str = "scaled_linear",
                      num_train_timesteps: int = 1000, name: str = "monai-cxr-ldm",
