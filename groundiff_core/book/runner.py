@@ -309,9 +309,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="SOURCE",
                         help="model for every notebook (same as -p model SOURCE): phantom, tiny, paper, or a model "
                         "folder (diffusers layout, MONAI bundle, MONAI checkpoints)")
-    parser.add_argument("--text-encoder", metavar="DIR",
+    parser.add_argument("--text-encoder", metavar="DIR|REPO",
                         help="for MONAI models: the Stable Diffusion 2.1 base folder holding text_encoder/ and "
-                        "tokenizer/, if they are not inside the model folder (same as -p text_encoder DIR)")
+                        "tokenizer/, or a Hub id read from the local Hugging Face cache, if they are not inside the "
+                        "model folder (same as -p text_encoder DIR)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="notebooks executed at once, each with cpu_count / N torch threads (default 1)")
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (holds notebooks/ and book/)")
@@ -339,7 +340,7 @@ def run_from_args(args: argparse.Namespace, command: str | None = None) -> int:
             continue
         if key in overrides:
             raise ValueError(f"give --{key.replace('_', '-')} or -p {key}, not both")
-        path = Path(value).expanduser()
+        path = Path(value).expanduser()  # a missing path stays as given: a source name or a Hub id
         overrides[key] = str(path.resolve()) if path.exists() else str(value)  # notebooks run in --root
     try:
         runs = run_book(
