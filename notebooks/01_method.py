@@ -293,8 +293,7 @@ for k, ph in enumerate(phrases):
     rows[ph] = metrics.all_metrics(final.heatmaps[0], boxes if k == 0 else other_boxes[k - 1])
 table = pd.DataFrame(rows).T
 table.index = [f"heatmap of '{pair.phrase}' vs boxes of '{ph}'" for ph in table.index]
-table.to_csv(out / "pair_metrics.csv")
-display(table)
+figures.show_table(table, out, "pair_metrics")
 if len(table) > 1:  # what the table shows, from its numbers
     own, rest = table.iloc[0], table.iloc[1:]
     said = [f"{label} {'higher' if (own[m] > rest[m]).all() else 'not higher'} on its own phrase's boxes"

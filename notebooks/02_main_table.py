@@ -23,8 +23,11 @@
 # * the **image-shuffle control**: the same method, each image's phrases grounded on *another*
 #   image of the dataset and scored on their own boxes there. What the method loses here is the
 #   part of its score that comes from reading the image;
-# * two floors that ignore the text (a uniform random map and a centre prior), and a Captum
-#   attribution method through the same frozen model (see [notebook 5](05_captum)).
+# * two floors that ignore the text (a uniform random map and a centre prior).
+#
+# The Captum attribution methods through the same frozen model are compared on their own page
+# ([notebook 5](05_captum)), on pairs of their own: they are too slow to run on all of these pairs,
+# and a row of this table on a subset of them could not be compared with the others.
 #
 # Every number comes with a 95% bootstrap confidence interval over the pairs (stratified by class
 # for the class average). The evaluation is groundiff's resumable runner
@@ -48,9 +51,8 @@
 # 1e-6: re-running pairs of the run on the machine that made it gave bit-identical metrics). The
 # image-shuffle control is a second shipped run (`book/results/phantom-paper-shuffled/`, the same
 # pairs on other images, made from the first run's inversions), checked and re-checked the same
-# way. The phrase prior and the two text-blind floors run live on all the same pairs; the Captum
-# method runs live on a nested subset of them (`captum_pairs`). With any other model or data,
-# every row runs live.
+# way. The phrase prior and the two text-blind floors run live on all the same pairs. With any
+# other model or data, every row runs live.
 
 # %% tags=["parameters"]
 model = "phantom"  # "phantom", "tiny", a diffusers folder, or the paper's MONAI checkpoint folder
@@ -59,15 +61,13 @@ images_root = None  # image folder of a real dataset (e.g. MIMIC-CXR-JPG)
 dataset = "mscxr"  # "mscxr", "vindr" or "nih" (how to read dataset_csv)
 split = None  # keep only this MS-CXR v1.1.0 split, e.g. "test"
 phantom_images = 200  # images in the generated phantom test split (about 2 pairs each; a shipped run brings its own)
-n_pairs = 40  # pairs evaluated live (seeded subset; 0: all); with a shipped run, only caps the Captum pairs
+n_pairs = 40  # pairs evaluated live (seeded subset; 0: all); with a shipped run, the run's pairs are used
 seed = 0  # seeds the pair selection, the random baseline and the bootstrap
 device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
 text_encoder = None  # paper's model: the SD 2.1 base folder, if not inside the model folder
 output_dir = "book/notebooks/02_main_table_files"
 inversion_cache = "book/notebooks/_inversions"  # inversions shared by the pages of a build (content-keyed; None: off)
-captum_method = "grad_cam"  # the Captum method in the table (see notebook 5 for all of them)
-captum_pairs = 20  # pairs for the Captum method: a nested subset of the same pairs, at most n_pairs (0: all)
 n_boot = 1000  # bootstrap resamples for the confidence intervals
 conventions = "paper"  # "paper": scored exactly as the authors' evaluation; "strict": the cleaner variant
 reference_csv = "book/published.csv"  # published figures (columns method,class,metric,value; cited rows) beside ours
@@ -92,9 +92,8 @@ import groundiff_core as gd
 from groundiff_core.book import pages
 from groundiff_core.book import figures
 from groundiff_core.book import shipped
-from groundiff_core.methods.attribution import make_method
 from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
-from groundiff_core.evaluation.compare import paired_difference, verdict
+from groundiff_core.evaluation.compare import MIN_PER_CLASS, paired_difference, verdict
 from groundiff_core.evaluation.controls import CONTROL, shuffled_pairs
 from groundiff_core.io.datasets import subset
 from groundiff_core.evaluation import evaluate, load_results, summarize, summary_table
@@ -131,7 +130,7 @@ show = pages.resolve_show_images(show_images, data)
 per_class = {"pairs selected": pd.Series([p.category for p in data.selected]).value_counts().sort_index()}
 if use_shipped:
     per_class["scored in the shipped run"] = pd.Series(run.pairs_per_class())
-display(pd.DataFrame(per_class).fillna(0).astype(int).T)
+figures.show_table(pd.DataFrame(per_class).fillna(0).astype(int).T, out, "pairs_per_class")
 print(f"dataset: {data.description}")
 print(f"model: {ldm.name}, input {ldm.input_size}x{ldm.input_size}, "
       f"{len(gd.Grounder(ldm).layers)} cross-attention layers")
@@ -144,9 +143,8 @@ print(f"model: {ldm.name}, input {ldm.input_size}x{ldm.input_size}, "
 # on the re-check's pairs (whole images), and its row is the shipped run's.
 
 # %%
-captum_n = pages.nested_count(captum_pairs, n_pairs)  # never more than the other methods' pairs
 ldm_row = "cross-attention (paper preset)"
-pool = subset(data.pairs, captum_n, seed=seed)  # the Captum method's pairs
+pool = subset(data.pairs, n_pairs or None, seed=seed)
 if use_shipped:  # the figure's pairs need a live cross-attention map: only the re-check's pairs have one
     rechecked = {p.pair_id for p in run.recheck_selection(data.pairs, recheck_pairs, seed)}
     pool = [p for p in pool if p.pair_id in rechecked]
@@ -162,8 +160,6 @@ methods = {  # label: (results folder, method, pairs)
     ldm_row: ("cross_attention", pages.KeepMaps(grounder, kept), n_pairs),
     shuffle_row: ("cross_attention_shuffled", grounder, n_pairs),
     "phrase prior": ("phrase_prior", pages.KeepMaps(pages.phrase_prior(data, seed=seed), kept), cheap_n),
-    f"Captum {captum_method}": (f"captum_{captum_method}", pages.KeepMaps(make_method(captum_method, ldm), kept),
-                                captum_n),
     "centre prior": ("centre_prior", pages.KeepMaps(CentrePrior(), kept), cheap_n),
     "random": ("random", RandomHeatmap(seed=seed), cheap_n),
 }
@@ -233,8 +229,7 @@ main_metrics = ["miou", "auc", "auc_binned", "cnr_abs"]
 table = figures.ci_frame({k: s["class_averaged"] for k, s in summaries.items()}, main_metrics, names)
 table.insert(0, "pairs", [s["n_pairs"] for s in summaries.values()])
 table["s / pair"] = [f"{s['seconds_per_pair']:.2f}" for s in summaries.values()]
-table.to_csv(out / "class_averaged.csv")
-display(table)
+figures.show_table(table, out, "class_averaged")
 
 # %% [markdown]
 # ## Does it read the image?
@@ -260,8 +255,7 @@ for label, (a, b) in checks.items():
         verdict_rows[(label, names[m])] = {
             "difference": figures.fmt_diff(d), "pairs": d["n_pairs"], "verdict": verdict(d)}
 reads_image = pd.DataFrame(verdict_rows).T.rename_axis(["comparison", "metric"])
-reads_image.to_csv(out / "does_it_read_the_image.csv")
-display(reads_image)
+figures.show_table(reads_image, out, "does_it_read_the_image")
 
 # %% [markdown]
 # ## How much the scoring conventions move the numbers
@@ -287,8 +281,7 @@ for name in ["cross-attention (paper preset)", "centre prior"]:
             {"pairs scored": s["n_pairs"]}
 conv_table = pd.DataFrame(both).T.rename_axis(["method", "conventions"])
 conv_table["pairs scored"] = conv_table["pairs scored"].astype(int)
-conv_table.to_csv(out / "conventions.csv")
-display(conv_table.style.format(precision=3))
+figures.show_table(conv_table, out, "conventions")
 
 # %%
 rows = [r for r in rows_of[ldm_row] if r["pair_id"] in selected_ids and r["status"] == "ok"]
@@ -305,14 +298,14 @@ display(Markdown("Pairs of the cross-attention run whose score changes with the 
 
 # %%
 ours = summaries["cross-attention (paper preset)"]
-per = figures.ci_frame(ours["per_class"], ["miou", "auc", "cnr_abs", "pointing"], names)
+per = figures.ci_frame(ours["per_class"], ["miou", "auc", "cnr_abs", "pointing"], names, min_pairs=MIN_PER_CLASS)
 per.insert(0, "pairs", [ours["per_class"][c]["n_pairs"] for c in per.index])
 per = per.astype({"pairs": object})  # the class-average row has no count
 per.loc["class average"] = [""] + [figures.fmt_ci(ours["class_averaged"][m])
                                    for m in ["miou", "auc", "cnr_abs", "pointing"]]
 pd.concat({name: pd.DataFrame(summary_table(s)).set_index("group") for name, s in summaries.items()}) \
     .to_csv(out / "per_class_all_methods.csv")
-display(per)
+figures.show_table(per, out, "per_class")
 
 # %% tags=["hide-input"]
 classes = ours["categories"]
@@ -338,7 +331,8 @@ figures.publish(fig, out, "per_class_bars")
 # :name: fig-02-per-class-bars
 #
 # Per-class mIoU, AUC-ROC and |CNR| (bars: mean; whiskers: 95% bootstrap CI) of the
-# cross-attention method with the paper's preset, the Captum method and the two text-blind floors.
+# cross-attention method with the paper's preset, its image-shuffle control, the phrase prior and the
+# two text-blind floors.
 # Look at whether the cross-attention bars clear the centre prior in each class (a method that
 # ignores the text can still score well on findings that sit near the middle of the image, such
 # as cardiomegaly), and at AUC-ROC against the dotted chance line at 0.5.
@@ -348,12 +342,12 @@ figures.publish(fig, out, "per_class_bars")
 # ## One pair per class
 #
 # The paper shows its heatmaps beside those of other methods for a few pairs. Here: the first
-# scored pair of each class among those the Captum method was evaluated on, with the maps the
-# cross-attention method, the centre prior and the Captum method of the table produced for it
-# during the evaluation above.
+# scored pair of each class (among the re-checked pairs when the run is shipped), with the maps the
+# cross-attention method, the phrase prior and the centre prior produced for it during the
+# evaluation above.
 
 # %% tags=["hide-input"]
-shown_methods = ["cross-attention (paper preset)", "phrase prior", "centre prior", f"Captum {captum_method}"]
+shown_methods = ["cross-attention (paper preset)", "phrase prior", "centre prior"]
 grid_rows = []
 for p in examples:
     image = load_image(p.image_path)
@@ -369,8 +363,7 @@ figures.publish(figures.qualitative_grid(grid_rows) if grid_rows else figures.pl
 #
 # One pair per class (rows): the image with the phrase's ground-truth boxes (R/L: the patient's
 # right and left), then the heatmap of the cross-attention method with the paper's preset, of the
-# image-blind phrase prior, of the text-blind centre prior and of the Captum method, each with the
-# same boxes. The phrase prior is where such phrases usually lie; a method that reads the image
+# image-blind phrase prior and of the text-blind centre prior, each with the same boxes. The phrase prior is where such phrases usually lie; a method that reads the image
 # should follow the finding where the prior does not.
 # ```
 
@@ -386,8 +379,7 @@ figures.publish(figures.qualitative_grid(grid_rows) if grid_rows else figures.pl
 # %%
 ts = pd.DataFrame({k: s["text_sensitivity"] for k, s in summaries.items()}).T
 ts = ts[["value", "ci_low", "ci_high", "strict", "n_pairs", "n_comparisons"]]
-ts.to_csv(out / "text_sensitivity.csv")
-display(ts)
+figures.show_table(ts, out, "text_sensitivity")
 
 # %% [markdown]
 # ## The paper's claims beside ours
@@ -413,16 +405,15 @@ display(ts)
 # %%
 if reference_csv:
     ref = pages.reference_table(summaries["cross-attention (paper preset)"], reference_csv)
-    ref.to_csv(out / "reference_comparison.csv")
     if data.description.get("name") == "mscxr":
         display(Markdown(f"Published figures from `{reference_csv}` beside this run's cross-attention means "
                          "(mind the protocol of each source):"))
-        display(ref.style.format(precision=3, na_rep="-"))
+        figures.show_table(ref, out, "reference_comparison")
     else:
         display(Markdown(f"**Not comparable with this run.** These are the published figures of `{reference_csv}`, "
                          f"measured on MS-CXR; this run is on **{data.description['name']}**, other images and "
                          "phrases, so no column of this table says how the method fares against them."))
-        display(ref.drop(columns=ref.columns[0]).dropna(how="all").style.format(precision=3, na_rep="-"))
+        figures.show_table(ref.drop(columns=ref.columns[0]).dropna(how="all"), out, "reference_comparison")
 else:
     display(Markdown("No `reference_csv` was given: no published figures are shown beside this run's."))
 

@@ -68,6 +68,9 @@ from groundiff_core.evaluation import metrics
 from groundiff_core.engine.config import window_from_percent
 from groundiff_core.io.datasets import group_by_image
 from groundiff_core.io.images import load_image
+from groundiff_core.evaluation import evaluate, load_results
+from groundiff_core.engine.aggregate import word_positions
+from groundiff_core.methods.class_tokens import ClassNameTokens
 
 # %% tags=["hide-input"]
 out, data, ldm = pages.setup_notebook(
@@ -88,7 +91,8 @@ lo, hi = min(w[0] for w in windows.values()), max(w[1] for w in windows.values()
 print(f"{len(data.selected)} pairs on {len(group_by_image(data.selected))} images; model {ldm.name} "
       f"with {n_layers} cross-attention layers; recording steps [{lo}, {hi}) of "
       f"{len(grounder.schedule())}")
-display(pd.DataFrame({f"T = {T} %": {"steps": f"{w[0]}..{w[1] - 1}"} for T, w in windows.items()}))
+figures.show_table(pd.DataFrame({f"T = {T} %": {"steps": f"{w[0]}..{w[1] - 1}"} for T, w in windows.items()}),
+                   out, "windows")
 
 # %% [markdown]
 # ## One recording per image, every cell from it
@@ -187,8 +191,7 @@ for m, (L, T) in top_cells.items():
         grid_df[(grid_df["L"] == int(L)) & (grid_df["T"] == int(T))]
 summary = pd.DataFrame({name: {titles[m]: figures.fmt_ci(pages.class_averaged_ci(df, m, n_boot=n_boot, seed=seed))
                                for m in titles} for name, df in settings_shown.items() if len(df)}).T
-summary.to_csv(out / "ablation_summary.csv")
-display(summary)
+figures.show_table(summary, out, "ablation_summary")
 verdicts, lines = {}, []
 for m, (L, T) in top_cells.items():
     top = grid_df[(grid_df["L"] == int(L)) & (grid_df["T"] == int(T))]
@@ -211,8 +214,7 @@ display(Markdown("\n".join(lines) or "No pair was scored."))
 pp = pd.DataFrame({name: {titles[m]: class_averaged(results[results.setting == name], m) for m in titles}
                    for name in post}).T
 pp.index = ["Gaussian + Otsu (paper)", "Otsu only", "Gaussian only", "neither"]
-pp.to_csv(out / "postprocessing.csv")
-display(pp)
+figures.show_table(pp, out, "postprocessing")
 fig, axes = plt.subplots(1, 3, figsize=(11, 3), constrained_layout=True)
 for ax, col in zip(axes, pp.columns):
     ax.bar(range(len(pp)), pp[col], color=["C3", "C0", "C1", "C7"])
@@ -229,6 +231,44 @@ figures.publish(fig, out, "postprocessing")
 # raise it, while AUC-ROC (a ranking metric) changes less, and Otsu's zeros outside the mask change
 # the contrast that CNR measures.
 # ```
+
+# %% [markdown]
+# ## Class-name tokens against all phrase tokens (the JBHI paper's Table III)
+#
+# The authors' code also reads the same attention from the tokens of the finding's class name only
+# ("pleural effusion" in "small left pleural effusion"); where the phrase does not contain the class
+# name ("enlarged heart" for cardiomegaly) that map is empty (NaN) and the pair scores 0 (mIoU,
+# CNR) and 0.5 (AUC-ROC). Both readings run here with the paper code's layers and window, through
+# the evaluation runner, on the same pairs (the inversions are shared); the difference is a paired
+# bootstrap.
+
+# %%
+class_of = {p.phrase: p.category for p in data.selected}
+readings = {"all phrase tokens": grounder, "class-name tokens": ClassNameTokens(grounder, class_of)}
+token_rows = {}
+for name, method in readings.items():
+    folder = out / ("tokens_all" if name.startswith("all") else "tokens_class")
+    evaluate(method, data.selected, folder, dataset=data.description, seed=seed, n_boot=n_boot, progress=False,
+             batch_images=1)
+    token_rows[name] = pd.DataFrame([r for r in load_results(folder) if r.get("status") == "ok"])
+absent = sorted({p.phrase for p in data.selected if not word_positions(ldm.tokenizer, p.phrase, p.category)})
+table_iii = {"n_pairs": int(len(token_rows["class-name tokens"])), "phrases_without_class_name": len(absent),
+             "phrases": len(class_of), "difference": {}}
+tab3 = {}
+for m in titles:
+    d = pages.paired_difference(token_rows["class-name tokens"], token_rows["all phrase tokens"], m,
+                                n_boot=n_boot, seed=seed)
+    table_iii["difference"][m] = {**d, "verdict": verdict(d)}
+    tab3[titles[m]] = {name: figures.fmt_ci(pages.class_averaged_ci(df, m, n_boot=n_boot, seed=seed))
+                       for name, df in token_rows.items()}
+    tab3[titles[m]]["class-name minus all"] = figures.fmt_diff(d)
+figures.show_table(pd.DataFrame(tab3), out, "table_iii")
+said = {"above 0": "the class-name tokens score higher", "below 0": "the class-name tokens score lower",
+        "not separable from 0": "these pairs do not separate the two readings",
+        "too few pairs": f"too few pairs for a verdict (fewer than {MIN_PAIRS})"}
+display(Markdown(
+    f"{len(absent)} of {len(class_of)} phrases do not contain their class name, so their class-name map is empty. "
+    + " ".join(f"{titles[m]}: {said[v['verdict']]}." for m, v in table_iii["difference"].items())))
 
 # %% [markdown]
 # ## What a cell looks like
@@ -291,18 +331,15 @@ if shipped.uses_shipped(model, dataset_csv, paper_run) and fast_run:
                          f"the {min_paired_pairs} this page promises; ship both finished runs (scripts/ship_results.py)")
     labels = {**titles, "pointing": "pointing game", "auc_binned": "AUC-ROC (5 bins)", "cnr_signed": "CNR (signed)"}
     cmp = pd.DataFrame({labels[m]: {"paper preset": figures.fmt_ci(v["a"]), "fast preset": figures.fmt_ci(v["b"]),
-                                    "fast - paper": figures.fmt_ci({"mean": v["difference"]["difference"],
-                                                                    "ci_low": v["difference"]["ci_low"],
-                                                                    "ci_high": v["difference"]["ci_high"]}),
+                                    "fast - paper": figures.fmt_diff(v["difference"]),
                                     "interval excludes 0": v["difference"]["separated"]}
                         for m, v in fast_vs_paper["metrics"].items()}).T
-    cmp.to_csv(out / "fast_vs_paper.csv")
-    display(cmp)
+    figures.show_table(cmp, out, "fast_vs_paper")
     lines = [f"* {fast_vs_paper['n_pairs']} pairs scored by both runs ("
              + ", ".join(f"{c} {n}" for c, n in fast_vs_paper["per_class"].items()) + ")."]
     for m, v in fast_vs_paper["metrics"].items():
         d = v["difference"]
-        lines.append(f"* {labels[m]}: fast minus paper {d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]: "
+        lines.append(f"* {labels[m]}: fast minus paper {figures.fmt_diff(d)}: "
                      + (f"the interval excludes 0, the fast preset scores {'higher' if d['difference'] > 0 else 'lower'} "
                         "on these pairs." if d["separated"] else "the interval includes 0: these pairs do not separate "
                                                                  "the presets."))
@@ -325,5 +362,6 @@ metrics_file = pages.save_json({"dataset": data.description, "config": config.to
                                    "T_values": T_values, "windows": windows,
                                    "grid": {m: tab.to_dict() for m, tab in cells.items()},
                                    "postprocessing": pp.to_dict(), "summary": summary.to_dict(),
-                                   "paired_vs_paper_code": verdicts, "fast_vs_paper": fast_vs_paper},
+                                   "paired_vs_paper_code": verdicts, "fast_vs_paper": fast_vs_paper,
+                                   "table_iii": table_iii},
                                   out, "ablation")

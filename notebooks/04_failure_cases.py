@@ -123,8 +123,7 @@ worst[["category", "phrase", "auc", "miou", "cnr_abs", "n_boxes", "box_fraction"
 # %% tags=["hide-input"]
 res["size_bin"] = pd.qcut(res.box_fraction, q=min(4, max(1, len(res) // 4)), duplicates="drop")
 by_size = res.groupby("size_bin", observed=True)[["auc", "miou", "cnr_abs"]].agg(["mean", "count"])
-by_size.to_csv(out / "by_box_size.csv")
-display(by_size)
+figures.show_table(by_size, out, "by_box_size")
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
 for ax, m, label in zip(axes, ["auc", "miou"], ["AUC-ROC", "mIoU"]):
     for c, df in res.groupby("category"):
@@ -157,8 +156,7 @@ lat = res[res.side.isin(["left", "right"])].copy()
 sides = {m: by_side(res, m, n_boot=n_boot, seed=seed) for m in ("pointing", "auc", "miou")}
 side_table = pd.DataFrame({(m, side): {"pairs": st[side]["n_pairs"], "mean [95% CI]": figures.fmt_ci(st[side])}
                            for m, st in sides.items() for side in ("left", "right")}).T
-side_table.to_csv(out / "laterality.csv")
-display(side_table)
+figures.show_table(side_table, out, "laterality")
 if len(lat):
     fig, axes = plt.subplots(1, 2, figsize=(7, 2.8), constrained_layout=True)
     for ax, m, label in zip(axes, ["pointing", "auc"], ["pointing game", "AUC-ROC"]):
@@ -203,8 +201,7 @@ for c in sorted(res.category.unique()):
         per_class_prior[(c, label)] = {"pairs": d["n_pairs"], "cross-attention minus prior": figures.fmt_diff(d),
                                        "verdict": verdict(d)}
 per_class_prior = pd.DataFrame(per_class_prior).T.rename_axis(["class", "metric"])
-per_class_prior.to_csv(out / "against_phrase_prior.csv")
-display(per_class_prior)
+figures.show_table(per_class_prior, out, "against_phrase_prior")
 gap = res[["pair_id", "category", "phrase", "boxes", "auc"]].merge(
     prior_rows[["pair_id", "auc"]], on="pair_id", suffixes=("", "_prior"))
 gap["prior_ahead"] = gap.auc_prior - gap.auc
@@ -239,8 +236,7 @@ figures.publish(fig, out, "prior_ahead")
 # %% tags=["hide-input"]
 res["boxes_group"] = np.where(res.n_boxes > 1, "several boxes", "one box")
 multi = res.groupby("boxes_group")[["auc", "miou", "cnr_abs", "pointing"]].agg(["mean", "count"])
-multi.to_csv(out / "multi_box.csv")
-display(multi)
+figures.show_table(multi, out, "multi_box")
 fig, axes = plt.subplots(1, 2, figsize=(8, 3), constrained_layout=True)
 for ax, m, label in zip(axes, ["auc", "miou"], ["AUC-ROC", "mIoU"]):
     groups = [g[m].dropna().values for _, g in res.groupby("boxes_group")]
@@ -314,8 +310,7 @@ for _, r in chosen.iterrows():
                             "mIoU on original boxes": metrics.miou(hm, r.boxes)})
         panels.append((image, hm, r.boxes, f"{kind}:\n'{text}'"))
 prompts = pd.DataFrame(prompt_rows)
-prompts.to_csv(out / "prompt_sensitivity.csv", index=False)
-display(prompts.set_index(["pair", "variant"]))
+figures.show_table(prompts.set_index(["pair", "variant"]), out, "prompt_sensitivity")
 
 # %% tags=["hide-input"]
 ncols = max(1, len(panels) // max(1, len(chosen)))

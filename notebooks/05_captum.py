@@ -64,6 +64,7 @@ from groundiff_core.book import figures
 from groundiff_core.methods.attribution import ObjectiveConfig, make_method, token_attribution
 from groundiff_core.util.profiling import peak_memory
 from groundiff_core.evaluation import evaluate
+from groundiff_core.evaluation.compare import MIN_PAIRS
 from groundiff_core.io.images import load_image
 
 # %% tags=["hide-input"]
@@ -85,8 +86,8 @@ contenders = {"cross-attention (paper preset)": gd.Grounder(ldm, gd.GroundingCon
 for name in methods:
     contenders[name] = make_method(name, ldm, objective=objective, seed=seed, **settings.get(name, {}))
 contenders = {k: pages.KeepMaps(m) for k, m in contenders.items()}
-display(pd.DataFrame({k: {"settings": {kk: v for kk, v in m.describe().items() if kk not in ("class", "model")}}
-                      for k, m in contenders.items()}).T)
+figures.show_table(pd.DataFrame({k: {"settings": {kk: v for kk, v in m.describe().items() if kk not in ("class", "model")}}
+                                 for k, m in contenders.items()}).T, out, "settings")
 
 # %% [markdown]
 # ## Localisation and cost on the same pairs
@@ -105,8 +106,7 @@ table = figures.ci_frame({k: s["class_averaged"] for k, s in summaries.items()},
 table.insert(0, "pairs", [s["n_pairs"] for s in summaries.values()])
 table["s / pair (evaluation)"] = [f"{s['seconds_per_pair']:.2f}" for s in summaries.values()]
 table["peak memory (MB)"] = [f"{peak / 2**20:.0f}" for peak, _ in memory.values()]
-table.to_csv(out / "captum_table.csv")
-display(table)
+figures.show_table(table, out, "captum_table")
 
 # %% [markdown]
 # Class-averaged metrics with 95% bootstrap confidence intervals (pairs resampled within each
@@ -214,7 +214,8 @@ display(Markdown(
     f"mean class-averaged AUC-ROC on them is **{top}** ({figures.fmt_ci(top_auc)}, "
     f"{summaries[top]['seconds_per_pair']:.2f} s per pair); cross-attention: {figures.fmt_ci(ca['auc'])} "
     f"({summaries['cross-attention (paper preset)']['seconds_per_pair']:.2f} s per pair). "
-    + ("Their 95% intervals do not overlap." if apart else
+    + (f"Too few pairs for a verdict (fewer than {MIN_PAIRS})." if summaries[top]["n_pairs"] < MIN_PAIRS else
+       "Their 95% intervals do not overlap." if apart else
        "Their 95% intervals overlap, so these pairs do not rank the two.")
     + " The ranking among the attribution methods is a ranking of means only: no test here separates them."))
 metrics_file = pages.save_json({"dataset": data.description, "objective": objective.describe(), "highest_mean_captum": top,

@@ -141,7 +141,7 @@ def test_main_table_notebook_runs_on_the_tiny_model(tmp_path):
     (tmp_path / "notebooks" / src.name).write_text(src.read_text())
     (tmp_path / "book").mkdir()
     (tmp_path / "book/published.csv").write_text((ROOT / "book/published.csv").read_text())
-    runs = runner.run_book(tmp_path, overrides={"model": "tiny", "n_pairs": 2, "captum_pairs": 1,
+    runs = runner.run_book(tmp_path, overrides={"model": "tiny", "n_pairs": 2,
                                                 "phantom_images": 4, "n_boot": 50, "seed": 1})
     files = tmp_path / "book/notebooks/02_main_table_files"
     assert runs[0].status == "ok"

@@ -23,7 +23,8 @@ def _d(diff, half, n):
             "separated": abs(diff) > half}
 
 
-def _book(tmp_path, *, dataset="phantom", n=60, prior_diff=0.05, shuffle_diff=0.04, otsu_gain=0.05):
+def _book(tmp_path, *, dataset="phantom", n=60, prior_diff=0.05, shuffle_diff=0.04, otsu_gain=0.05,
+          class_tokens=-0.03):
     book = tmp_path / "book"
     (book / "notebooks/02_main_table_files").mkdir(parents=True)
     (book / "notebooks/03_ablation_files").mkdir(parents=True)
@@ -31,14 +32,18 @@ def _book(tmp_path, *, dataset="phantom", n=60, prior_diff=0.05, shuffle_diff=0.
     classes = ["cardiomegaly", "pneumothorax", "edema"]
     per_class = {c: {"n_pairs": n // 3, "miou": _stat(m)} for c, m in zip(classes, (0.4, 0.06, 0.2))}
     main = {"dataset": {"name": dataset},
-            "summaries": {ledger.LDM_ROW: {"n_pairs": n, "class_averaged": {"miou": _stat(0.25), "auc": _stat(0.8)},
+            "summaries": {ledger.LDM_ROW: {"n_pairs": n, "class_averaged": {"miou": _stat(0.25, n=n),
+                                                                             "auc": _stat(0.8, n=n)},
                                            "per_class": per_class},
-                          "phrase prior": {"n_pairs": n, "class_averaged": {"miou": _stat(0.2), "auc": _stat(0.78)}}},
+                          "phrase prior": {"n_pairs": n, "class_averaged": {"miou": _stat(0.2, n=n),
+                                                                            "auc": _stat(0.78, n=n)}}},
             "paired_differences": {
                 "cross-attention minus phrase prior": {"miou": _d(prior_diff, 0.02, n), "auc": _d(0.03, 0.02, n)},
                 "own image minus another image": {"miou": _d(shuffle_diff, 0.02, n)}}}
     (book / "notebooks/02_main_table_files/main_table.json").write_text(json.dumps(main))
-    abl = {"paired_vs_paper_code": {"miou_difference": {"cell": [11, 100], **_d(0.01, 0.02, n)}}}
+    abl = {"paired_vs_paper_code": {"miou_difference": {"cell": [11, 100], **_d(0.01, 0.02, n)}},
+           "table_iii": {"n_pairs": n, "phrases": n, "phrases_without_class_name": 7,
+                         "difference": {"miou": _d(class_tokens, 0.02, n), "auc": _d(0.0, 0.02, n)}}}
     (book / "notebooks/03_ablation_files/ablation.json").write_text(json.dumps(abl))
     rng = np.random.default_rng(0)
     rows = []
@@ -67,9 +72,11 @@ def test_published_csv_has_a_source_for_every_figure_and_the_cited_averages():
 def test_verdicts_follow_the_numbers(tmp_path):
     v = _verdicts(_book(tmp_path / "a"))
     # 1 needs MS-CXR on the phantom, 2 reads the image, 3 no cell beats the paper code, 4 Otsu helps,
-    # 5 needs MS-CXR, 6 not built
+    # 5 needs MS-CXR, 6 class-name tokens lower on these pairs
     assert v == [ledger.NEEDS_MSCXR, ledger.REPRODUCED, ledger.REPRODUCED, ledger.REPRODUCED, ledger.NEEDS_MSCXR,
-                 ledger.NOT_TESTABLE]
+                 "class-name tokens lower here"]
+    assert _verdicts(_book(tmp_path / "d", class_tokens=0.0))[5] == "not separable here"
+    assert _verdicts(_book(tmp_path / "e", class_tokens=0.05))[5] == "class-name tokens higher here"
     # one number changed: the shuffle control no longer loses on another image
     assert _verdicts(_book(tmp_path / "b", shuffle_diff=0.0))[1] == ledger.NOT_REPRODUCED
     # Otsu no longer helps
@@ -77,8 +84,11 @@ def test_verdicts_follow_the_numbers(tmp_path):
 
 
 def test_no_verdict_below_the_minimum_of_pairs(tmp_path):
-    v = _verdicts(_book(tmp_path, n=12))
-    assert v[1] == v[2] == v[3] == ledger.TOO_FEW
+    book = _book(tmp_path, n=12)
+    v = _verdicts(book)
+    assert v[1] == v[2] == v[3] == v[5] == ledger.TOO_FEW
+    text = ledger.ledger_markdown(book)
+    assert "[" not in text.split("| claim |")[1].split("Published figures")[0].replace("[claim", "")  # no interval on 12
 
 
 def test_on_mscxr_the_figure_is_read_against_the_published_one(tmp_path):

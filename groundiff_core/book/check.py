@@ -8,7 +8,10 @@ reads them and lists every problem:
 * a missing ``provenance.json``, or one that names another dataset than expected;
 * a metric outside its range: mIoU, AUC-ROC (exact and binned), the pointing game and the text
   sensitivity in [0, 1], |CNR| >= 0, every number finite, every confidence interval around its mean;
-* a metrics file without a single metric (a notebook that silently evaluated nothing).
+* a metrics file without a single metric (a notebook that silently evaluated nothing);
+* a stray output: a bare file path or an object's repr printed above a figure (``PosixPath(...)``,
+  ``'book/.../x.png'``, ``<Figure ...>``), and a table holding a number with more than 3 decimals
+  (the book prints 3 significant digits) - in every output a reader sees (not in removed outputs).
 
 :func:`check_html` does the same for the rendered pages: a provenance box, numbered figures whose
 images exist, no error output, and, when the book was built for a public repository
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -31,7 +35,7 @@ from typing import Any, Sequence
 
 from groundiff_core.book.hosting import Hosting, hosting_from_env, launch_url
 
-__all__ = ["METRIC_FILES", "check_book", "check_html", "check_metrics", "main"]
+__all__ = ["METRIC_FILES", "MIN_FIGURE_PX", "check_book", "check_html", "check_metrics", "check_outputs", "main"]
 
 # the metrics file each notebook writes into its output folder
 METRIC_FILES = {
@@ -45,6 +49,87 @@ UNIT = {"miou", "auc", "auc_binned", "pointing", "mIoU", "AUC-ROC", "text_sensit
         "AUC-ROC on original boxes", "mIoU on original boxes", "confusions"}
 NON_NEGATIVE = {"cnr_abs", "|CNR|"}
 ANY_REAL = {"cnr_signed", "CNR (signed)"}
+
+
+MIN_FIGURE_PX = 480  # the narrowest figure image a page may show (pixels as saved, shown at 100 %)
+_HIDDEN_OUTPUT = {"remove-output", "remove-cell", "remove_output", "remove_cell"}
+_PATHLIKE = re.compile(r"""^(PosixPath\(.*\)|WindowsPath\(.*\)|<[\w.]+ (object )?at 0x[0-9a-f]+>|<Figure size .*>|"""
+                       r"""\[?<matplotlib[^>]*>\]?|['"]?[\w./~-]*/[\w.~-]+\.(png|svg|pdf|json|jsonl|csv|npz|npy)['"]?)$""")
+_LONG_DECIMAL_HTML = re.compile(r"<td[^>]*>\s*[-+]?\d+\.\d{4,}\s*</td>")
+_LONG_DECIMAL_MD = re.compile(r"\|\s*[-+]?\d+\.\d{4,}\s*(?=\|)")
+_INTERVAL = re.compile(r"\[\s*[-+]?\d*\.\d+,\s*[-+]?\d*\.\d+\s*\]")
+_VERDICT = re.compile(r"intervals? (excludes|includes) 0|do not separate|scores (higher|lower)|intervals (do not )?overlap")
+_PAIR_COUNT = re.compile(r"\b(?:on |n = )?(\d+) (?:scored )?pairs\b|\bn = (\d+)\b")
+
+
+def _few_pairs_problems(ipynb: Path, i: int, text: str, html: str) -> list[str]:
+    """Intervals or verdicts printed on fewer pairs than the minimum.
+
+    A sentence (a line of Markdown or text) with an interval or a verdict and a pair count under
+    :data:`~groundiff_core.evaluation.compare.MIN_PAIRS` is refused; a table row with an interval
+    whose ``pairs`` column is under ``MIN_PER_CLASS`` (tables break results down by class) too.
+    """
+    from groundiff_core.evaluation.compare import MIN_PAIRS, MIN_PER_CLASS
+
+    out = []
+    for line in text.splitlines():
+        if not (_INTERVAL.search(line) or _VERDICT.search(line)):
+            continue
+        counts = [int(a or b) for a, b in _PAIR_COUNT.findall(line)]
+        if counts and min(counts) < MIN_PAIRS:
+            out.append(f"{ipynb.name}: cell {i} gives an interval or verdict on {min(counts)} pairs (fewer than "
+                       f"{MIN_PAIRS}): {line.strip()[:100]!r}; print 'too few pairs for a verdict' instead")
+    for table in re.findall(r"<table.*?</table>", html, flags=re.S):
+        rows = [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, flags=re.S)]
+                for r in re.findall(r"<tr.*?</tr>", table, flags=re.S)]
+        header = next((r for r in rows if "pairs" in r), None)
+        if header is None:
+            continue
+        col = header.index("pairs")
+        for r in rows:
+            if len(r) == len(header) and r is not header and r[col].isdigit() and int(r[col]) < MIN_PER_CLASS \
+                    and any(_INTERVAL.search(c) for c in r):
+                out.append(f"{ipynb.name}: cell {i}: table row {r[0]!r} gives an interval on {r[col]} pairs "
+                           f"(fewer than {MIN_PER_CLASS})")
+    return out
+
+
+def check_outputs(ipynb: Path) -> list[str]:
+    """Stray outputs and over-long numbers in the outputs a reader of ``ipynb``'s page sees."""
+    nb = json.loads(ipynb.read_text())
+    problems = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code" or _HIDDEN_OUTPUT & set(cell.get("metadata", {}).get("tags", [])):
+            continue
+        for o in cell.get("outputs", []) or []:
+            data = o.get("data", {})
+            plain = "".join(o.get("text", "")) if o.get("output_type") == "stream" else "".join(data.get("text/plain", ""))
+            if o.get("output_type") == "stream" and o.get("name") == "stderr":
+                continue  # warnings are shown as such; the runner's log keeps them
+            if "image/png" not in data and "text/html" not in data and "text/markdown" not in data:
+                lines = [ln.strip() for ln in plain.strip().splitlines() if ln.strip()]
+                stray = [ln for ln in lines if _PATHLIKE.match(ln)]
+                if stray:
+                    problems.append(f"{ipynb.name}: cell {i} prints {stray[0][:80]!r} (a bare path or object repr; "
+                                    "end the line with ';' or print a sentence)")
+            html = "".join(data.get("text/html", ""))
+            md = "".join(data.get("text/markdown", ""))
+            problems += _few_pairs_problems(ipynb, i, md or ("" if html else plain), html)
+            for text, pattern in ((html, _LONG_DECIMAL_HTML), (md, _LONG_DECIMAL_MD)):
+                m = pattern.search(text)
+                if m:
+                    problems.append(f"{ipynb.name}: cell {i} shows a table number with more than 3 decimals "
+                                    f"({re.sub('<[^>]+>', '', m.group(0)).strip(' |')}); round it (3 significant digits)")
+    return problems
+
+
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, or None for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 def _stat_problems(name: str, where: str, value: Any) -> list[str]:
@@ -138,6 +223,7 @@ def check_book(notebooks_dir: str | Path, *, dataset: str | None = None,
             problems.append(f"{name}: not executed ({ipynb} missing)")
             continue
         problems += _notebook_errors(ipynb)
+        problems += check_outputs(ipynb)
         prov_path = files / "provenance.json"
         if not prov_path.is_file():
             problems.append(f"{name}: no provenance.json (the page does not say what it ran on)")
@@ -186,7 +272,9 @@ class _Page(HTMLParser):
 def check_html(html_dir: str | Path, names: Sequence[str] | None = None, hosting: Hosting | None = None) -> list[str]:
     """Problems of the rendered notebook pages in ``html_dir`` (``book/_build/html``): each page
     must exist, open with its provenance box (an admonition of class ``provenance``), show at least
-    one numbered figure (a ``caption-number``) whose images all exist, and hold no error output.
+    one numbered figure (a ``caption-number``) whose images all exist and are at least
+:data:`MIN_FIGURE_PX` pixels wide (a thumbnail strip squeezed into a small figure is unreadable),
+and hold no error output.
     With ``hosting`` (the book was built for a public repository), each page must also link to the
     repository and carry its Binder launch link."""
     root = Path(html_dir)
@@ -206,8 +294,13 @@ def check_html(html_dir: str | Path, names: Sequence[str] | None = None, hosting
         for src in parsed.images:
             if src.startswith(("http:", "https:", "data:")) or "logo" in src:
                 continue
-            if not (page.parent / src.split("#")[0]).resolve().is_file():
+            image = (page.parent / src.split("#")[0]).resolve()
+            if not image.is_file():
                 problems.append(f"{name}: image {src!r} does not exist")
+                continue
+            size = _png_size(image)
+            if size is not None and size[0] < MIN_FIGURE_PX:
+                problems.append(f"{name}: figure {src!r} is {size[0]} px wide, under {MIN_FIGURE_PX} px: too small to read")
         if any("output_error" in c or "traceback" in c.lower() for c in parsed.classes) or "Traceback (most recent" in html:
             problems.append(f"{name}: the page shows an error output")
         if hosting is not None:

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from groundiff_core.evaluation.compare import MIN_PAIRS
+
 __all__ = [
     "grid",
     "screen",
@@ -21,6 +23,9 @@ __all__ = [
     "overlay",
     "side_labels",
     "fmt_ci",
+    "fmt_diff",
+    "fmt_number",
+    "show_table",
     "ci_frame",
     "savefig",
     "publish",
@@ -101,31 +106,52 @@ def side_labels(ax, fontsize: int = 7) -> None:
     ax.text(0.97, 0.97, "L", ha="right", **kw)
 
 
-def fmt_ci(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``{"mean", "ci_low", "ci_high"}`` -> ``"0.612 [0.580, 0.650]"``; missing -> ``"n/a"``."""
+TOO_FEW_FOR_INTERVAL = "too few pairs for an interval"
+
+
+def _pairs(stat: Mapping[str, Any]) -> int | None:
+    n = stat.get("n_pairs", stat.get("n"))
+    return None if n is None else int(n)
+
+
+def fmt_ci(stat: Mapping[str, Any] | None, digits: int = 3, min_pairs: int = MIN_PAIRS) -> str:
+    """``{"mean", "ci_low", "ci_high"[, "n_pairs" | "n"]}`` -> ``"0.612 [0.580, 0.650]"``; missing -> ``"n/a"``.
+
+    Below ``min_pairs`` pairs (:data:`~groundiff_core.evaluation.compare.MIN_PAIRS`; pass
+    ``MIN_PER_CLASS`` for one class's figure) the interval is not printed: ``"0.612 (4 pairs: too
+    few pairs for an interval)"``. The book check refuses an interval on a page of fewer pairs.
+    """
     if not stat or stat.get("mean") is None:
         return "n/a"
     m = f"{stat['mean']:.{digits}f}"
     if stat.get("ci_low") is None or stat.get("ci_high") is None:
         return m
+    n = _pairs(stat)
+    if n is not None and n < min_pairs:
+        return f"{m} ({n} pairs: {TOO_FEW_FOR_INTERVAL})"
     return f"{m} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
 
 
-def fmt_diff(d: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """A paired difference ``{"difference", "ci_low", "ci_high"}`` -> ``"+0.012 [+0.004, +0.020]"``."""
+def fmt_diff(d: Mapping[str, Any] | None, digits: int = 3, min_pairs: int = MIN_PAIRS) -> str:
+    """A paired difference ``{"difference", "ci_low", "ci_high", "n_pairs"}`` -> ``"+0.012 [+0.004, +0.020]"``
+    (no interval below ``min_pairs`` pairs, as :func:`fmt_ci`)."""
     if not d or d.get("difference") is None:
         return "n/a"
+    n = _pairs(d)
+    if n is not None and n < min_pairs:
+        return f"{d['difference']:+.{digits}f} ({n} pairs: {TOO_FEW_FOR_INTERVAL})"
     return f"{d['difference']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
 
 
 def ci_frame(stats: Mapping[str, Mapping[str, Mapping[str, Any]]], metrics: Sequence[str],
-             names: Mapping[str, str] | None = None, digits: int = 3):
+             names: Mapping[str, str] | None = None, digits: int = 3, min_pairs: int = MIN_PAIRS):
     """A table (pandas DataFrame) of ``"mean [low, high]"`` strings: one row per key of ``stats``
-    (``stats[row][metric]`` is a summary statistic), one column per metric (renamed by ``names``)."""
+    (``stats[row][metric]`` is a summary statistic), one column per metric (renamed by ``names``);
+    rows of fewer than ``min_pairs`` pairs get no interval (:func:`fmt_ci`)."""
     import pandas as pd
 
     names = dict(names or {})
-    rows = {r: {names.get(m, m): fmt_ci(s.get(m), digits) for m in metrics} for r, s in stats.items()}
+    rows = {r: {names.get(m, m): fmt_ci(s.get(m), digits, min_pairs) for m in metrics} for r, s in stats.items()}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -139,22 +165,53 @@ def savefig(fig, output_dir, name: str, dpi: int = 110) -> str:
     return str(path)
 
 
-def publish(fig, output_dir, name: str, dpi: int = 110) -> str:
+def publish(fig, output_dir, name: str, dpi: int = 110) -> None:
     """Save ``fig`` as ``output_dir/name.png`` and hand it to the book page as the glued output
     ``name`` (myst-nb ``glue``): a ``{glue:figure} name`` directive in a Markdown cell then shows it
     as a numbered, captioned figure that other pages can reference by its ``:name:``. Closes the
-    figure (it is shown once, where the directive is). Returns the PNG's path."""
+    figure (it is shown once, where the directive is). The PNG is ``output_dir/name.png``."""
     import matplotlib.pyplot as plt
 
-    path = savefig(fig, output_dir, name, dpi=dpi)
+    savefig(fig, output_dir, name, dpi=dpi)
     try:
         from myst_nb import glue
     except ImportError:  # outside the book's environment: the PNG is the result
         plt.close(fig)
-        return path
+        return None
     glue(name, fig, display=False)
     plt.close(fig)
-    return path
+    return None  # nothing to print: a path above the figure is noise on the page (the book check refuses one)
+
+
+def fmt_number(x: Any) -> Any:
+    """A table cell as the book prints it: 3 decimals below 1 in magnitude (0.006, 0.612), else 3
+    significant digits (1.23, 12.3, 123; integers as they are); anything else unchanged."""
+    if isinstance(x, bool) or not isinstance(x, (float, np.floating)):
+        return x
+    if not np.isfinite(x):
+        return "-" if np.isnan(x) else str(x)
+    if float(x).is_integer() and abs(x) >= 1:
+        return f"{int(x)}"
+    return f"{x:.3f}" if abs(x) < 1 else f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def show_table(table, output_dir, name: str, *, index: bool = True):
+    """Show a DataFrame on the page with numbers to 3 significant digits (:func:`fmt_number`), save it
+    in full precision as ``output_dir/name.csv`` and show a link to download that CSV.
+
+    The link is a MyST ``{download}`` role relative to the page, which sits beside ``output_dir``
+    (``book/notebooks/NN_name.ipynb`` and ``book/notebooks/NN_name_files/``)."""
+    from pathlib import Path
+
+    from IPython.display import Markdown, display
+
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv = folder / f"{name}.csv"
+    table.to_csv(csv, index=index)
+    shown = table.map(fmt_number) if hasattr(table, "map") else table.applymap(fmt_number)
+    display(shown if index else shown.style.hide(axis="index"))
+    display(Markdown(f"{{download}}`Download this table as CSV <{folder.name}/{csv.name}>`"))
 
 
 def placeholder(text: str, size: tuple[float, float] = (4.0, 0.8)):

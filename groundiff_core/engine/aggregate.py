@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.io.preprocess import CropGeometry
 
-__all__ = ["token_weights", "resize_maps", "MapAccumulator", "gaussian_smooth", "otsu_mask",
+__all__ = ["token_weights", "word_positions", "position_weights", "resize_maps", "MapAccumulator", "gaussian_smooth", "otsu_mask",
            "postprocess", "to_heatmaps"]
 
 
@@ -54,6 +54,36 @@ def token_weights(token_counts: Sequence[int], max_tokens: int, selection: str =
         if stop <= 1:
             raise ValueError(f"phrase {k} has no tokens between its start and end tokens")
         w[k, 1:stop] = 1.0 / (stop - 1)
+    return w
+
+
+def word_positions(tokenizer, phrase: str, words: str) -> list[int]:
+    """Token positions of ``phrase`` (1 = the first token after the start token) that spell one of
+    the words of ``words`` (e.g. a class name, "pleural effusion"), matched as whole token runs.
+
+    Each word is tokenised alone (CLIP's BPE tokenises words independently, so a word's tokens are
+    the same inside a phrase) and found as a contiguous run of the phrase's tokens; the positions of
+    every run found are returned, sorted; none found: ``[]`` (the JBHI code's NaN map).
+    """
+    ids = tokenizer(phrase.lower(), truncation=False)["input_ids"]
+    found: set[int] = set()
+    for word in words.lower().split():
+        w = tokenizer(word, truncation=False)["input_ids"][1:-1]
+        if not w:
+            continue
+        for i in range(1, len(ids) - len(w)):
+            if ids[i:i + len(w)] == w:
+                found.update(range(i, i + len(w)))
+    return sorted(found)
+
+
+def position_weights(positions: Sequence[Sequence[int]], max_tokens: int) -> torch.Tensor:
+    """``[K, max_tokens]`` weights averaging the given token positions of each row (a row without
+    positions is all zero: its map is undefined, see :meth:`Grounder.ground_positions`)."""
+    w = torch.zeros(len(positions), max_tokens, dtype=torch.float32)
+    for k, pos in enumerate(positions):
+        if pos:
+            w[k, list(pos)] = 1.0 / len(pos)
     return w
 
 

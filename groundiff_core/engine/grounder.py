@@ -35,9 +35,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
-from groundiff_core.engine.aggregate import MapAccumulator, to_heatmaps, token_weights
+from groundiff_core.engine.aggregate import MapAccumulator, position_weights, to_heatmaps, token_weights
 from groundiff_core.engine.config import GroundingConfig
 from groundiff_core.engine.inversion import DDIMInversion, ddim_run
 from groundiff_core.engine.joint import invert_joint
@@ -175,6 +176,32 @@ class Grounder:
         batch.weights = torch.cat([token_weights([n], self.model.max_tokens, f"token:{i}") for i in range(1, n - 1)])
         names = [f"{phrase} [token {i}]" for i in range(1, n - 1)]
         return self._heatmaps(batch, [names], return_raw, tokens="token:i per map")[0]
+
+    def ground_positions(self, image: ImageInput, phrases: Sequence[str] | str,
+                         positions: Sequence[Sequence[int]], return_raw: bool = False) -> Heatmaps:
+        """:meth:`ground` reading only the given token positions of each phrase (1 = the first token
+        after the start token; e.g. the class name's tokens, :func:`~.aggregate.word_positions`).
+
+        A phrase without positions gets an all-NaN map, as the JBHI code gives when the class word
+        is absent; the authors' metrics score such a map 0 (mIoU, CNR) and 0.5 (AUC-ROC)."""
+        phrases = as_phrase_list(phrases)
+        counts = self.check_phrases(phrases)
+        if len(positions) != len(phrases):
+            raise ValueError(f"got {len(phrases)} phrases but {len(positions)} position lists")
+        for k, (pos, n) in enumerate(zip(positions, counts)):
+            if any(not 1 <= int(i) <= n - 2 for i in pos):
+                raise ValueError(f"phrase {k}: token positions {list(pos)} outside its tokens 1..{n - 2}")
+        batch = self._prepare([image], [phrases])
+        empty = [k for k, pos in enumerate(positions) if not pos]
+        weights = position_weights(positions, self.model.max_tokens)
+        weights[empty] = batch.weights[empty]  # computed like any row, then set to NaN below
+        batch.weights = weights
+        out = self._heatmaps(batch, [phrases], return_raw, tokens="given positions")[0]
+        for k in empty:
+            out.heatmaps[k] = np.nan
+            if out.model_maps is not None:
+                out.model_maps[k] = np.nan
+        return out
 
     def record(self, image: ImageInput, phrases: Sequence[str] | str, window: tuple[int, int] | None = None,
                layers: Sequence[int] | None = None) -> Recording:

@@ -18,10 +18,13 @@ import numpy as np
 from groundiff_core.evaluation.summary import _rng, bootstrap_ci
 from groundiff_core.util.phrases import side_of_phrase
 
-__all__ = ["class_averaged_ci", "paired_difference", "by_side", "verdict", "MIN_PAIRS"]
+__all__ = ["class_averaged_ci", "paired_difference", "by_side", "verdict", "MIN_PAIRS", "MIN_PER_CLASS"]
 
-#: Fewer pairs than this and a comparison gives no verdict ("too few pairs").
+#: Fewer pairs than this and a comparison gives no verdict ("too few pairs"), and the book prints
+#: no interval.
 MIN_PAIRS = 30
+#: Fewer pairs of one class than this and a per-class figure gets no interval and no verdict.
+MIN_PER_CLASS = 5
 
 
 def _values(rows: Any, metric: str) -> dict[str, tuple[str, float]]:

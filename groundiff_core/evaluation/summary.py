@@ -93,10 +93,10 @@ def _class_avg_stat(by_class: dict[str, np.ndarray], n_boot: int, conf: float,
     """Unweighted mean over classes of the class means; CI from a bootstrap stratified by class."""
     classes = [c for c, v in by_class.items() if len(v)]
     if not classes:
-        return {"mean": None, "ci_low": None, "ci_high": None, "n_classes": 0, "classes": []}
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0, "n_classes": 0, "classes": []}
     mean, lo, hi = bootstrap_ci([by_class[c] for c in classes], n_boot, conf, rng)
-    return {"mean": mean, "ci_low": lo, "ci_high": hi, "n_classes": len(classes),
-            "classes": classes}
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": int(sum(len(by_class[c]) for c in classes)),
+            "n_classes": len(classes), "classes": classes}
 
 
 def _text_sensitivity(ok: Sequence[dict], max_overlap: float, n_boot: int, conf: float,

@@ -1,0 +1,50 @@
+"""The JBHI paper's Table III: cross-attention read from the class name's tokens only.
+
+The authors' code compares two readings of the same attention: every token of the phrase (the
+method's default, :attr:`GroundingConfig.tokens` = "phrase") and only the tokens that spell the
+finding's class name ("pleural effusion" in "small left pleural effusion"). Where the phrase does
+not contain the class name ("enlarged heart" for cardiomegaly) their map is NaN, which their
+metrics score 0 (mIoU, CNR) and 0.5 (AUC-ROC). :class:`ClassNameTokens` is that reading as a
+grounding method: the same grounder, the same inversion, only the token weights differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from groundiff_core.engine.aggregate import word_positions
+from groundiff_core.heatmaps import Heatmaps
+from groundiff_core.util.phrases import as_phrase_list
+
+__all__ = ["ClassNameTokens"]
+
+
+@dataclass
+class ClassNameTokens:
+    """Ground each phrase on the tokens of its class name (``class_of[phrase]``) with ``grounder``.
+
+    ``class_of`` maps every phrase to its class (for a dataset: ``{p.phrase: p.category for p in
+    pairs}``); a phrase not in it is refused by name.
+    """
+
+    grounder: object  # a groundiff_core.engine.grounder.Grounder
+    class_of: Mapping[str, str]
+    name: str = "class-name tokens"
+    found: dict = field(default_factory=dict)  # phrase -> positions used ([] = class name absent)
+
+    def describe(self) -> dict:
+        inner = self.grounder.describe() if hasattr(self.grounder, "describe") else {}
+        return {**inner, "method": self.name, "tokens": "class name only (JBHI Table III)"}
+
+    def ground(self, image, phrases: Sequence[str] | str) -> Heatmaps:
+        phrases = as_phrase_list(phrases)
+        missing = [p for p in phrases if p not in self.class_of]
+        if missing:
+            raise ValueError(f"no class name for phrase {missing[0]!r}; give class_of for every phrase")
+        tok = self.grounder.model.tokenizer
+        positions = [word_positions(tok, p, self.class_of[p]) for p in phrases]
+        self.found.update(zip(phrases, positions))
+        out = self.grounder.ground_positions(image, phrases, positions)
+        out.info.update(method=self.name)
+        return out
