@@ -181,7 +181,7 @@ figures.publish(fig, out, "side_by_side")
 
 # %% tags=["hide-input"]
 token_rows = []
-fig, axes = plt.subplots(1, max(1, min(token_pairs, len(data.selected))), figsize=(4.2 * max(1, token_pairs), 2.8),
+fig, axes = plt.subplots(1, max(1, min(token_pairs, len(data.selected))), figsize=(max(6.0, 4.2 * max(1, token_pairs)), 2.8),
                          squeeze=False, constrained_layout=True)
 for ax, p in zip(axes[0], data.selected[:token_pairs]):
     scores = token_attribution(ldm, load_image(p.image_path), p.phrase, objective=objective, n_steps=ig_steps)

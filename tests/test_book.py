@@ -124,6 +124,32 @@ def test_injected_parameters_follow_profile_overrides_and_declarations(tmp_path)
         parameters.injected_parameters("03_ablation", declared, profile="fast")
 
 
+def test_overrides_are_checked_against_the_declared_types_before_any_kernel(tmp_path, monkeypatch):
+    src = write_source(tmp_path, "03_ablation", """
+        # %% tags=["parameters"]
+        n_pairs = 12
+        sigma = 0.5
+        model = "phantom"
+        dtype = None
+        layers = [3, 4]
+        output_dir = "out"
+        """)
+    declared = runner.declared_parameters(src)
+    bad = {"n_pairs": -3, "sigma": "wide", "model": 7, "layers": 3}
+    for key, value in bad.items():
+        with pytest.raises(ValueError, match=rf"-p {key} .*notebook 03_ablation declares {key} = "):
+            parameters.injected_parameters("03_ablation", declared, overrides={key: value})
+    with pytest.raises(ValueError, match="an integer; got float"):
+        parameters.injected_parameters("03_ablation", declared, overrides={"n_pairs": 2.5})
+    ok = parameters.injected_parameters("03_ablation", declared, overrides={"n_pairs": 0, "sigma": 1,
+                                                                           "dtype": "float16", "layers": [1]})
+    assert ok["n_pairs"] == 0 and ok["sigma"] == 1 and ok["dtype"] == "float16"
+    # the runner refuses before it starts a kernel
+    monkeypatch.setattr(runner, "ensure_kernel", lambda: pytest.fail("a kernel was started"))
+    with pytest.raises(ValueError, match="-p n_pairs -3"):
+        runner.run_book(tmp_path, overrides={"n_pairs": -3})
+
+
 # --------------------------------------------------------------------------- execution
 def test_error_cell_fails_loudly(tmp_path):
     write_source(

@@ -24,6 +24,7 @@ __all__ = [
     "parse_value",
     "profile_parameters",
     "refuse_undeclared",
+    "check_value",
     "RUN_FIRST",
 ]
 
@@ -149,7 +150,11 @@ def injected_parameters(
     only if the notebook declares it, and ``output_dir`` if given and declared. A declared boolean
     takes a strict yes/no/true/false, so that ``-p flag no`` can never mean true."""
     inject = {k: v for k, v in profile_parameters(profile, name).items() if k in declared}
-    inject.update({k: v for k, v in (overrides or {}).items() if k in declared})
+    for k, v in (overrides or {}).items():
+        if k in declared:
+            if declared[k].type_name != "bool":
+                check_value(k, v, declared[k], name)
+            inject[k] = v
     for k in inject:
         if declared[k].type_name == "bool":
             from groundiff_core.engine.config import parse_bool
@@ -158,6 +163,31 @@ def injected_parameters(
     if output_dir is not None and "output_dir" in declared:
         inject["output_dir"] = output_dir
     return inject
+
+
+# counts: a parameter named like these must be a non-negative integer (0 often means "all")
+_COUNT_PREFIXES = ("n_",)
+_COUNT_SUFFIXES = ("_pairs", "_images", "_steps", "_draws", "_classes", "_samples")
+
+
+def check_value(name: str, value: Any, param: Parameter, notebook: str) -> None:
+    """A ``ValueError`` naming ``-p name value`` when the value does not fit the notebook's declared
+    parameter: its type (that of the annotation or the literal default; ``None`` admits anything)
+    and, for counts (``n_*``, ``*_pairs``, ``*_steps``, ...), a non-negative integer."""
+    kind = param.type_name
+    where = f"-p {name} {value!r}: notebook {notebook} declares {name} = {param.default}"
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "int" and not is_int:
+        raise ValueError(f"{where}, an integer; got {type(value).__name__}")
+    if kind == "float" and not (is_int or isinstance(value, float)):
+        raise ValueError(f"{where}, a number; got {type(value).__name__}")
+    if kind == "str" and not isinstance(value, str):
+        raise ValueError(f"{where}, a string; got {type(value).__name__}")
+    if kind == "list" and not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}, a list such as [1, 2]; got {type(value).__name__}")
+    count = name.startswith(_COUNT_PREFIXES) or name.endswith(_COUNT_SUFFIXES)
+    if count and kind in ("int", "NoneType") and value is not None and (not is_int or value < 0):
+        raise ValueError(f"{where}, a count: give a non-negative integer")
 
 
 def refuse_undeclared(overrides: Iterable[str], declared: Iterable[str]) -> None:
