@@ -58,6 +58,8 @@ date -u +"fast %FT%TZ"
   --out "$R/fast" --preset fast --n-pairs 240 --batch-images 4 --device cpu --no-progress > "$R.fast.log" 2>&1 & a=$!
 $card --merge 2 --sweep benchmarks/results/phantom_v4_sweep.json > "$R.card.log" 2>&1
 wait $a
+date -u +"class-name tokens %FT%TZ"
+bash scripts/ship_class_tokens.sh
 date -u +"ship %FT%TZ"
 $PY scripts/ship_results.py "$R/ldm" "$R/testset" book/results/phantom-paper
 $PY scripts/ship_results.py "$R/ldm-shuffled" "$R/testset" book/results/phantom-paper-shuffled

@@ -63,3 +63,18 @@ def test_bad_inputs_are_refused_by_name(grounder, image):
         grounder.ground_positions(image, ["mild edema"], [[40]])
     with pytest.raises(ValueError, match="1 phrases but 2 position lists"):
         grounder.ground_positions(image, ["mild edema"], [[1], [1]])
+
+
+def test_a_batch_of_images_gives_the_maps_of_one_image_at_a_time(tiny_v):
+    rng = np.random.default_rng(1)
+    images = [rng.random((40, 48), dtype=np.float32), rng.random((44, 40), dtype=np.float32)]
+    phrases = [["enlarged heart", "left pleural effusion"], ["mild edema"]]
+    class_of = {"enlarged heart": "cardiomegaly", "left pleural effusion": "pleural effusion", "mild edema": "edema"}
+    one = ClassNameTokens(gd.Grounder(tiny_v, CFG, batch_size=1), class_of)
+    two = ClassNameTokens(gd.Grounder(tiny_v, CFG, batch_size=2), class_of)
+    singles = [one.ground(im, ph).heatmaps for im, ph in zip(images, phrases)]
+    batched = [h.heatmaps for h in two.ground_batch(images, phrases)]
+    for a, b in zip(singles, batched):
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        assert np.allclose(np.nan_to_num(a), np.nan_to_num(b), atol=1e-6)
+    assert np.isnan(batched[0][0]).all() and np.isfinite(batched[1]).any()

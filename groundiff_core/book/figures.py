@@ -106,7 +106,7 @@ def side_labels(ax, fontsize: int = 7) -> None:
     ax.text(0.97, 0.97, "L", ha="right", **kw)
 
 
-TOO_FEW_FOR_INTERVAL = "too few pairs for an interval"
+TOO_FEW_FOR_INTERVAL = "too few for an interval"
 
 
 def _pairs(stat: Mapping[str, Any]) -> int | None:
@@ -119,7 +119,7 @@ def fmt_ci(stat: Mapping[str, Any] | None, digits: int = 3, min_pairs: int = MIN
 
     Below ``min_pairs`` pairs (:data:`~groundiff_core.evaluation.compare.MIN_PAIRS`; pass
     ``MIN_PER_CLASS`` for one class's figure) the interval is not printed: ``"0.612 (4 pairs: too
-    few pairs for an interval)"``. The book check refuses an interval on a page of fewer pairs.
+    few for an interval)"``. The book check refuses an interval on a page of fewer pairs.
     """
     if not stat or stat.get("mean") is None:
         return "n/a"

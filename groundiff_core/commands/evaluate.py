@@ -65,6 +65,9 @@ def register(subparsers) -> None:
                    "on this training CSV (same layout as --csv, images under --images)")
     p.add_argument("--prior-folds", type=int, default=5, metavar="K", help="for --method phrase-prior without "
                    "--prior or --prior-train: cross-fit in K folds grouped by image (default 5)")
+    p.add_argument("--tokens", choices=("phrase", "class-name"), default="phrase",
+                   help="for --method ldm: read every phrase token (the method, default) or only the tokens of the "
+                   "pair's class name (the JBHI paper's Table III; a phrase without its class name gets an empty map)")
     p.add_argument("--control", choices=("image-shuffle",), help="image-shuffle: ground each image's phrases on "
                    "another image of the dataset (seeded by --seed) and score them on their own boxes mapped to "
                    "that image: what a method loses here is the part of its score that comes from the image")
@@ -126,6 +129,8 @@ def build_method(args: argparse.Namespace, pairs=()):
         raise ValueError(f"--model, --text-encoder, --cache-dir, --no-cache, --steps and --inversion-cache apply "
                          f"to --method ldm, "
                          f"not {args.method!r}")
+    if args.method != "ldm" and getattr(args, "tokens", "phrase") != "phrase":
+        raise ValueError(f"--tokens applies to --method ldm, not {args.method!r}")
     if args.method != "phrase-prior" and (getattr(args, "prior", None) or getattr(args, "prior_train", None)):
         raise ValueError(f"--prior and --prior-train apply to --method phrase-prior, not {args.method!r}")
     if args.method == "random":
@@ -153,7 +158,12 @@ def build_method(args: argparse.Namespace, pairs=()):
 
         cache = InversionCache(args.inversion_cache)
     # --batch-images B: the B images of a ground_batch call share every UNet call (one inversion)
-    return Grounder(model, config, batch_size=args.batch_images, inversion_cache=cache)
+    grounder = Grounder(model, config, batch_size=args.batch_images, inversion_cache=cache)
+    if getattr(args, "tokens", "phrase") == "class-name":
+        from groundiff_core.methods.class_tokens import ClassNameTokens
+
+        return ClassNameTokens(grounder, {p.phrase: p.category for p in pairs})
+    return grounder
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -199,7 +209,8 @@ def _require_results(summary: dict, hint: str) -> int:
 _EVALUATION_ONLY = {"model": None, "text_encoder": None, "dataset": None, "csv": None, "images": None, "split": None,
                     "method": "ldm", "prior": None, "prior_train": None, "prior_folds": 5, "control": None,
                     "preset": "paper", "conventions": "paper", "steps": None, "n_pairs": None, "shard": None,
-                    "batch_images": 1, "inversion_cache": None, "cache_dir": None, "no_cache": False}
+                    "batch_images": 1, "inversion_cache": None, "cache_dir": None, "no_cache": False,
+                    "tokens": "phrase"}
 
 
 def run(args: argparse.Namespace) -> int:

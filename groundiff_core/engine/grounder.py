@@ -184,23 +184,40 @@ class Grounder:
 
         A phrase without positions gets an all-NaN map, as the JBHI code gives when the class word
         is absent; the authors' metrics score such a map 0 (mIoU, CNR) and 0.5 (AUC-ROC)."""
-        phrases = as_phrase_list(phrases)
-        counts = self.check_phrases(phrases)
-        if len(positions) != len(phrases):
-            raise ValueError(f"got {len(phrases)} phrases but {len(positions)} position lists")
-        for k, (pos, n) in enumerate(zip(positions, counts)):
-            if any(not 1 <= int(i) <= n - 2 for i in pos):
-                raise ValueError(f"phrase {k}: token positions {list(pos)} outside its tokens 1..{n - 2}")
-        batch = self._prepare([image], [phrases])
-        empty = [k for k, pos in enumerate(positions) if not pos]
-        weights = position_weights(positions, self.model.max_tokens)
-        weights[empty] = batch.weights[empty]  # computed like any row, then set to NaN below
-        batch.weights = weights
-        out = self._heatmaps(batch, [phrases], return_raw, tokens="given positions")[0]
-        for k in empty:
-            out.heatmaps[k] = np.nan
-            if out.model_maps is not None:
-                out.model_maps[k] = np.nan
+        return self.ground_positions_batch([image], [phrases], [positions], return_raw)[0]
+
+    def ground_positions_batch(self, images: Sequence[ImageInput], phrases_per_image: Sequence[Sequence[str] | str],
+                               positions_per_image: Sequence[Sequence[Sequence[int]]],
+                               return_raw: bool = False) -> list[Heatmaps]:
+        """:meth:`ground_positions` for many images, ``batch_size`` images per inversion."""
+        self._check_batch(images, phrases_per_image)
+        if len(positions_per_image) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(positions_per_image)} position lists")
+        for phrases, positions in zip(phrases_per_image, positions_per_image):
+            phrases = as_phrase_list(phrases)
+            if len(positions) != len(phrases):
+                raise ValueError(f"got {len(phrases)} phrases but {len(positions)} position lists")
+            for k, (pos, n) in enumerate(zip(positions, self.check_phrases(phrases))):
+                if any(not 1 <= int(i) <= n - 2 for i in pos):
+                    raise ValueError(f"phrase {k}: token positions {list(pos)} outside its tokens 1..{n - 2}")
+        out: list[Heatmaps] = []
+        for b0 in range(0, len(images), self.batch_size):
+            batch = self._prepare(images[b0:b0 + self.batch_size], phrases_per_image[b0:b0 + self.batch_size])
+            flat = [list(p) for ps in positions_per_image[b0:b0 + self.batch_size] for p in ps]
+            empty = [r for r, pos in enumerate(flat) if not pos]
+            weights = position_weights(flat, self.model.max_tokens)
+            weights[empty] = batch.weights[empty]  # computed like any row, then set to NaN below
+            batch.weights = weights
+            results = self._heatmaps(batch, batch.phrases_per_image, return_raw, tokens="given positions")
+            r = 0
+            for res in results:
+                for k in range(len(res.phrases)):
+                    if r + k in empty:
+                        res.heatmaps[k] = np.nan
+                        if res.model_maps is not None:
+                            res.model_maps[k] = np.nan
+                r += len(res.phrases)
+            out += results
         return out
 
     def record(self, image: ImageInput, phrases: Sequence[str] | str, window: tuple[int, int] | None = None,

@@ -37,14 +37,22 @@ class ClassNameTokens:
         inner = self.grounder.describe() if hasattr(self.grounder, "describe") else {}
         return {**inner, "method": self.name, "tokens": "class name only (JBHI Table III)"}
 
-    def ground(self, image, phrases: Sequence[str] | str) -> Heatmaps:
-        phrases = as_phrase_list(phrases)
+    def _positions(self, phrases: Sequence[str]) -> list[list[int]]:
         missing = [p for p in phrases if p not in self.class_of]
         if missing:
             raise ValueError(f"no class name for phrase {missing[0]!r}; give class_of for every phrase")
         tok = self.grounder.model.tokenizer
         positions = [word_positions(tok, p, self.class_of[p]) for p in phrases]
         self.found.update(zip(phrases, positions))
-        out = self.grounder.ground_positions(image, phrases, positions)
-        out.info.update(method=self.name)
+        return positions
+
+    def ground(self, image, phrases: Sequence[str] | str) -> Heatmaps:
+        return self.ground_batch([image], [phrases])[0]
+
+    def ground_batch(self, images, phrases_per_image) -> list[Heatmaps]:
+        """Several images at once (the grounder's ``batch_size`` per inversion), as the runner calls it."""
+        lists = [as_phrase_list(p) for p in phrases_per_image]
+        out = self.grounder.ground_positions_batch(images, lists, [self._positions(p) for p in lists])
+        for h in out:
+            h.info.update(method=self.name)
         return out
