@@ -87,17 +87,6 @@ def _inspect_checkpoint(path: Path, expected: dict) -> dict:
     return info
 
 
-def _md5(path: Path) -> str:
-    """The file's MD5 (what the model zoo's large_files.yml records), read in 1 MiB pieces."""
-    import hashlib
-
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _paper(paper_dir: str | None, hash_files: bool) -> dict:
     from groundiff_core.models.loading.catalog import PAPER_DIR_ENV, checksums, default_paper_dir, find_paper_files
     from groundiff_core.models.loading.checkpoints import fingerprint
@@ -120,7 +109,7 @@ def _paper(paper_dir: str | None, hash_files: bool) -> dict:
             entry["size"] = path.stat().st_size
             entry.update(_inspect_checkpoint(path, expected))
             if hash_files:
-                entry["sha256"], entry["md5"] = file_sha256(path), _md5(path)
+                entry["sha256"], entry["md5"] = file_sha256(path), file_sha256(path, "md5")
                 if expected.get("sha256"):
                     entry["sha256_matches"] = entry["sha256"] == expected["sha256"]
                 if expected.get("md5"):  # the published bundles give MD5 only

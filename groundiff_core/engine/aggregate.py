@@ -77,14 +77,25 @@ def word_positions(tokenizer, phrase: str, words: str) -> list[int]:
     return sorted(found)
 
 
-def position_weights(positions: Sequence[Sequence[int]], max_tokens: int) -> torch.Tensor:
-    """``[K, max_tokens]`` weights averaging the given token positions of each row (a row without
-    positions is all zero: its map is undefined, see :meth:`Grounder.ground_positions`)."""
-    w = torch.zeros(len(positions), max_tokens, dtype=torch.float32)
+def position_weights(positions: Sequence[Sequence[int]], phrase_weights: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``(weights, empty)``: weights ``[K, max_tokens]`` averaging the given token positions of each
+    row, and the rows without positions (they keep ``phrase_weights``' row, so that they compute like
+    any other; the caller sets their maps to NaN). ``phrase_weights`` (:func:`token_weights`)
+    says which positions are a phrase's own tokens: any other position is refused."""
+    if len(positions) != len(phrase_weights):
+        raise ValueError(f"got {len(phrase_weights)} phrases but {len(positions)} position lists")
+    w = phrase_weights.clone()
+    empty = []
     for k, pos in enumerate(positions):
-        if pos:
-            w[k, list(pos)] = 1.0 / len(pos)
-    return w
+        own = set(torch.nonzero(phrase_weights[k]).flatten().tolist())
+        if not pos:
+            empty.append(k)
+        elif not set(int(i) for i in pos) <= own:
+            raise ValueError(f"phrase {k}: token positions {list(pos)} outside its tokens {min(own)}..{max(own)}")
+        else:
+            w[k] = 0.0
+            w[k, [int(i) for i in pos]] = 1.0 / len(pos)
+    return w, empty
 
 
 def resize_maps(maps: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:

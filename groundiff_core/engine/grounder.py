@@ -44,7 +44,7 @@ from groundiff_core.engine.inversion import DDIMInversion, ddim_run
 from groundiff_core.engine.joint import invert_joint
 from groundiff_core.engine.kept import Inversion, InversionCache, inversion_key
 from groundiff_core.engine.layers import CrossAttentionLayer, cross_attention_layers
-from groundiff_core.engine.recording import AttentionRecorder
+from groundiff_core.engine.recording import AttentionRecorder, StepStore
 from groundiff_core.heatmaps import Heatmaps, Recording
 from groundiff_core.io.images import ImageInput, load_image
 from groundiff_core.io.preprocess import CropGeometry, prepare_image
@@ -64,16 +64,6 @@ class _Batch:
     phrases: list[str]  # [R], image by image
     row_image: torch.Tensor  # [R] image index of each row
     weights: torch.Tensor  # [R, T] token weights
-
-
-class _StepStore:
-    """Recording sink of record mode: every map, per layer, in call (= step) order."""
-
-    def __init__(self) -> None:
-        self.maps: dict[int, list[torch.Tensor]] = {}
-
-    def __call__(self, layer: int, maps: torch.Tensor) -> None:
-        self.maps.setdefault(layer, []).append(maps)
 
 
 class Grounder:
@@ -177,46 +167,26 @@ class Grounder:
         names = [f"{phrase} [token {i}]" for i in range(1, n - 1)]
         return self._heatmaps(batch, [names], return_raw, tokens="token:i per map")[0]
 
-    def ground_positions(self, image: ImageInput, phrases: Sequence[str] | str,
-                         positions: Sequence[Sequence[int]], return_raw: bool = False) -> Heatmaps:
-        """:meth:`ground` reading only the given token positions of each phrase (1 = the first token
-        after the start token; e.g. the class name's tokens, :func:`~.aggregate.word_positions`).
-
-        A phrase without positions gets an all-NaN map, as the JBHI code gives when the class word
-        is absent; the authors' metrics score such a map 0 (mIoU, CNR) and 0.5 (AUC-ROC)."""
-        return self.ground_positions_batch([image], [phrases], [positions], return_raw)[0]
-
     def ground_positions_batch(self, images: Sequence[ImageInput], phrases_per_image: Sequence[Sequence[str] | str],
                                positions_per_image: Sequence[Sequence[Sequence[int]]],
                                return_raw: bool = False) -> list[Heatmaps]:
-        """:meth:`ground_positions` for many images, ``batch_size`` images per inversion."""
+        """:meth:`ground_batch` reading only the given token positions of each phrase (1 = the first
+        token after the start token; e.g. a class name's, :func:`~.aggregate.word_positions`). A
+        phrase without positions gets an all-NaN map, as the JBHI code gives where the class word is
+        absent (its metrics score it 0, AUC-ROC 0.5)."""
         self._check_batch(images, phrases_per_image)
         if len(positions_per_image) != len(images):
             raise ValueError(f"got {len(images)} images but {len(positions_per_image)} position lists")
-        for phrases, positions in zip(phrases_per_image, positions_per_image):
-            phrases = as_phrase_list(phrases)
-            if len(positions) != len(phrases):
-                raise ValueError(f"got {len(phrases)} phrases but {len(positions)} position lists")
-            for k, (pos, n) in enumerate(zip(positions, self.check_phrases(phrases))):
-                if any(not 1 <= int(i) <= n - 2 for i in pos):
-                    raise ValueError(f"phrase {k}: token positions {list(pos)} outside its tokens 1..{n - 2}")
         out: list[Heatmaps] = []
         for b0 in range(0, len(images), self.batch_size):
             batch = self._prepare(images[b0:b0 + self.batch_size], phrases_per_image[b0:b0 + self.batch_size])
             flat = [list(p) for ps in positions_per_image[b0:b0 + self.batch_size] for p in ps]
-            empty = [r for r, pos in enumerate(flat) if not pos]
-            weights = position_weights(flat, self.model.max_tokens)
-            weights[empty] = batch.weights[empty]  # computed like any row, then set to NaN below
-            batch.weights = weights
+            batch.weights, empty = position_weights(flat, batch.weights)
             results = self._heatmaps(batch, batch.phrases_per_image, return_raw, tokens="given positions")
-            r = 0
-            for res in results:
-                for k in range(len(res.phrases)):
-                    if r + k in empty:
-                        res.heatmaps[k] = np.nan
-                        if res.model_maps is not None:
-                            res.model_maps[k] = np.nan
-                r += len(res.phrases)
+            rows = [(h, k) for h in results for k in range(len(h.phrases))]  # row r -> (heatmaps, phrase)
+            for h, k in (rows[r] for r in empty):
+                h.heatmaps[k] = np.nan
+                h.model_maps[k] = np.nan
             out += results
         return out
 
@@ -244,7 +214,7 @@ class Grounder:
         out: list[Recording] = []
         for b0 in range(0, len(images), self.batch_size):
             batch = self._prepare(images[b0:b0 + self.batch_size], phrases_per_image[b0:b0 + self.batch_size])
-            store = _StepStore()
+            store = StepStore()
             geometries = self._run(batch, window, [all_layers[i] for i in chosen], store)
             stacked = {k: torch.stack(v) for k, v in store.maps.items()}  # [n_steps, R, h, w]
             r = 0

@@ -32,7 +32,7 @@ import torch
 
 from groundiff_core.engine.layers import CrossAttentionLayer
 
-__all__ = ["AttentionRecorder", "RecordingProcessor", "token_averaged_attention", "Sink"]
+__all__ = ["AttentionRecorder", "RecordingProcessor", "token_averaged_attention", "Sink", "StepStore"]
 
 
 class _ForwardDone(Exception):
@@ -188,3 +188,13 @@ class AttentionRecorder:
             self.exit_after = None
         raise RuntimeError(f"the UNet pass ended without running cross-attention layer {last}; "
                            "were the recorded layers taken from another model?")
+
+
+class StepStore:
+    """Recording sink of record mode (:meth:`Grounder.record`): every map, per layer, in call (= step) order."""
+
+    def __init__(self) -> None:
+        self.maps: dict[int, list[torch.Tensor]] = {}
+
+    def __call__(self, layer: int, maps: torch.Tensor) -> None:
+        self.maps.setdefault(layer, []).append(maps)

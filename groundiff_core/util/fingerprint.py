@@ -49,10 +49,11 @@ def json_sha256(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a whole file's bytes; ``OSError`` when it cannot be read."""
+def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """SHA-256 (hex, or another ``hashlib`` algorithm: the model zoo publishes MD5s) of a whole
+    file's bytes; ``OSError`` when it cannot be read."""
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
 def weights_sha256(networks: Iterable[tuple[str, Any]]) -> str:
