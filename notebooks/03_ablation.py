@@ -129,11 +129,6 @@ results = pd.DataFrame(rows)
 results.to_csv(out / "ablation_pairs.csv", index=False)
 
 
-def class_averaged(df: pd.DataFrame, metric: str) -> float:
-    """The paper's figure: mean over classes of the per-class mean."""
-    return df.groupby("category")[metric].mean().mean()
-
-
 grid_df = results[results.setting == "grid"].astype({"L": int, "T": int})
 cells = {m: grid_df.groupby(["L", "T", "category"])[m].mean().groupby(["L", "T"]).mean().unstack("T")
          for m in ["miou", "auc", "cnr_abs"]}
@@ -213,7 +208,8 @@ display(Markdown("\n".join(lines) or "No pair was scored."))
 # ## Post-processing: Gaussian and Otsu
 
 # %% tags=["hide-input"]
-pp = pd.DataFrame({name: {titles[m]: class_averaged(results[results.setting == name], m) for m in titles}
+pp = pd.DataFrame({name: {titles[m]: pages.class_averaged_ci(results[results.setting == name], m, n_boot=n_boot,
+                                                            seed=seed)["mean"] for m in titles}
                    for name in post}).T
 pp.index = ["Gaussian + Otsu (paper)", "Otsu only", "Gaussian only", "neither"]
 figures.show_table(pp, out, "postprocessing")

@@ -55,7 +55,7 @@ from groundiff_core.io.datasets import group_by_image
 from groundiff_core.evaluation import evaluate, load_results
 from groundiff_core.evaluation.compare import by_side, paired_difference, verdict
 from groundiff_core.io.images import load_image
-from groundiff_core.models.text import check_phrase
+from groundiff_core.models.text import unknown_words, unrepresentable
 
 # %% tags=["hide-input"]
 out, data, ldm = pages.setup_notebook(
@@ -79,16 +79,6 @@ print(f"{len(res)} pairs on {res.image_path.nunique()} images evaluated; class-a
       f"{figures.fmt_ci(summary['class_averaged']['auc'])}, mIoU {figures.fmt_ci(summary['class_averaged']['miou'])}")
 
 
-def heatmap(pair_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """(image, heatmap) of an evaluated pair, from the maps kept during the evaluation."""
-    p = pairs[pair_id]
-    image = load_image(p.image_path)
-    return image, grounder.get(image, p.phrase)
-
-
-def shown(image: np.ndarray) -> np.ndarray:
-    return figures.screen(image, show)  # a blank of the image's size unless images may be shown
-
 
 # %% [markdown]
 # ## The worst pair of each class
@@ -100,8 +90,9 @@ worst = (res.sort_values(["auc", "miou"]).groupby("category", sort=True).head(wo
          .sort_values("category"))
 fig, axes = figures.grid(len(worst), ncols=4, size=2.7)
 for ax, (_, r) in zip(axes, worst.iterrows()):
-    image, hm = heatmap(r.pair_id)
-    figures.overlay(ax, shown(image), hm, r.boxes, title=f"{r.category}: '{r.phrase}'\nAUC {r.auc:.2f}, mIoU {r.miou:.2f}",
+    image = load_image(pairs[r.pair_id].image_path)
+    hm = grounder.get(image, pairs[r.pair_id].phrase)  # the map kept during the evaluation
+    figures.overlay(ax, figures.screen(image, show), hm, r.boxes, title=f"{r.category}: '{r.phrase}'\nAUC {r.auc:.2f}, mIoU {r.miou:.2f}",
                     fontsize=7)
     figures.side_labels(ax)
 figures.publish(fig, out, "worst_per_class")
@@ -208,10 +199,11 @@ gap["prior_ahead"] = gap.auc_prior - gap.auc
 ahead = gap.sort_values("prior_ahead", ascending=False).head(4)
 fig, axes = figures.grid(2 * len(ahead), ncols=4, size=2.7)
 for k, (_, r) in enumerate(ahead.iterrows()):
-    image, hm = heatmap(r.pair_id)
-    figures.overlay(axes[2 * k], shown(image), hm, r.boxes, title=f"cross-attention, AUC {r.auc:.2f}\n'{r.phrase}'",
+    image = load_image(pairs[r.pair_id].image_path)
+    hm = grounder.get(image, pairs[r.pair_id].phrase)
+    figures.overlay(axes[2 * k], figures.screen(image, show), hm, r.boxes, title=f"cross-attention, AUC {r.auc:.2f}\n'{r.phrase}'",
                     fontsize=7)
-    figures.overlay(axes[2 * k + 1], shown(image), prior.get(image, r.phrase), r.boxes,
+    figures.overlay(axes[2 * k + 1], figures.screen(image, show), prior.get(image, r.phrase), r.boxes,
                     title=f"phrase prior, AUC {r.auc_prior:.2f}", fontsize=7)
     for ax in axes[2 * k:2 * k + 2]:
         figures.side_labels(ax)
@@ -265,25 +257,6 @@ categories = sorted(res.category.unique())
 candidates = res.sort_values("auc", ascending=False)
 lateral = candidates[candidates.side.isin(["left", "right"])]
 chosen = pd.concat([lateral, candidates]).drop_duplicates("pair_id").head(prompt_pairs)
-unk = getattr(ldm.tokenizer, "unk_token_id", None)
-
-
-def unknown_words(text: str) -> list[str]:
-    """Words the model's tokenizer maps to its unknown token."""
-    if unk is None:
-        return []
-    return [w for w in text.split() if unk in ldm.tokenizer(w, add_special_tokens=False)["input_ids"]]
-
-
-def unrepresentable(text: str) -> str | None:
-    """Why the model's tokenizer cannot represent ``text`` (None if it can): such a phrase is not grounded."""
-    try:
-        check_phrase(ldm.tokenizer, text)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 prompt_rows, panels = [], []
 for _, r in chosen.iterrows():
     p = pairs[r.pair_id]
@@ -294,7 +267,7 @@ for _, r in chosen.iterrows():
                 "unrelated finding": pages.unrelated_finding(p.category)}
     variants = {k: v for k, v in variants.items() if k == "original" or v.lower() != p.phrase.lower()}
     image = load_image(p.image_path)
-    skipped = {k for k, v in variants.items() if unrepresentable(v)}
+    skipped = {k for k, v in variants.items() if unrepresentable(ldm.tokenizer, v)}
     maps = grounder.method.ground(image, list(dict.fromkeys(v for k, v in variants.items() if k not in skipped)))
     for kind, text in variants.items():
         if kind in skipped:
@@ -305,7 +278,7 @@ for _, r in chosen.iterrows():
             continue
         hm = maps[text]
         prompt_rows.append({"pair": p.phrase, "variant": kind, "text": text,
-                            "unknown words": ", ".join(unknown_words(text)) or "-",
+                            "unknown words": ", ".join(unknown_words(ldm.tokenizer, text)) or "-",
                             "AUC-ROC on original boxes": metrics.auc_roc(hm, r.boxes),
                             "mIoU on original boxes": metrics.miou(hm, r.boxes)})
         panels.append((image, hm, r.boxes, f"{kind}:\n'{text}'"))
@@ -316,7 +289,7 @@ figures.show_table(prompts.set_index(["pair", "variant"]), out, "prompt_sensitiv
 ncols = max(1, len(panels) // max(1, len(chosen)))
 fig, axes = figures.grid(len(panels), ncols=ncols, size=2.3)
 for ax, (image, hm, boxes, title) in zip(axes, panels):
-    figures.overlay(ax, shown(image), hm, boxes, title=title, fontsize=7)
+    figures.overlay(ax, figures.screen(image, show), hm, boxes, title=title, fontsize=7)
     figures.side_labels(ax)
 figures.publish(fig, out, "prompt_sensitivity")
 

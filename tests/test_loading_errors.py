@@ -217,3 +217,13 @@ def test_unknown_options_devices_and_dtypes(tmp_path):
         load_model("tiny", device="gpu-please")
     with pytest.raises(ValueError, match="text_encoder="):
         load_model("tiny", text_encoder=tmp_path)
+
+
+def test_unknown_and_unrepresentable_words_are_named():
+    from groundiff_core.models.text import unknown_words, unrepresentable, word_tokenizer
+
+    tok = word_tokenizer(["left", "pleural", "effusion"])
+    assert unrepresentable(tok, "left pleural effusion") is None
+    why = unrepresentable(tok, "épanchement pleural")
+    assert why is not None and "cannot represent" in why and "'épanchement'" in why
+    assert unknown_words(tok, "left effusion") == []

@@ -23,7 +23,8 @@ import re
 import warnings
 from typing import Any, Iterable
 
-__all__ = ["split_words", "word_tokenizer", "small_text_encoder", "check_phrase", "is_closed_vocabulary"]
+__all__ = ["split_words", "word_tokenizer", "small_text_encoder", "check_phrase", "is_closed_vocabulary",
+           "unknown_words", "unrepresentable"]
 
 _WORD = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
 
@@ -101,6 +102,23 @@ def check_phrase(tokenizer: Any, phrase: str) -> None:
             warnings.warn(f"phrase {phrase!r}: {', '.join(repr(w) for w in unknown)} not in the model's closed "
                           "vocabulary; spelled in sub-word pieces the model may never have seen",
                           UserWarning, stacklevel=3)
+
+
+def unknown_words(tokenizer: Any, text: str) -> list[str]:
+    """The words of ``text`` that ``tokenizer`` maps to its unknown token (none for CLIP's BPE)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return [] if unk is None else [w for w in text.split() if unk in _ids(tokenizer, w)]
+
+
+def unrepresentable(tokenizer: Any, text: str) -> str | None:
+    """Why ``tokenizer`` cannot represent ``text`` (:func:`check_phrase`'s refusal), or ``None`` if it can."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a warning is not a refusal
+        try:
+            check_phrase(tokenizer, text)
+        except ValueError as e:
+            return str(e)
+    return None
 
 
 def _learn_merges(pieces: list[str]) -> list[tuple[str, str]]:
