@@ -497,3 +497,21 @@ def test_an_input_the_method_refuses_skips_that_image_only(data, tmp_path):
     refused = [p for p in pairs if load_image(p.image_path).shape == hw]
     assert summary["skipped"]["n_pairs"] == len(refused) and summary["n_pairs"] == len(pairs) - len(refused)
     assert "grounding failed: this image is not for me" in summary["skipped"]["images"][0]["reason"]
+
+
+def test_strict_fails_a_run_that_skipped_a_pair_after_writing_it(data, tmp_path, capsys):
+    pairs, csv, root = data
+    (root / fx.rel_path("b2")).write_bytes(_bomb_png())
+    out = tmp_path / "run"
+    assert cli_main(_cli(csv, root, out, "--method", "centre")) == 0  # by default: some pairs evaluated
+    capsys.readouterr()
+    assert cli_main(_cli(csv, root, tmp_path / "strict", "--method", "centre", "--strict")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[0].startswith("SKIPPED 2 pair(s)")  # the run's own report
+    last = err.splitlines()[-1]
+    assert "--strict: 2 pair(s) skipped" in last and "unreadable image" in last
+    assert (tmp_path / "strict" / "summary.json").is_file()  # the results are kept
+    assert cli_main(_cli(csv, root, tmp_path / "clean", "--method", "random", "--strict")) == 2  # still b2
+    (root / fx.rel_path("b2")).unlink()
+    shutil.copy(root / fx.rel_path("a1"), root / fx.rel_path("b2"))
+    assert cli_main(_cli(csv, root, tmp_path / "strict", "--method", "centre", "--strict")) == 0  # resumed, retried

@@ -65,6 +65,8 @@ def register(subparsers) -> None:
                    "on this training CSV (same layout as --csv, images under --images)")
     p.add_argument("--prior-folds", type=int, default=5, metavar="K", help="for --method phrase-prior without "
                    "--prior or --prior-train: cross-fit in K folds grouped by image (default 5)")
+    p.add_argument("--strict", action="store_true", help="exit with an error (after writing the results) when "
+                   "any pair was skipped or dropped; by default only a run that evaluated nothing fails")
     p.add_argument("--tokens", choices=("phrase", "class-name"), default="phrase",
                    help="for --method ldm: read every phrase token (the method, default) or only the tokens of the "
                    "pair's class name (the JBHI paper's Table III; a phrase without its class name gets an empty map)")
@@ -190,6 +192,17 @@ def _silence_progress_bars() -> None:
     tlog.disable_progress_bar()
 
 
+def _strict(summary: dict) -> int:
+    """``--strict``: 0 only when no pair was skipped or dropped; else one line naming the first."""
+    sk, dr = summary["skipped"], summary.get("dropped", {"n_pairs": 0, "pairs": []})
+    if not sk["n_pairs"] and not dr["n_pairs"]:
+        return 0
+    first = (f"{sk['images'][0]['reason']}: {sk['images'][0]['image_path']}" if sk["images"]
+             else dr["pairs"][0]["reason"] if dr["pairs"] else "see summary.json")
+    raise ValueError(f"--strict: {sk['n_pairs']} pair(s) skipped and {dr['n_pairs']} dropped (first: {first}); "
+                     "every evaluated pair is in results.jsonl and the summary was written")
+
+
 def _require_results(summary: dict, hint: str) -> int:
     """0, or a clear error when nothing was evaluated (every pair skipped or dropped)."""
     if summary["n_pairs"]:
@@ -210,7 +223,7 @@ _EVALUATION_ONLY = {"model": None, "text_encoder": None, "dataset": None, "csv":
                     "method": "ldm", "prior": None, "prior_train": None, "prior_folds": 5, "control": None,
                     "preset": "paper", "conventions": "paper", "steps": None, "n_pairs": None, "shard": None,
                     "batch_images": 1, "inversion_cache": None, "cache_dir": None, "no_cache": False,
-                    "tokens": "phrase"}
+                    "tokens": "phrase", "strict": False}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -266,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
     )
     _report(summary, out)
     if launch is None:
-        return _require_results(summary, "check --images and --csv")
+        code = _require_results(summary, "check --images and --csv")
+        return _strict(summary) if args.strict else code
     mark_shard_done(out, launch, summary["n_pairs"])
     if launch.rank != 0:
         print(f"rank {launch.rank} of {launch.world_size}: shard done; rank 0 merges into {args.out}")

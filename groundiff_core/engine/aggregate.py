@@ -190,6 +190,13 @@ def to_heatmaps(acc: MapAccumulator, cfg: "GroundingConfig", size: int, geometri
     post-processing and the conventions of the back-projection)."""
     raw = acc.mean(size, cfg.resize).cpu().double().numpy()  # [R, S, S]
     final = postprocess(raw, cfg.sigma_pixels(size), cfg.otsu, cfg.conventions)
+    flat = [k for k in range(len(final)) if not np.isfinite(final[k]).any() or np.nanmin(final[k]) == np.nanmax(final[k])]
+    if flat:
+        from groundiff_core.io.preprocess import warn_once
+
+        names = [p for ps in phrases_per_image for p in ps]
+        warn_once("constant map", f"the heatmap of {names[flat[0]]!r} is constant or all NaN (no pixel stands out: "
+                                  "nothing to localise); its metrics are those of an uninformative map")
     raw = raw.astype(np.float32)
     out, r = [], 0
     for geom, phrases in zip(geometries, phrases_per_image):

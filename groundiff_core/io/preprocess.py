@@ -137,6 +137,21 @@ class CropGeometry:
         return (y1 > y0) & (x1 > x0)
 
 
+MIN_SEEN_SHARE = 0.25  # below this share of the image inside the model's square crop, a warning
+MIN_SIDE = 32  # a shorter side under this many pixels, a warning
+_WARNED: set[str] = set()
+
+
+def warn_once(kind: str, message: str) -> None:
+    """A ``UserWarning`` the first time ``kind`` happens in this process (a run over many images
+    would otherwise print it for each)."""
+    import warnings
+
+    if kind not in _WARNED:
+        _WARNED.add(kind)
+        warnings.warn(message + " (said once)", UserWarning, stacklevel=3)
+
+
 def prepare_image(image01: np.ndarray | torch.Tensor, size: int,
                   conventions: str = "paper") -> tuple[torch.Tensor, CropGeometry]:
     """A ``[H, W]`` float image in ``[0, 1]`` -> model input ``[1, 1, size, size]`` and its geometry."""
@@ -144,4 +159,11 @@ def prepare_image(image01: np.ndarray | torch.Tensor, size: int,
     if t.ndim != 2:
         raise ValueError(f"prepare_image expects a 2-D grayscale image, got shape {tuple(t.shape)}")
     geom = CropGeometry(int(t.shape[0]), int(t.shape[1]), int(size), conventions)
+    seen = min(geom.height, geom.width) / max(geom.height, geom.width)
+    if seen < MIN_SEEN_SHARE:
+        warn_once("crop", f"an image of {geom.height} x {geom.width} pixels: the model's centre crop sees "
+                          f"{seen:.1%} of it (under {MIN_SEEN_SHARE:.0%}); the heatmap is NaN outside that crop")
+    if min(geom.height, geom.width) < MIN_SIDE:
+        warn_once("tiny", f"an image of {geom.height} x {geom.width} pixels, under {MIN_SIDE} on a side: it is "
+                          f"upsampled to {size} x {size}, and a heatmap on so few pixels says little")
     return geom.to_model(t[None, None]).clamp(0, 1), geom
