@@ -332,3 +332,20 @@ def test_a_full_stable_diffusion_folder_works_as_the_text_encoder(tmp_path):
     _scaled_copy("generative-models", bundle)
     model = load_model(bundle, text_encoder=sd, input_size=IMAGE)
     assert model.info["text_encoder"] == str(sd / "text_encoder")
+
+
+@needs_monai
+def test_no_progress_silences_the_conversion_bar_too(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    bundle = tmp_path / "b"
+    _scaled_copy("model-zoo", bundle)
+    write_text_encoder(tmp_path / "sd21")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "x.png")
+    monkeypatch.setenv("TQDM_DISABLE", "0")  # restored after the test (the command sets it for its process)
+    capsys.readouterr()  # the fixture's own saving bars
+    assert cli.main(["ground", "--model", str(bundle), "--text-encoder", str(tmp_path / "sd21"), "--no-progress",
+                     "--image", str(tmp_path / "x.png"), "--phrase", "cardiomegaly", "--out", str(tmp_path / "m.npy"),
+                     "--steps", "4", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "converting the MONAI checkpoints" not in err and "it/s" not in err and "%|" not in err

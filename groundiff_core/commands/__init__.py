@@ -5,8 +5,9 @@ code). :mod:`groundiff_core.cli` lists them in ``COMMANDS``."""
 from __future__ import annotations
 
 import argparse
+import os
 
-__all__ = ["add_model_options", "model_options"]
+__all__ = ["add_model_options", "model_options", "silence_progress_bars"]
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -29,3 +30,14 @@ def model_options(args: argparse.Namespace) -> dict:
     elif getattr(args, "cache_dir", None):
         out["cache_dir"] = args.cache_dir
     return out
+
+
+def silence_progress_bars() -> None:
+    """``--no-progress``: no bar at all in this process, the model libraries' included (the MONAI
+    conversion, diffusers' saving and loading, transformers)."""
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm read after this point and child processes
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()

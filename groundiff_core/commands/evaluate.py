@@ -23,7 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from groundiff_core.commands import add_model_options, model_options
+from groundiff_core.commands import add_model_options, model_options, silence_progress_bars
 from groundiff_core.evaluation.distributed import clear_shard_done, launch_rank, mark_shard_done, shard_folder, wait_for_shards
 
 METHODS = ("ldm", "random", "centre", "phrase-prior")
@@ -182,16 +182,6 @@ def check_args(args: argparse.Namespace) -> None:
                 raise FileNotFoundError(f"--merge: shard folder not found: {d}")
 
 
-def _silence_progress_bars() -> None:
-    """``--no-progress``: turn off the model libraries' bars too, for this process."""
-    os.environ["TQDM_DISABLE"] = "1"  # tqdm read after this point and child processes
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-
-
 def _strict(summary: dict) -> int:
     """``--strict``: 0 only when no pair was skipped or dropped; else one line naming the first."""
     sk, dr = summary["skipped"], summary.get("dropped", {"n_pairs": 0, "pairs": []})
@@ -260,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prior_folds < 2:
         raise ValueError(f"--prior-folds must be at least 2, got {args.prior_folds}")
     if args.no_progress and args.method == "ldm":
-        _silence_progress_bars()
+        silence_progress_bars()
     method = build_method(args, pairs)
     dataset = {"name": args.dataset, "split": args.split}
     if args.control:

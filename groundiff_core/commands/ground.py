@@ -16,7 +16,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from groundiff_core.commands import add_model_options, model_options
+from groundiff_core.commands import add_model_options, model_options, silence_progress_bars
 
 __all__ = ["register", "run", "config_from_args"]
 
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     bars = p.add_mutually_exclusive_group()
     bars.add_argument("--progress", action="store_true", help="show a progress bar over the inversion steps")
     bars.add_argument("--no-progress", action="store_true",
-                      help="no progress bar at all (the default shows none either; loading never shows one)")
+                      help="no progress bar at all, also none while a MONAI checkpoint is converted on its first load")
     p.set_defaults(func=run)
 
 
@@ -182,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     out, overlay = check_outputs(args.out, args.overlay, args.image)
     device, dtype = _device_and_dtype(args.device, args.dtype)
     image = load_image(args.image)  # fail early on a bad image, before loading a model
+    if args.no_progress:
+        silence_progress_bars()
     model = load_model(args.model, **model_options(args))
     if model.device != device or (dtype is not None and model.dtype != dtype):
         model.to(device=device, dtype=dtype)

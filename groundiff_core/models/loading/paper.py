@@ -175,7 +175,8 @@ def convert_paper_checkpoints(files: PaperFiles, unet_config: MonaiUNetConfig | 
                                                  for k, v in record["autoencoder_resolved"].items()})
             unet, vae = _load_cached(folder, unet_cfg, resolved)
             return unet, vae, _info(sources, resolved, str(folder), True)
-    with tqdm(total=3, desc="converting the MONAI checkpoints to diffusers (once)", leave=False) as bar:
+    quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true")  # --no-progress, read now
+    with tqdm(total=3, desc="converting the MONAI checkpoints to diffusers (once)", leave=False, disable=quiet) as bar:
         unet = convert_unet(read_state_dict(files.diffusion_model), unet_cfg, sample_size=latent)
         bar.update()
         vae, resolved = convert_autoencoder(read_state_dict(files.autoencoder), ae_cfg, sample_size=int(input_size),
