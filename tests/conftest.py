@@ -27,6 +27,16 @@ def _own_conversion_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GROUNDIFF_CACHE_DIR", str(tmp_path_factory.mktemp("groundiff-cache")))
 
 
+@pytest.fixture(autouse=True)
+def _warnings_said_afresh():
+    """Warnings the library says once per process are said again in each test that provokes them."""
+    from groundiff_core.io import preprocess
+    from groundiff_core.models import text
+
+    text._WARNED.clear()
+    preprocess._WARNED.clear()
+
+
 @pytest.fixture(scope="module")
 def tiny_v():
     """A tiny random v-prediction LDM in float32 (seed 0)."""

@@ -227,3 +227,23 @@ def test_unknown_and_unrepresentable_words_are_named():
     why = unrepresentable(tok, "épanchement pleural")
     assert why is not None and "cannot represent" in why and "'épanchement'" in why
     assert unknown_words(tok, "left effusion") == []
+
+
+def test_a_long_phrase_gives_only_our_error_and_vocabulary_warnings_come_once(tmp_path, capfd, recwarn):
+    import numpy as np
+    from PIL import Image
+
+    from groundiff_core import cli
+    from groundiff_core.models import text
+
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "x.png")
+    assert cli.main(["ground", "--model", "tiny", "--image", str(tmp_path / "x.png"), "--phrase",
+                     " ".join(["effusion"] * 90), "--out", str(tmp_path / "m.npy")]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.splitlines() == [err.splitlines()[-1]] and "phrase 0 is too long: 92 tokens" in err  # one line
+
+    text._WARNED.clear()
+    assert cli.main(["ground", "--model", "tiny", "--image", str(tmp_path / "x.png"), "--phrase",
+                     "basilar atelectasis", "--out", str(tmp_path / "m.npy"), "--steps", "4"]) == 0
+    said = [w for w in recwarn if "'basilar' not in the model's closed vocabulary" in str(w.message)]
+    assert len(said) == 1  # checked when counted and when encoded: said once

@@ -65,10 +65,10 @@ def word_positions(tokenizer, phrase: str, words: str) -> list[int]:
     the same inside a phrase) and found as a contiguous run of the phrase's tokens; the positions of
     every run found are returned, sorted; none found: ``[]`` (the JBHI code's NaN map).
     """
-    ids = tokenizer(phrase.lower(), truncation=False)["input_ids"]
+    ids = tokenizer(phrase.lower(), truncation=False, verbose=False)["input_ids"]
     found: set[int] = set()
     for word in words.lower().split():
-        w = tokenizer(word, truncation=False)["input_ids"][1:-1]
+        w = tokenizer(word, truncation=False, verbose=False)["input_ids"][1:-1]
         if not w:
             continue
         for i in range(1, len(ids) - len(w)):

@@ -149,7 +149,8 @@ class LDM:
         from groundiff_core.models.text import check_phrase
 
         check_phrase(self.tokenizer, phrase)
-        return len(self.tokenizer(phrase, truncation=False)["input_ids"])
+        # verbose=False: no "sequence length is longer" warning ahead of the engine's own error
+        return len(self.tokenizer(phrase, truncation=False, verbose=False)["input_ids"])
 
     @torch.no_grad()
     def encode_text(self, phrases: Sequence[str]) -> torch.Tensor:

@@ -56,7 +56,7 @@ def word_tokenizer(words: Iterable[str], model_max_length: int = 77):
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def is_closed_vocabulary(tokenizer: Any) -> bool:
@@ -93,15 +93,25 @@ def check_phrase(tokenizer: Any, phrase: str) -> None:
                          + "; it would become the end-of-text token and cut the phrase there")
     if unk is not None and unk != eos and unk in ids:
         words = [w for w in phrase.split() if unk in _ids(tokenizer, w)]
-        warnings.warn(f"phrase {phrase!r}: {', '.join(repr(w) for w in words)} become the tokenizer's unknown "
-                      f"token {tokenizer.unk_token!r}", UserWarning, stacklevel=3)
+        _warn_once(f"phrase {phrase!r}: {', '.join(repr(w) for w in words)} become the tokenizer's unknown "
+                   f"token {tokenizer.unk_token!r}")
         return
     if is_closed_vocabulary(tokenizer):
         unknown = [p for p in dict.fromkeys(split_words(phrase)) if len(_ids(tokenizer, p)) > 1]
         if unknown:
-            warnings.warn(f"phrase {phrase!r}: {', '.join(repr(w) for w in unknown)} not in the model's closed "
-                          "vocabulary; spelled in sub-word pieces the model may never have seen",
-                          UserWarning, stacklevel=3)
+            _warn_once(f"phrase {phrase!r}: {', '.join(repr(w) for w in unknown)} not in the model's closed "
+                       "vocabulary; spelled in sub-word pieces the model may never have seen")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A ``UserWarning`` the first time this exact message comes up in the process: a phrase is
+    checked when its tokens are counted and again when it is encoded, and a run sees it per image."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def unknown_words(tokenizer: Any, text: str) -> list[str]:
