@@ -351,6 +351,7 @@ def test_doctor_still_reports_unreadable_checkpoints(tmp_path):
 # ------------------------------------------------------------------------------ second pass
 def test_results_files_get_the_users_umask_not_0600(tmp_path):
     import os
+    from pathlib import Path
     import stat
 
     from groundiff_core.util.fileio import atomic_write
@@ -400,6 +401,7 @@ def test_phantom_refuses_to_replace_a_set_without_overwrite(tmp_path, capsys):
 
 def test_a_fifo_or_device_is_refused_as_an_image_instead_of_hanging(tmp_path):
     import os
+    from pathlib import Path
 
     from groundiff_core.io.images import image_size, load_image
 
@@ -414,6 +416,7 @@ def test_a_fifo_or_device_is_refused_as_an_image_instead_of_hanging(tmp_path):
 
 def test_an_annotated_image_that_is_a_device_or_fifo_is_skipped_not_hung_on(tmp_path):
     import os
+    from pathlib import Path
 
     from groundiff_core import evaluation as ev
     from groundiff_core.io.datasets.common import GroundingPair
@@ -462,3 +465,29 @@ def test_a_bad_recording_file_is_named_not_a_traceback(tmp_path, content):
     np.savez(tmp_path / "foreign.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="foreign.npz is not a recording"):
         gd.Recording.load(tmp_path / "foreign.npz")
+
+
+def test_only_regular_files_of_a_sane_size_are_read(tmp_path, monkeypatch):
+    """A pipe or a device as an image, a CSV or a checkpoint is refused by name before it is opened
+    (opening one would block or never end); so is a file over the size limit."""
+    import os
+    from pathlib import Path
+
+    from groundiff_core.io.datasets.common import read_csv
+    from groundiff_core.io.images import load_image
+    from groundiff_core.models.loading.checkpoints import read_state_dict
+    from groundiff_core.util import fileio
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for read, what in ((load_image, "image file"), (read_csv, "annotation CSV"), (read_state_dict, "checkpoint")):
+        for bad in (fifo, Path("/dev/zero")):
+            with pytest.raises(ValueError, match=f"{what} {bad} is not a regular file"):
+                read(bad)
+        with pytest.raises(ValueError, match=f"{what} {tmp_path} is a folder"):
+            read(tmp_path)
+    big = tmp_path / "big.csv"
+    big.write_text("a,b\n1,2\n")
+    monkeypatch.setattr(fileio, "MAX_READ_BYTES", 4)
+    with pytest.raises(ValueError, match=r"checkpoint .*big.csv is 0.0 GiB, over the 0.0 GiB"):
+        read_state_dict(big)

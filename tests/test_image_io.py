@@ -107,7 +107,7 @@ def test_dicom_monochrome2_and_monochrome1(tmp_path):
 def test_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="image file not found"):
         load_image(tmp_path / "nope.png")
-    with pytest.raises(ValueError, match="directory"):
+    with pytest.raises(ValueError, match="is a folder"):
         load_image(tmp_path)
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
     with pytest.raises(ValueError, match="cannot read image file .*bad.png"):

@@ -78,12 +78,9 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _load_file(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
-    if path.is_dir():
-        raise ValueError(f"expected an image file, got a directory: {path}")
-    if not path.is_file():  # a FIFO, socket or device (/dev/zero) would block or never end
-        raise ValueError(f"{path} is not a regular file (a pipe, socket or device); give an image file")
+    from groundiff_core.util.fileio import regular_file
+
+    regular_file(path, "image file", max_bytes=2 ** 30)  # a FIFO or /dev/zero would block or never end
     if _is_dicom(path):
         return _load_dicom(path)
     from PIL import Image, UnidentifiedImageError

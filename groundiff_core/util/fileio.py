@@ -16,7 +16,32 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_write", "folder_lock", "FolderBusyError", "LOCK_NAME"]
+__all__ = ["atomic_write", "folder_lock", "FolderBusyError", "LOCK_NAME", "regular_file", "MAX_READ_BYTES"]
+
+#: The largest input file read (checkpoints of the paper's size are about 1.1 GB): a larger one is
+#: refused by name before it is opened; ``GROUNDIFF_MAX_READ_GB`` raises the limit.
+MAX_READ_BYTES = int(float(os.environ.get("GROUNDIFF_MAX_READ_GB", "20")) * 2 ** 30)
+
+
+def regular_file(path: str | os.PathLike, what: str, max_bytes: int | None = None) -> Path:
+    """``path`` if it is a regular file of at most ``max_bytes`` (default :data:`MAX_READ_BYTES`);
+    else ``FileNotFoundError`` (missing) or ``ValueError`` (a folder, a pipe, socket or device, which
+    would block or never end, or a file too large) naming ``what`` and the path, before anything
+    opens it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file")
+    if not path.is_file():
+        raise ValueError(f"{what} {path} is not a regular file (a pipe, socket or device); give a file")
+    limit = MAX_READ_BYTES if max_bytes is None else max_bytes
+    size = path.stat().st_size
+    if size > limit:
+        raise ValueError(f"{what} {path} is {size / 2 ** 30:.1f} GiB, over the {limit / 2 ** 30:.1f} GiB groundiff "
+                         "reads (GROUNDIFF_MAX_READ_GB raises it)")
+    return path
+
 
 #: Name of the lock file :func:`folder_lock` keeps in a folder.
 LOCK_NAME = ".groundiff.lock"

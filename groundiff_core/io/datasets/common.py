@@ -98,9 +98,9 @@ def read_csv(path: str | os.PathLike):
     """Read an annotation CSV as strings (numbers are parsed by the loaders); clear errors."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation CSV not found: {path}")
+    from groundiff_core.util.fileio import regular_file
+
+    path = regular_file(path, "annotation CSV", max_bytes=2 ** 30)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:

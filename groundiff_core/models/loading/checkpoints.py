@@ -33,9 +33,12 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> dict[str, torch.Ten
     in full instead, exactly as the loader reads it. This is the one check of "can groundiff read this
     file": the loader and the doctor both call it.
     """
+    from groundiff_core.util.fileio import regular_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingWeightsError(f"checkpoint not found: {path}")
+    regular_file(path, "checkpoint")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
