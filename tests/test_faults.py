@@ -351,7 +351,6 @@ def test_doctor_still_reports_unreadable_checkpoints(tmp_path):
 # ------------------------------------------------------------------------------ second pass
 def test_results_files_get_the_users_umask_not_0600(tmp_path):
     import os
-    from pathlib import Path
     import stat
 
     from groundiff_core.util.fileio import atomic_write
@@ -401,7 +400,6 @@ def test_phantom_refuses_to_replace_a_set_without_overwrite(tmp_path, capsys):
 
 def test_a_fifo_or_device_is_refused_as_an_image_instead_of_hanging(tmp_path):
     import os
-    from pathlib import Path
 
     from groundiff_core.io.images import image_size, load_image
 
@@ -416,7 +414,6 @@ def test_a_fifo_or_device_is_refused_as_an_image_instead_of_hanging(tmp_path):
 
 def test_an_annotated_image_that_is_a_device_or_fifo_is_skipped_not_hung_on(tmp_path):
     import os
-    from pathlib import Path
 
     from groundiff_core import evaluation as ev
     from groundiff_core.io.datasets.common import GroundingPair
