@@ -236,10 +236,11 @@ figures.publish(fig, out, "postprocessing")
 # The authors' code also reads the same attention from the tokens of the finding's class name only
 # ("pleural effusion" in "small left pleural effusion"); where the phrase does not contain the class
 # name ("enlarged heart" for cardiomegaly) that map is empty (NaN) and the pair scores 0 (mIoU,
-# CNR) and 0.5 (AUC-ROC). Both readings use the paper code's layers and window on the same pairs: on
-# the phantom, the shipped paper run and a shipped run of the class-name reading on a seeded 240 of
-# its pairs (re-checked live like the others); elsewhere both run live on this page's pairs. The
-# difference is a paired bootstrap.
+# CNR) and 0.5 (AUC-ROC). Both readings use the paper code's layers and window on the same pairs.
+# Where a shipped run of the class-name reading is present on the phantom (`class_tokens_run`, made
+# by `scripts/ship_class_tokens.sh`), it is read beside the shipped paper run on the pairs both
+# scored and re-checked live like the others; otherwise both readings run live on this page's
+# pairs. The line below the table says which. The difference is a paired bootstrap.
 
 # %%
 readings = ("all phrase tokens", "class-name tokens")
@@ -289,7 +290,7 @@ said = {"above 0": "the class-name tokens score higher", "below 0": "the class-n
         "not separable from 0": "these pairs do not separate the two readings",
         "too few pairs": f"too few pairs for a verdict (fewer than {MIN_PAIRS})"}
 display(Markdown(
-    f"On {n3} pairs: {len(absent)} of {n_phrases} phrases do not contain their class name, so their class-name map "
+    f"On {n3} pairs ({source3}): {len(absent)} of {n_phrases} phrases do not contain their class name, so their class-name map "
     "is empty. " + " ".join(f"{titles[m]}: {said[v['verdict']]}." for m, v in table_iii["difference"].items())))
 
 # %% [markdown]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The JBHI paper's Table III on the phantom test split: the paper preset read from the class name's
-# tokens only (groundiff evaluate --tokens class-name), a seeded 240 of the 428 pairs of book/results/phantom-paper,
+# tokens only (groundiff evaluate --tokens class-name), a seeded 240 of the 428 pairs of book/results/phantom-paper
+# (about 40 min on 2 free cores),
 # two single-threaded shards side by side (the book's live re-check grounds single-threaded), merged
 # and shipped to book/results/phantom-class-tokens. Resumable: rerun it and each shard continues.
 #

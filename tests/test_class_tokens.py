@@ -80,3 +80,11 @@ def test_a_batch_of_images_gives_the_maps_of_one_image_at_a_time(tiny_v):
         assert np.array_equal(np.isnan(a), np.isnan(b))
         assert np.allclose(np.nan_to_num(a), np.nan_to_num(b), atol=1e-6)
     assert np.isnan(batched[0][0]).all() and np.isfinite(batched[1]).any()
+
+
+def test_the_run_identity_names_the_model_as_the_grounders_does(grounder):
+    from groundiff_core.evaluation.identity import method_identity
+
+    mine, plain = method_identity(ClassNameTokens(grounder, {})), method_identity(grounder)
+    assert mine["model"] == plain["model"] and mine["config"] == plain["config"]
+    assert mine["method"] == "class-name tokens" and mine != plain

@@ -33,6 +33,15 @@ class ClassNameTokens:
     name: str = "class-name tokens"
     found: dict = field(default_factory=dict)  # phrase -> positions used ([] = class name absent)
 
+    @property
+    def model(self):
+        """The grounder's model: part of the run's identity (its weights' fingerprint) in results files."""
+        return self.grounder.model
+
+    @property
+    def config(self):
+        return self.grounder.config
+
     def describe(self) -> dict:
         inner = self.grounder.describe() if hasattr(self.grounder, "describe") else {}
         return {**inner, "method": self.name, "tokens": "class name only (JBHI Table III)"}
