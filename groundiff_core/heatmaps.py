@@ -208,6 +208,10 @@ class Recording:
         which stored the window under ``"steps"``, read the same."""
         import zipfile
 
+        from groundiff_core.util.fileio import regular_file
+
+        if Path(path).exists():  # a pipe or a device would block np.load
+            regular_file(path, "recording")
         try:
             with np.load(path) as f:
                 meta = json.loads(str(f["meta"]))

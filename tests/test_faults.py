@@ -488,3 +488,13 @@ def test_only_regular_files_of_a_sane_size_are_read(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio, "MAX_READ_BYTES", 4)
     with pytest.raises(ValueError, match=r"checkpoint .*big.csv is 0.0 GiB, over the 0.0 GiB"):
         read_state_dict(big)
+
+
+def test_a_recording_path_that_is_a_pipe_is_refused_not_waited_on(tmp_path):
+    import os
+
+    import groundiff_core as gd
+
+    os.mkfifo(tmp_path / "rec.npz")
+    with pytest.raises(ValueError, match="recording .*rec.npz is not a regular file"):
+        gd.Recording.load(tmp_path / "rec.npz")
