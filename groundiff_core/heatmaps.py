@@ -137,9 +137,15 @@ class Recording:
         if window_percent is not None:
             cfg = cfg.with_window(*window_from_percent(window_percent, cfg.num_inference_steps))
         if smooth is not None and smooth is not True:
+            if smooth is not False and (isinstance(smooth, bool) or not isinstance(smooth, (int, float))
+                                        or not 0 <= smooth <= 1):
+                raise ValueError(f"smooth must be True, False or a number in [0, 1] (sigma as a share of the "
+                                 f"input size), got {smooth!r}")
             cfg = replace(cfg, sigma_fraction=None if smooth is False else float(smooth))
         if otsu is not None:
-            cfg = replace(cfg, otsu=bool(otsu))
+            from groundiff_core.engine.config import parse_bool
+
+            cfg = replace(cfg, otsu=parse_bool(otsu, "otsu"))
         return cfg
 
     def aggregate(self, layers: Sequence[int] | None = None, window: tuple[int, int] | None = None, *,

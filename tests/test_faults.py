@@ -498,3 +498,41 @@ def test_a_recording_path_that_is_a_pipe_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "rec.npz")
     with pytest.raises(ValueError, match="recording .*rec.npz is not a regular file"):
         gd.Recording.load(tmp_path / "rec.npz")
+
+
+def test_the_maps_json_record_may_not_replace_the_input_image(tmp_path, capsys):
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(tmp_path / "scan.json", format="PNG")
+    before = (tmp_path / "scan.json").read_bytes()
+    assert main(["ground", "--model", "tiny", "--image", str(tmp_path / "scan.json"), "--phrase", "effusion",
+                 "--out", str(tmp_path / "scan.npy")]) == 2
+    assert "the maps' JSON record beside --out" in capsys.readouterr().err
+    assert (tmp_path / "scan.json").read_bytes() == before
+
+
+def test_prior_files_and_run_files_are_guarded_like_every_input(tmp_path, monkeypatch):
+    import os
+
+    from groundiff_core.evaluation import results
+    from groundiff_core.methods.prior import PhrasePrior
+
+    os.mkfifo(tmp_path / "p.fifo")
+    with pytest.raises(ValueError, match="phrase prior .*p.fifo is not a regular file"):
+        PhrasePrior.load(tmp_path / "p.fifo")
+    (tmp_path / "run.json").write_text('{"identity": {}}' + " " * 100)
+    monkeypatch.setattr(results, "RUN_MAX_BYTES", 50)
+    with pytest.raises(ValueError, match="run file .*run.json is 0.0 GiB, over"):
+        results.read_run(tmp_path / "run.json")
+
+
+def test_recording_options_are_as_strict_as_the_config(tiny_v):
+    import groundiff_core as gd
+
+    rec = gd.Grounder(tiny_v, gd.GroundingConfig.paper().with_steps(10)).record(
+        np.random.default_rng(0).random((32, 32), dtype=np.float32), ["effusion"])
+    no = rec.aggregate(otsu="no").heatmaps
+    assert np.array_equal(np.nan_to_num(no), np.nan_to_num(rec.aggregate(otsu=False).heatmaps))
+    assert not np.array_equal(np.nan_to_num(no), np.nan_to_num(rec.aggregate().heatmaps))
+    with pytest.raises(ValueError, match=r"smooth must be True, False or a number in \[0, 1\] .*got 'yes'"):
+        rec.aggregate(smooth="yes")
+    with pytest.raises(ValueError, match="otsu must be a boolean"):
+        rec.aggregate(otsu="maybe")

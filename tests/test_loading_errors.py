@@ -247,3 +247,22 @@ def test_a_long_phrase_gives_only_our_error_and_vocabulary_warnings_come_once(tm
                      "basilar atelectasis", "--out", str(tmp_path / "m.npy"), "--steps", "4"]) == 0
     said = [w for w in recwarn if "'basilar' not in the model's closed vocabulary" in str(w.message)]
     assert len(said) == 1  # checked when counted and when encoded: said once
+
+
+def test_a_corrupt_component_gives_our_error_without_torchs_pickle_warning(tmp_path, recwarn):
+    import pickle
+
+    import pytest
+
+    from groundiff_core.models.loading import load_model
+    from test_loading_support import write_sd_dir
+
+    write_sd_dir(tmp_path / "sd")
+    for f in (tmp_path / "sd" / "text_encoder").glob("*.safetensors"):
+        f.unlink()
+    with open(tmp_path / "sd" / "text_encoder" / "pytorch_model.bin", "wb") as fh:
+        pickle.dump({"w": 1}, fh)
+    recwarn.clear()
+    with pytest.raises((ValueError, OSError)):
+        load_model(tmp_path / "sd")
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

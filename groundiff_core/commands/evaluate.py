@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,8 +229,10 @@ def run(args: argparse.Namespace) -> int:
                              "would be ignored: drop it, or evaluate again without --merge")
     check_args(args)
     if args.merge:
-        summary = ev.merge(args.merge, args.out, n_boot=args.bootstrap, seed=args.seed,
-                           allow_partial=args.allow_partial)
+        with warnings.catch_warnings():  # the API's warning; the command says it in its PARTIAL line
+            warnings.filterwarnings("ignore", message="partial merge")
+            summary = ev.merge(args.merge, args.out, n_boot=args.bootstrap, seed=args.seed,
+                               allow_partial=args.allow_partial)
         _report(summary, args.out)
         return _require_results(summary, "check the shard folders")
     missing = [f"--{n}" for n in ("dataset", "csv") if getattr(args, n) is None]
@@ -312,7 +315,7 @@ def _report(summary: dict, out: Path) -> None:
     dropped = summary.get("dropped", {}).get("n_pairs", 0)
     left = ", ".join(f"{n} {what}" for n, what in ((sk["n_pairs"], "skipped"),
                                                     (dropped, "dropped at load time")) if n)
-    print(f"{summary['n_pairs']} pairs on {summary['n_images']} images"
+    print(f"{'PARTIAL: ' if summary.get('partial') else ''}{summary['n_pairs']} pairs on {summary['n_images']} images"
           f"{f' ({left})' if left else ''}; class-averaged: "
           f"mIoU {fmt('miou')}, AUC-ROC {fmt('auc')}, |CNR| {fmt('cnr_abs')}")
     changed = summary.get("changed", {}).get("n_pairs", 0)
@@ -326,6 +329,7 @@ def _report(summary: dict, out: Path) -> None:
         print(f"DROPPED {dropped} pair(s) at load time (no usable box): listed in "
               f"{out / 'summary.json'}", file=sys.stderr)
     if sk["n_pairs"]:
-        print(f"SKIPPED {sk['n_pairs']} pair(s) on {sk['n_images']} image(s) (missing or unreadable "
-              f"files or no box inside the image): listed in {out / 'summary.json'}", file=sys.stderr)
+        causes = sorted({im["reason"].split(" (")[0].split(":")[0] for im in sk["images"]})
+        print(f"SKIPPED {sk['n_pairs']} pair(s) on {sk['n_images']} image(s) ({'; '.join(causes)}): listed "
+              f"with their reasons in {out / 'summary.json'}", file=sys.stderr)
     print(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'}, {out / 'summary.csv'}")

@@ -60,8 +60,8 @@ def check_outputs(out: str, overlay: str | None, image: str | None = None) -> tu
     """The ``--out`` and ``--overlay`` paths, refused before any work if they cannot be written as named.
 
     ``--out`` must end in ``.npy`` (NumPy would otherwise append it, writing a file other than the one
-    named); ``--overlay`` must have an image extension matplotlib can write. Neither may be a folder,
-    the input ``image``, or the other.
+    named); ``--overlay`` must have an image extension matplotlib can write. Neither, nor the JSON
+    record written beside ``--out`` (``maps.json``), may be a folder, the input ``image``, or the other.
     """
     out_path = Path(out)
     if out_path.suffix.lower() != ".npy":
@@ -78,6 +78,7 @@ def check_outputs(out: str, overlay: str | None, image: str | None = None) -> tu
             raise ValueError(f"--overlay {overlay}: unknown image extension {overlay_path.suffix or '(none)'!r}; "
                              f"use one of {', '.join('.' + k for k in sorted(kinds))}")
         paths.append(("--overlay", overlay_path))
+    paths.append(("the maps' JSON record beside --out,", out_path.with_suffix(".json")))
     for flag, path in paths:
         if path.is_dir():
             raise ValueError(f"{flag} {path} is a folder; name the file to write")

@@ -32,6 +32,11 @@ RESULTS, RUN, SUMMARY_JSON, SUMMARY_CSV = "results.jsonl", "run.json", "summary.
 FORMAT = 2  # 2: content identity (weights and annotation fingerprints, no paths), keyed rows
 
 
+# a run.json holds the identity and the sessions (kilobytes); results.jsonl about 2 KB a pair
+RUN_MAX_BYTES = 64 * 2 ** 20
+RESULTS_MAX_BYTES = 512 * 2 ** 20
+
+
 def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
     """Rows of a results file.
 
@@ -44,7 +49,9 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
         raise ValueError(f"{path} is not a file; an evaluation folder keeps its results there")
     if not path.is_file():
         return []
-    raw = path.read_bytes()
+    from groundiff_core.util.fileio import regular_file
+
+    raw = regular_file(path, "results file", max_bytes=RESULTS_MAX_BYTES).read_bytes()
     *complete, tail = raw.split(b"\n")
     rows = []
     for i, line in enumerate(complete, start=1):
@@ -117,8 +124,10 @@ def out_folder(out_dir: str | os.PathLike) -> Path:
 
 def read_run(path: Path) -> dict:
     """A ``run.json``, with an error naming the file when it is unreadable or not one."""
+    from groundiff_core.util.fileio import regular_file
+
     try:
-        run = json.loads(path.read_text(encoding="utf-8"))
+        run = json.loads(regular_file(path, "run file", max_bytes=RUN_MAX_BYTES).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a readable run file ({type(e).__name__}: {e}); restore "
                          "it or choose another output folder") from None

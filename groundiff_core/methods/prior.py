@@ -157,9 +157,11 @@ class PhrasePrior:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PhrasePrior":
         """Read a prior written by :meth:`save`; anything else is refused by name."""
+        from groundiff_core.util.fileio import regular_file
+
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(regular_file(path, "phrase prior", max_bytes=2 ** 30).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"phrase prior not found: {path}") from None
         except (OSError, UnicodeDecodeError, ValueError) as e:

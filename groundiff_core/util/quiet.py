@@ -33,8 +33,13 @@ def quiet_libraries() -> Iterator[None]:
     tlog.set_verbosity(logging.CRITICAL)
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
+    import warnings
+
     try:
-        yield
+        with warnings.catch_warnings():
+            # a corrupt weights file reads as an odd pickle protocol first; the loader's own error says what it is
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            yield
     finally:
         dlog.set_verbosity(saved[0])
         tlog.set_verbosity(saved[1])
