@@ -161,8 +161,11 @@ def test_doctor_on_the_model_zoo_bundle_is_ready_and_names_the_pt_files(tmp_path
     bundle = tmp_path / "model-zoo"
     _scaled_copy("model-zoo", bundle)
     write_text_encoder(tmp_path / "sd21")
-    b = doctor.report(str(tmp_path / "no-paper"), model=str(bundle), text_encoder=str(tmp_path / "sd21"))["models"]["bundle"]
+    b = doctor.report(str(tmp_path / "no-paper"), hash_files=True, model=str(bundle),
+                      text_encoder=str(tmp_path / "sd21"))["models"]["bundle"]
     assert b["ready"] is True, b["problems"]
+    assert len(b["checkpoints"]["diffusion_model"]["md5"]) == 32
+    assert b["checkpoints"]["diffusion_model"]["md5_matches"] is False  # random weights, not the published file
     assert b["checkpoints"]["autoencoder"]["path"] == str(bundle / "models" / "autoencoder.pt")
     assert b["checkpoints"]["diffusion_model"]["path"] == str(bundle / "models" / "model.pt")
     assert b["checkpoints"]["diffusion_model"]["layout"] == "old GenerativeModels layout (as load_old says)"

@@ -235,7 +235,10 @@ def _bundle(folder: str, text_encoder: str | None, hash_files: bool) -> dict:
             else:
                 out["problems"].append(f"{path.name} unreadable: {entry.get('problem')}")
             if hash_files:
-                entry["sha256"] = file_sha256(path)
+                from groundiff_core.models.loading.catalog import checksums
+
+                entry["sha256"], entry["md5"] = file_sha256(path), file_sha256(path, "md5")
+                entry["md5_matches"] = entry["md5"] == checksums()["paper"]["monai_bundle"]["files"][f"{part}.pth"]["md5"]
         out["checkpoints"][part] = entry
     files = find_paper_files(None if text_encoder else root, text_encoder=text_encoder)
     te: dict = {"path": None if files.text_encoder is None else str(files.text_encoder),
