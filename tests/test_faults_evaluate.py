@@ -517,3 +517,35 @@ def test_strict_fails_a_run_that_skipped_a_pair_after_writing_it(data, tmp_path,
     (root / fx.rel_path("b2")).unlink()
     shutil.copy(root / fx.rel_path("a1"), root / fx.rel_path("b2"))
     assert cli_main(_cli(csv, root, tmp_path / "strict", "--method", "centre", "--strict")) == 0  # resumed, retried
+
+
+def test_a_results_file_over_its_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from groundiff_core.evaluation import results
+
+    (tmp_path / "results.jsonl").write_text('{"pair_id": "a", "status": "ok"}\n' * 10)
+    monkeypatch.setattr(results, "RESULTS_MAX_BYTES", 64)
+    with pytest.raises(ValueError, match="results file .*results.jsonl is 0.0 GiB, over"):
+        results.read_jsonl(tmp_path / "results.jsonl")
+
+
+def test_skipped_pairs_are_reported_with_their_real_cause(data, tmp_path, capsys):
+    pairs, csv, root = data
+    (root / fx.rel_path("b2")).write_bytes(_bomb_png())
+    assert cli_main(_cli(csv, root, tmp_path / "run", "--method", "centre")) == 0
+    err = capsys.readouterr().err
+    assert "SKIPPED 2 pair(s) on 1 image(s) (unreadable image): listed with their reasons" in err
+
+
+def test_class_name_tokens_from_the_command_line(tmp_path, capsys):
+    from groundiff_core.evaluation.results import read_run
+
+    assert cli_main(["phantom", "--out", str(tmp_path / "ph"), "--n", "2", "--no-progress"]) == 0
+    args = ["evaluate", "--dataset", "phantom", "--csv", str(tmp_path / "ph" / "annotations.csv"), "--no-progress",
+            "--bootstrap", "10"]
+    assert cli_main([*args, "--model", "tiny", "--steps", "10", "--tokens", "class-name", "--out",
+                     str(tmp_path / "run")]) == 0
+    ident = read_run(tmp_path / "run" / "run.json")["identity"]["method"]
+    assert ident["method"] == "class-name tokens" and ident["model"]["weights_sha256"]
+    capsys.readouterr()
+    assert cli_main([*args, "--method", "centre", "--tokens", "class-name", "--out", str(tmp_path / "c")]) == 2
+    assert "--tokens applies to --method ldm" in capsys.readouterr().err
