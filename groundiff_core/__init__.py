@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
     from groundiff_core.engine.grounder import Grounder
     from groundiff_core.engine.kept import Inversion, InversionCache
     from groundiff_core.evaluation import metrics
-    from groundiff_core.heatmaps import GroundingMethod, Heatmaps, Recording
+    from groundiff_core.engine.record import Recording
+    from groundiff_core.heatmaps import GroundingMethod, Heatmaps
     from groundiff_core.io.images import load_image
     from groundiff_core.models.ldm import LDM, NoiseSchedule
     from groundiff_core.models.loading import load_model
@@ -37,7 +38,7 @@ _LAZY = {
     "InversionCache": "engine.kept",
     "GroundingMethod": "heatmaps",
     "Heatmaps": "heatmaps",
-    "Recording": "heatmaps",
+    "Recording": "engine.record",
     "load_image": "io.images",
     "load_model": "models.loading",
     "metrics": "evaluation.metrics",

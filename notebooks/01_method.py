@@ -59,6 +59,7 @@ from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core.book import pages
+from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.evaluation import metrics
 from groundiff_core.io.datasets import group_by_image
@@ -71,7 +72,7 @@ out, data, ldm = pages.setup_notebook(
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images, display_precision=None)
 config = gd.GroundingConfig.paper().with_steps(num_inference_steps)
-display(pages.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
+display(provenance.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
                                 config=config, output_dir=out))
 show = pages.resolve_show_images(show_images, data)
 

@@ -90,6 +90,7 @@ from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core.book import pages
+from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.book import shipped
 from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
@@ -119,7 +120,7 @@ if use_shipped:
     control.check_model(ldm)
     control.check_config(config, conventions)
     control.check_data(moved)
-display(pages.provenance_box(data, ldm, preset="paper", conventions=conventions, config=config, output_dir=out,
+display(provenance.provenance_box(data, ldm, preset="paper", conventions=conventions, config=config, output_dir=out,
                                 extra={"shipped": run.provenance()} if use_shipped else None))
 show = pages.resolve_show_images(show_images, data)
 

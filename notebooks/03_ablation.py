@@ -56,7 +56,7 @@ batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the 
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
-from groundiff_core.evaluation.compare import MIN_PAIRS, verdict
+from groundiff_core.evaluation.compare import MIN_PAIRS, class_averaged_ci, paired_difference, verdict
 import numpy as np
 from pathlib import Path
 import pandas as pd
@@ -64,6 +64,7 @@ from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core.book import pages
+from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.book import shipped
 from groundiff_core.evaluation import metrics
@@ -80,7 +81,7 @@ out, data, ldm = pages.setup_notebook(
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images)
 config = gd.GroundingConfig.paper().with_steps(num_inference_steps)
-display(pages.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
+display(provenance.provenance_box(data, ldm, preset=f"paper ({num_inference_steps} inference steps)",
                                 config=config, output_dir=out))
 show = pages.resolve_show_images(show_images, data)
 
@@ -186,13 +187,13 @@ settings_shown = {"paper summary: L = 6, T = 20 %": grid_df[(grid_df["L"] == pap
 for m, (L, T) in top_cells.items():
     settings_shown[f"highest mean {titles[m]}: L = {int(L)}, T = {int(T)} %"] = \
         grid_df[(grid_df["L"] == int(L)) & (grid_df["T"] == int(T))]
-summary = pd.DataFrame({name: {titles[m]: figures.fmt_ci(pages.class_averaged_ci(df, m, n_boot=n_boot, seed=seed))
+summary = pd.DataFrame({name: {titles[m]: figures.fmt_ci(class_averaged_ci(df, m, n_boot=n_boot, seed=seed))
                                for m in titles} for name, df in settings_shown.items() if len(df)}).T
 figures.show_table(summary, out, "ablation_summary")
 verdicts, lines = {}, []
 for m, (L, T) in top_cells.items():
     top = grid_df[(grid_df["L"] == int(L)) & (grid_df["T"] == int(T))]
-    d = pages.paired_difference(top, paper_code, m, n_boot=n_boot, seed=seed)
+    d = paired_difference(top, paper_code, m, n_boot=n_boot, seed=seed)
     verdicts[f"{m}_difference"] = {"cell": [int(L), int(T)], **d}
     if d["difference"] is None:
         continue
@@ -208,7 +209,7 @@ display(Markdown("\n".join(lines) or "No pair was scored."))
 # ## Post-processing: Gaussian and Otsu
 
 # %% tags=["hide-input"]
-pp = pd.DataFrame({name: {titles[m]: pages.class_averaged_ci(results[results.setting == name], m, n_boot=n_boot,
+pp = pd.DataFrame({name: {titles[m]: class_averaged_ci(results[results.setting == name], m, n_boot=n_boot,
                                                             seed=seed)["mean"] for m in titles}
                    for name in post}).T
 pp.index = ["Gaussian + Otsu (paper)", "Otsu only", "Gaussian only", "neither"]
@@ -273,9 +274,9 @@ else:  # live, on this page's pairs, through the evaluation runner (the inversio
         evaluate(method, data.selected, folder, dataset=data.description, seed=seed, n_boot=n_boot, progress=False,
                  batch_images=batch_images)
         rows3[name] = pd.DataFrame([r for r in load_results(folder) if r.get("status") == "ok"])
-    stats3 = {m: {name: pages.class_averaged_ci(df, m, n_boot=n_boot, seed=seed) for name, df in rows3.items()}
+    stats3 = {m: {name: class_averaged_ci(df, m, n_boot=n_boot, seed=seed) for name, df in rows3.items()}
               for m in titles}
-    diffs3 = {m: pages.paired_difference(rows3[readings[1]], rows3[readings[0]], m, n_boot=n_boot, seed=seed)
+    diffs3 = {m: paired_difference(rows3[readings[1]], rows3[readings[0]], m, n_boot=n_boot, seed=seed)
               for m in titles}
     n3, phrases3, source3 = len(rows3[readings[1]]), data.selected, "live, this page's pairs"
 absent = sorted({p.phrase for p in phrases3 if not word_positions(ldm.tokenizer, p.phrase, p.category)})

@@ -49,6 +49,8 @@ from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core.book import pages
+from groundiff_core.util.phrases import side_of_phrase
+from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.evaluation import metrics
 from groundiff_core.io.datasets import group_by_image
@@ -62,7 +64,7 @@ out, data, ldm = pages.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images)
-display(pages.provenance_box(data, ldm, preset="paper", config=gd.GroundingConfig.paper(), output_dir=out))
+display(provenance.provenance_box(data, ldm, preset="paper", config=gd.GroundingConfig.paper(), output_dir=out))
 show = pages.resolve_show_images(show_images, data)
 
 # %%
@@ -74,7 +76,7 @@ pairs = {p.pair_id: p for p in data.pairs}
 res = pd.DataFrame([r for r in load_results(out / "cross_attention") if r.get("status") == "ok"])
 res["n_boxes"] = res.boxes.map(len)
 res["box_fraction"] = [sum(b[2] * b[3] for b in bx) / (hw[0] * hw[1]) for bx, hw in zip(res.boxes, res.image_hw)]
-res["side"] = res.phrase.map(pages.side_of_phrase)
+res["side"] = res.phrase.map(side_of_phrase)
 print(f"{len(res)} pairs on {res.image_path.nunique()} images evaluated; class-averaged AUC-ROC "
       f"{figures.fmt_ci(summary['class_averaged']['auc'])}, mIoU {figures.fmt_ci(summary['class_averaged']['miou'])}")
 

@@ -60,6 +60,7 @@ from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core.book import pages
+from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.methods.attribution import ObjectiveConfig, make_method, token_attribution
 from groundiff_core.util.profiling import peak_memory
@@ -72,7 +73,7 @@ out, data, ldm = pages.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
     phantom_images=phantom_images)
-display(pages.provenance_box(data, ldm, preset="paper (cross-attention); Captum settings below",
+display(provenance.provenance_box(data, ldm, preset="paper (cross-attention); Captum settings below",
                                 config=gd.GroundingConfig.paper(), output_dir=out))
 show = pages.resolve_show_images(show_images, data)
 

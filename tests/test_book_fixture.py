@@ -18,6 +18,9 @@ from groundiff_core.book import runner
 from groundiff_core.book.markdown import data_sources_markdown
 from groundiff_core.book import check as bookcheck
 from groundiff_core.book import pages as bookdata
+from groundiff_core.book import provenance
+from groundiff_core.evaluation.compare import class_averaged_ci, paired_difference
+from groundiff_core.util.phrases import side_of_phrase
 from groundiff_core.evaluation import metrics
 
 import book_fixture as fx
@@ -58,13 +61,13 @@ def test_swap_sides_keeps_case_and_punctuation(fixture_pairs):
     assert bookdata.swap_sides("bilateral edema") == "bilateral edema"
     # every fixture phrase that names one side gets a different variant (the old split/dict swap
     # returned "Left pleural effusion" and "Right apical pneumothorax." unchanged)
-    sided = [p.phrase for p in fixture_pairs if bookdata.side_of_phrase(p.phrase) in ("left", "right")]
+    sided = [p.phrase for p in fixture_pairs if side_of_phrase(p.phrase) in ("left", "right")]
     old = {"left": "right", "right": "left"}
     assert any(" ".join(old.get(w, w) for w in ph.split()) == ph for ph in sided)
     for ph in sided:
         swapped = bookdata.swap_sides(ph)
         assert swapped != ph
-        assert bookdata.side_of_phrase(swapped) == {"left": "right", "right": "left"}[bookdata.side_of_phrase(ph)]
+        assert side_of_phrase(swapped) == {"left": "right", "right": "left"}[side_of_phrase(ph)]
 
 
 # --------------------------------------------------------------------------- boxes as the runner scores them
@@ -172,15 +175,15 @@ def test_provenance_box_says_what_the_page_ran_on(tmp_path):
                              + [SimpleNamespace(category="Cardiomegaly")],
                              description={"name": "mscxr", "csv": "ms.csv", "pairs": 9, "selected": 3,
                                           "selection_seed": 0})
-    prov = bookdata.provenance(data, _Model(), conventions="paper", output_dir=tmp_path,
+    prov = provenance.provenance(data, _Model(), conventions="paper", output_dir=tmp_path,
                                extra={"model": {"name": "toy", "weights_sha256": "ab" * 32, "input_size": 64}})
     assert prov["pairs_per_class"] == {"Cardiomegaly": 1, "Edema": 2}
     assert json.loads((tmp_path / "provenance.json").read_text())["dataset"]["name"] == "mscxr"
     assert prov["versions"]["python"] and prov["date"]
-    md = bookdata.provenance_markdown(prov)
+    md = provenance.provenance_markdown(prov)
     assert md.startswith("```{admonition} Computed on mscxr") and "Edema 2" in md and "abababab" in md
     assert "3 of 9 pairs" in md and "paper scoring conventions" in md
-    assert "synthetic phantom" in bookdata.provenance_markdown({**prov, "dataset": {"name": "phantom"}})
+    assert "synthetic phantom" in provenance.provenance_markdown({**prov, "dataset": {"name": "phantom"}})
 
 
 def test_data_sources_say_when_pages_ran_on_other_data():
@@ -289,15 +292,15 @@ def test_paired_difference_separates_only_what_the_pairs_support():
     a = pd.DataFrame({"pair_id": range(60), "category": cats, "auc": base})
     shifted = a.assign(auc=base + 0.05)  # the same pairs, every one 0.05 higher: a paired test sees it
     noisy = a.assign(auc=base + rng.normal(0, 0.3, 60))  # no systematic change
-    d = bookdata.paired_difference(shifted, a, "auc", n_boot=500)
+    d = paired_difference(shifted, a, "auc", n_boot=500)
     assert d["difference"] == pytest.approx(0.05) and d["separated"] and d["n_pairs"] == 60
-    assert not bookdata.paired_difference(noisy, a, "auc", n_boot=500)["separated"]
-    ci = bookdata.class_averaged_ci(a, "auc", n_boot=500)
+    assert not paired_difference(noisy, a, "auc", n_boot=500)["separated"]
+    ci = class_averaged_ci(a, "auc", n_boot=500)
     assert ci["ci_low"] < ci["mean"] < ci["ci_high"] and ci["n_pairs"] == 60
     # unpaired intervals of the shifted setting overlap the original's, yet the paired one separates them
-    ci2 = bookdata.class_averaged_ci(shifted, "auc", n_boot=500)
+    ci2 = class_averaged_ci(shifted, "auc", n_boot=500)
     assert ci2["ci_low"] < ci["ci_high"]
-    assert bookdata.class_averaged_ci(a.assign(auc=np.nan), "auc")["mean"] is None
+    assert class_averaged_ci(a.assign(auc=np.nan), "auc")["mean"] is None
 
 
 def test_runner_records_each_pages_provenance_for_the_introduction(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from groundiff_core.book import pages as bookdata
+from groundiff_core.util.phrases import side_of_phrase
 from groundiff_core.book import figures
 from groundiff_core.book import runner
 
@@ -47,11 +48,11 @@ def test_bad_dataset_parameters_are_clear(tmp_path):
 
 
 def test_side_of_phrase():
-    assert bookdata.side_of_phrase("small left pleural effusion") == "left"
-    assert bookdata.side_of_phrase("Right apical pneumothorax") == "right"
-    assert bookdata.side_of_phrase("bibasilar atelectasis") == "bilateral"
-    assert bookdata.side_of_phrase("left and right effusions") == "bilateral"
-    assert bookdata.side_of_phrase("cardiomegaly") == "none"
+    assert side_of_phrase("small left pleural effusion") == "left"
+    assert side_of_phrase("Right apical pneumothorax") == "right"
+    assert side_of_phrase("bibasilar atelectasis") == "bilateral"
+    assert side_of_phrase("left and right effusions") == "bilateral"
+    assert side_of_phrase("cardiomegaly") == "none"
 
 
 def test_keepmaps_returns_and_keeps(tmp_path):

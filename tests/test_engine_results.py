@@ -56,19 +56,11 @@ def test_baseline_heatmaps_have_no_geometry(image):
 
 
 # ---------------------------------------------------------------------- recordings
-def test_recording_reads_files_of_the_old_format(model, image, tmp_path):
+def test_a_saved_recording_reads_back_to_the_same_maps(model, image, tmp_path):
     rec = gd.Grounder(model, SHORT).record(image, ["left pleural effusion"], window=(12, 18), layers=(3, 4, 6, 7))
-    new, old = tmp_path / "new.npz", tmp_path / "old.npz"
-    rec.save(new)
-    with np.load(new) as f:  # rewrite it as the code before the rename did: the window under "steps"
-        arrays = {k: f[k] for k in f.files}
-    meta = json.loads(str(arrays.pop("meta")))
-    meta["steps"] = meta.pop("window")
-    np.savez_compressed(old, meta=np.array(json.dumps(meta)), **arrays)
-    for path in (new, old):
-        back = gd.Recording.load(path)
-        assert back.window == (12, 18) and back.phrases == rec.phrases
-        np.testing.assert_array_equal(back.aggregate().heatmaps, rec.aggregate().heatmaps)
+    back = gd.Recording.load(rec.save(tmp_path / "rec.npz"))
+    assert back.window == (12, 18) and back.phrases == rec.phrases and back.config == rec.config
+    np.testing.assert_array_equal(back.aggregate().heatmaps, rec.aggregate().heatmaps)
 
 
 def test_recording_window_arguments(model, image):

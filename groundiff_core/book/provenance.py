@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from groundiff_core.book.pages import BookData
+    from groundiff_core.book.data import BookData
 
 __all__ = ["provenance", "provenance_box", "provenance_markdown"]
 
@@ -26,10 +26,10 @@ def provenance(data: "BookData", ldm: Any, *, preset: str = "paper", conventions
     (:func:`groundiff_core.util.environment.versions`), ``git`` (commit and whether the tree had
     uncommitted changes, when run inside a git checkout) and ``date`` (UTC).
     """
-    import datetime as _dt
     from collections import Counter
 
     from groundiff_core.evaluation.identity import model_content
+    from groundiff_core.util.clock import now
     from groundiff_core.util.environment import versions
 
     content = model_content(ldm) if hasattr(ldm, "unet") else {}
@@ -48,14 +48,14 @@ def provenance(data: "BookData", ldm: Any, *, preset: str = "paper", conventions
         "dtype": str(getattr(ldm, "dtype", "")).replace("torch.", ""),
         "versions": versions(),
         "git": _git_state(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
     }
     if extra:
         prov.update(extra)
     if output_dir is not None:
-        from groundiff_core.book.pages import save_json
+        from groundiff_core.util.fileio import write_json
 
-        save_json(prov, output_dir, "provenance")
+        write_json(Path(output_dir) / "provenance.json", prov)
     return prov
 
 

@@ -10,7 +10,6 @@ The runner rewrites it after every notebook, so a failed run still leaves its re
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import platform
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from groundiff_core.util.clock import now
+from groundiff_core.util.fileio import write_json
 from groundiff_core.book.markdown import data_sources_markdown, record_markdown
 from groundiff_core.util.environment import git_state, hardware, package_versions
 
@@ -50,11 +51,6 @@ class NotebookRun:
     files: list[str] = field(default_factory=list)
     provenance: dict | None = None  # the page's provenance.json (dataset, model fingerprint, ...), if written
     source_sha256: str | None = None  # of the source executed: a later build knows whether the page is current
-
-
-def now() -> str:
-    """The current UTC time, ISO 8601 to the second."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def read_provenance(folder: Path) -> dict | None:
@@ -110,7 +106,7 @@ def write_record(
         "runtime_s_this_run": round(total_s, 2),
         "notebooks": dict(sorted(notebooks.items())),
     }
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_json(path, record)
     (gen / "reproducibility.md").write_text(record_markdown(record))
     (gen / "data_sources.md").write_text(data_sources_markdown(record))
     if (Path(book_dir) / "published.csv").is_file():  # the book's first page includes the claim ledger

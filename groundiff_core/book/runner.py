@@ -43,7 +43,8 @@ from groundiff_core.book.parameters import (
     parse_value,
     refuse_undeclared,
 )
-from groundiff_core.book.record import NotebookRun, listing, now, read_provenance, write_record
+from groundiff_core.book.record import NotebookRun, listing, read_provenance, write_record
+from groundiff_core.util.clock import now
 from groundiff_core.book.sources import KERNEL_NAME, discover, read_source, select
 from groundiff_core.util.fingerprint import file_sha256
 

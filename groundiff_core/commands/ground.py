@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from groundiff_core.commands import add_model_options, model_options, silence_progress_bars
@@ -100,43 +99,32 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _parse_ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.replace(" ", "").split(",") if v != "")
-    except ValueError:
-        raise ValueError(f"{what} must be comma-separated integers, e.g. 3,4,6,7; got {text!r}") from None
-
-
 def config_from_args(args: argparse.Namespace):
     """The :class:`~groundiff_core.engine.config.GroundingConfig` the command line asks for."""
-    from groundiff_core.engine.config import GroundingConfig
+    from groundiff_core.engine.config import GroundingConfig, parse_layers
 
-    cfg = GroundingConfig.preset(getattr(args, "preset", "paper"))
-    if getattr(args, "conventions", None):
-        cfg = replace(cfg, conventions=args.conventions)
-    if args.steps is not None:
-        cfg = cfg.with_steps(args.steps)
-    if args.layers and args.middle_layers is not None:
-        raise ValueError("give --layers or --middle-layers, not both")
-    if args.layers:
-        cfg = cfg.with_layers(_parse_ints(args.layers, "--layers"))
-    if args.middle_layers is not None:
-        cfg = cfg.with_middle_layers(args.middle_layers)
-    if args.window and args.window_percent is not None:
-        raise ValueError("give --window or --window-percent, not both")
+    window = None
     if args.window:
         parts = args.window.split(":")
-        if len(parts) != 2:
+        try:
+            window = tuple(int(v) for v in parts)
+        except ValueError:
+            window = ()
+        if len(window) != 2:
             raise ValueError(f"--window must be start:stop, e.g. 120:180; got {args.window!r}")
-        start, stop = _parse_ints(",".join(parts), "--window")
-        cfg = cfg.with_window(start, stop)
-    if args.window_percent is not None:
-        cfg = cfg.with_window_percent(args.window_percent)
-    if args.no_smooth:
-        cfg = replace(cfg, sigma_fraction=None)
-    if args.no_otsu:
-        cfg = replace(cfg, otsu=False)
-    return cfg
+    if args.layers and args.middle_layers is not None:
+        raise ValueError("give --layers or --middle-layers, not both")
+    if args.window and args.window_percent is not None:
+        raise ValueError("give --window or --window-percent, not both")
+    try:
+        layers = parse_layers(args.layers) if args.layers else None
+    except ValueError as e:
+        raise ValueError(f"--layers: {e}") from None
+    return GroundingConfig.preset(getattr(args, "preset", "paper")).override(
+        steps=args.steps, layers=layers,
+        middle_layers=args.middle_layers, window=window, window_percent=args.window_percent,
+        smooth=False if args.no_smooth else None, otsu=False if args.no_otsu else None,
+        conventions=getattr(args, "conventions", None) or None)
 
 
 def _device_and_dtype(device: str, dtype: str):

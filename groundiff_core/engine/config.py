@@ -256,6 +256,43 @@ class GroundingConfig:
         width = max(1, int(round((stop - start) * n / n_old)))
         return replace(self, num_inference_steps=n, window=(new_start, new_start + width))
 
+    def override(self, *, steps: int | None = None, layers: Sequence[int] | str | None = None,
+                 middle_layers: int | None = None, window: tuple[int, int] | None = None,
+                 window_percent: float | None = None, smooth: bool | float | None = None,
+                 otsu: bool | None = None, conventions: str | None = None) -> "GroundingConfig":
+        """These settings with the given ones changed (``None``: unchanged), in this order: steps,
+        layers (explicit, or the ``middle_layers`` middle ones), window (steps ``[start, stop)``,
+        or ``window_percent`` % centred), ``smooth`` (True: as now, False: none, a number: sigma
+        as a share of the input size), ``otsu``, ``conventions``. The one place variants of a
+        config are made: :meth:`Recording.aggregate <groundiff_core.engine.record.Recording.aggregate>`
+        and the command line's options both call it."""
+        if layers is not None and middle_layers is not None:
+            raise ValueError("give layers or middle_layers, not both")
+        if window is not None and window_percent is not None:
+            raise ValueError("give window or window_percent, not both")
+        cfg = self
+        if steps is not None:
+            cfg = cfg.with_steps(steps)
+        if layers is not None:
+            cfg = cfg.with_layers(layers)
+        if middle_layers is not None:
+            cfg = cfg.with_middle_layers(middle_layers)
+        if window is not None:
+            cfg = cfg.with_window(*window)
+        if window_percent is not None:
+            cfg = cfg.with_window_percent(window_percent)
+        if smooth is not None and smooth is not True:
+            if smooth is not False and (isinstance(smooth, bool) or not isinstance(smooth, (int, float))
+                                        or not 0 <= smooth <= 1):
+                raise ValueError(f"smooth must be True, False or a number in [0, 1] (sigma as a share of the "
+                                 f"input size), got {smooth!r}")
+            cfg = replace(cfg, sigma_fraction=None if smooth is False else float(smooth))
+        if otsu is not None:
+            cfg = replace(cfg, otsu=parse_bool(otsu, "otsu"))
+        if conventions is not None:
+            cfg = replace(cfg, conventions=conventions)
+        return cfg
+
     # ------------------------------------------------------------------ resolution against a model
     @classmethod
     def preset(cls, name: str) -> "GroundingConfig":

@@ -25,8 +25,8 @@ every step (``2 K stop - K``).
 
 :meth:`Grounder.record` is the ablation mode: one inversion keeps, for every cross-attention layer
 and every recorded step, the token-averaged map of each phrase at the layer's native resolution; a
-:class:`~groundiff_core.heatmaps.Recording` then yields heatmaps for any layer set, window and
-post-processing (:meth:`~groundiff_core.heatmaps.Recording.aggregate`), exactly as
+:class:`~groundiff_core.engine.record.Recording` then yields heatmaps for any layer set, window and
+post-processing (:meth:`~groundiff_core.engine.record.Recording.aggregate`), exactly as
 :meth:`Grounder.ground` would have computed them.
 """
 
@@ -45,7 +45,8 @@ from groundiff_core.engine.joint import invert_joint
 from groundiff_core.engine.kept import Inversion, InversionCache, inversion_key
 from groundiff_core.engine.layers import CrossAttentionLayer, cross_attention_layers
 from groundiff_core.engine.recording import AttentionRecorder, StepStore
-from groundiff_core.heatmaps import Heatmaps, Recording
+from groundiff_core.engine.record import Recording
+from groundiff_core.heatmaps import Heatmaps
 from groundiff_core.io.images import ImageInput, load_image
 from groundiff_core.io.preprocess import CropGeometry, prepare_image
 from groundiff_core.models.ldm import LDM

@@ -15,18 +15,18 @@ import socket
 import time
 import warnings
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from groundiff_core.evaluation.identity import diff_paths, same_run
 from groundiff_core.util import environment
-from groundiff_core.util.fileio import atomic_write
+from groundiff_core.util.clock import now
+from groundiff_core.util.fileio import atomic_write, write_json
 from groundiff_core.util.fingerprint import jsonable
 
 __all__ = ["RESULTS", "RUN", "SUMMARY_JSON", "SUMMARY_CSV", "FORMAT", "read_jsonl", "latest",
-           "load_results", "now", "out_folder", "read_run", "describe_run", "open_run",
-           "write_json", "session", "run_facts"]
+           "load_results", "out_folder", "read_run", "describe_run", "open_run",
+           "session", "run_facts"]
 
 RESULTS, RUN, SUMMARY_JSON, SUMMARY_CSV = "results.jsonl", "run.json", "summary.json", "summary.csv"
 FORMAT = 2  # 2: content identity (weights and annotation fingerprints, no paths), keyed rows
@@ -108,11 +108,6 @@ def load_results(out_dir: str | os.PathLike) -> list[dict]:
     return list(latest(read_jsonl(Path(out_dir) / RESULTS)).values())
 
 
-def now() -> str:
-    """The current UTC time, ISO 8601 to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def out_folder(out_dir: str | os.PathLike) -> Path:
     """``out_dir`` created if needed; a clear error when it names an existing file."""
     out = Path(out_dir)
@@ -188,11 +183,6 @@ def open_run(out: Path, identity: dict, method_info: dict, info: dict) -> dict:
                          "output folder")
     return {"format": FORMAT, "identity": identity, "method_info": method_info,
             "info": jsonable(info), "created": now(), "sessions": []}
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as indented JSON (:func:`~groundiff_core.util.fingerprint.jsonable`), atomically."""
-    atomic_write(path, json.dumps(jsonable(obj), indent=2) + "\n")
 
 
 @contextmanager

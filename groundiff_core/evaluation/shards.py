@@ -11,7 +11,8 @@ from typing import Sequence
 from groundiff_core.evaluation.identity import comparable, diff_paths, same_run
 from groundiff_core.evaluation.options import check_options
 from groundiff_core.evaluation.results import (FORMAT, RESULTS, RUN, SUMMARY_JSON, describe_run, latest,
-                                               now, out_folder, read_jsonl, read_run, run_facts, session)
+                                               out_folder, read_jsonl, read_run, run_facts, session)
+from groundiff_core.util.clock import now
 from groundiff_core.evaluation.summary import summarize, write_summary
 from groundiff_core.util.fileio import atomic_write, folder_lock
 

@@ -21,7 +21,8 @@ import numpy as np
 from scipy import stats
 
 from groundiff_core.conventions import check_conventions
-from groundiff_core.evaluation.results import SUMMARY_CSV, SUMMARY_JSON, latest, write_json
+from groundiff_core.evaluation.results import SUMMARY_CSV, SUMMARY_JSON, latest
+from groundiff_core.util.fileio import write_json
 from groundiff_core.evaluation.scorer import METRICS
 from groundiff_core.util.fileio import atomic_write
 from groundiff_core.util.fingerprint import jsonable

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_write", "folder_lock", "FolderBusyError", "LOCK_NAME", "regular_file", "MAX_READ_BYTES"]
+__all__ = ["atomic_write", "write_json", "folder_lock", "FolderBusyError", "LOCK_NAME", "regular_file", "MAX_READ_BYTES"]
 
 #: The largest input file read (checkpoints of the paper's size are about 1.1 GB): a larger one is
 #: refused by name before it is opened; ``GROUNDIFF_MAX_READ_GB`` raises the limit.
@@ -72,6 +72,23 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: str | os.PathLike, obj: object, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` to ``path`` as JSON, atomically: the project's one JSON writer.
+
+    ``obj`` goes through :func:`~groundiff_core.util.fingerprint.jsonable` (dataclasses -> dicts,
+    numpy scalars -> numbers, NaN -> null, paths -> strings); the parent folder is created.
+    """
+    import json
+
+    from groundiff_core.util.fingerprint import jsonable
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(jsonable(obj), indent=indent, separators=None if indent else (",", ":"))
+    atomic_write(path, text + "\n")
+    return path
 
 
 def _mode_for(path: Path) -> int:
