@@ -110,8 +110,9 @@ def child(method: str, k: int, n_images: int, window: tuple[int, int] | None, re
         cfg = cfg.with_window(*window)
     cross_attention_layers(model.unet)  # its one dry forward pass is not part of the grounding cost
     counted = [0]
-    model.unet.register_forward_pre_hook(lambda m, args, kw: counted.__setitem__(0, counted[0] + args[0].shape[0]),
-                                         with_kwargs=True)
+    # on time_proj, which every pass (whole or truncated) runs first: a hook on the UNet itself would
+    # make the engine run whole passes (its truncated walk never calls unet.forward)
+    model.unet.time_proj.register_forward_pre_hook(lambda m, args: counted.__setitem__(0, counted[0] + args[0].shape[0]))
     recording_bytes = [0]
 
     class Spy(MapAccumulator):

@@ -48,7 +48,7 @@ def _one(mode: str, cache_dir: str) -> dict:
     model, image = bench_model(), bench_images(1)[0]
     cfg = gd.GroundingConfig.paper()
     samples = []
-    hook = model.unet.register_forward_pre_hook(lambda m, a, kw: samples.append(a[0].shape[0]), with_kwargs=True)
+    hook = model.unet.time_proj.register_forward_pre_hook(lambda m, a: samples.append(a[0].shape[0]))
     if mode == "first":
         g = gd.Grounder(model, cfg, inversion_cache=gd.InversionCache(cache_dir))
         call = lambda: g.ground(image, PHRASES[:1])  # noqa: E731
@@ -58,7 +58,7 @@ def _one(mode: str, cache_dir: str) -> dict:
     else:
         hook.remove()
         inv = gd.Grounder(model, cfg).invert(image)
-        hook = model.unet.register_forward_pre_hook(lambda m, a, kw: samples.append(a[0].shape[0]), with_kwargs=True)
+        hook = model.unet.time_proj.register_forward_pre_hook(lambda m, a: samples.append(a[0].shape[0]))
         call = lambda: inv.ground(PHRASES[1:])  # noqa: E731
     c0, w0 = time.process_time(), time.perf_counter()
     result = call()

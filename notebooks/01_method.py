@@ -59,6 +59,7 @@ from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core.book import pages
+from groundiff_core.evaluation.boxes import scored_boxes
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.evaluation import metrics
@@ -87,10 +88,10 @@ pair = candidates[pair_index % len(candidates)]
 image = load_image(pair.image_path)
 shown_image = figures.screen(image, show)  # a blank of the image's size when images are not shown
 # boxes rescaled to the image actually read and cut to the model's crop, exactly as the runner scores them
-boxes, box_notes = pages.scored_boxes(pair, image.shape, crop_size=ldm.input_size)
+boxes, box_notes = scored_boxes(pair, image.shape, ldm.input_size)
 others, other_boxes = [], []
 for q in by_image[pair.image_path]:
-    qb = pages.scored_boxes(q, image.shape, crop_size=ldm.input_size)[0]
+    qb = scored_boxes(q, image.shape, ldm.input_size)[0]
     if q.phrase != pair.phrase and len(qb):
         others.append(q)
         other_boxes.append(qb)

@@ -90,6 +90,7 @@ from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core.book import pages
+from groundiff_core.evaluation.boxes import scored_boxes
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.book import shipped
@@ -352,7 +353,7 @@ shown_methods = ["cross-attention (paper preset)", "phrase prior", "centre prior
 grid_rows = []
 for p in examples:
     image = load_image(p.image_path)
-    boxes, _ = pages.scored_boxes(p, image.shape, conventions=conventions, crop_size=ldm.input_size)
+    boxes, _ = scored_boxes(p, image.shape, ldm.input_size, conventions)
     maps = {name.replace(" (paper preset)", ""): methods[name][1].get(image, p.phrase) for name in shown_methods}
     grid_rows.append((f"{p.category}: '{p.phrase}'", figures.screen(image, show), boxes, maps))
 figures.publish(figures.qualitative_grid(grid_rows) if grid_rows else figures.placeholder("no scored pair"),

@@ -67,12 +67,11 @@ from groundiff_core.book import pages
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.book import shipped
-from groundiff_core.evaluation import metrics
 from groundiff_core.engine.config import window_from_percent
 from groundiff_core.io.datasets import group_by_image
-from groundiff_core.io.images import load_image
 from groundiff_core.evaluation import evaluate, load_results
-from groundiff_core.engine.aggregate import word_positions
+from groundiff_core.evaluation.ablation import ablation, grid_cells
+from groundiff_core.engine.recording import word_positions
 from groundiff_core.methods.class_tokens import ClassNameTokens
 
 # %% tags=["hide-input"]
@@ -106,33 +105,14 @@ post = {"paper code (layers 3, 4, 6, 7)": dict(config=config),
         "no Gaussian": dict(config=config, smooth=False),
         "no Otsu": dict(config=config, otsu=False),
         "neither": dict(config=config, smooth=False, otsu=False)}
-rows, example = [], None
-groups = list(group_by_image(data.selected).values())
-for b0 in range(0, len(groups), batch_images):  # batch_images images per inversion; their recordings, then the next
-    chunk = groups[b0:b0 + batch_images]
-    images = [load_image(group[0].image_path) for group in chunk]
-    phrase_lists = [list(dict.fromkeys(p.phrase for p in group)) for group in chunk]
-    recordings = grounder.record_batch(images, phrase_lists, window=(lo, hi))
-    for group, image, phrases, rec in zip(chunk, images, phrase_lists, recordings):
-        # boxes rescaled to the image as read and cut to the model's crop, as the runner scores them
-        scored = {p.pair_id: pages.scored_boxes(p, image.shape, crop_size=ldm.input_size)[0] for p in group}
-        scorable = [p for p in group if len(scored[p.pair_id])]
-        for key, kw in [*settings.items(), *post.items()]:
-            maps = rec.aggregate(**kw).heatmaps
-            for p in scorable:
-                m = metrics.all_metrics(maps[phrases.index(p.phrase)], scored[p.pair_id])
-                L, T = key if isinstance(key, tuple) else (None, None)
-                rows.append({"pair_id": p.pair_id, "category": p.category, "L": L, "T": T,
-                             "setting": key if isinstance(key, str) else "grid", **m})
-        if example is None and scorable:
-            example = (image, scorable[0], scored[scorable[0].pair_id], rec.to("cpu"))
-results = pd.DataFrame(rows)
+run = ablation(grounder, data.selected, {**settings, **post}, window=(lo, hi), batch_images=batch_images)
+example = run.example
+results = pd.DataFrame(run.rows)
 results.to_csv(out / "ablation_pairs.csv", index=False)
 
 
 grid_df = results[results.setting == "grid"].astype({"L": int, "T": int})
-cells = {m: grid_df.groupby(["L", "T", "category"])[m].mean().groupby(["L", "T"]).mean().unstack("T")
-         for m in ["miou", "auc", "cnr_abs"]}
+cells = {m: grid_cells(results, m) for m in ["miou", "auc", "cnr_abs"]}
 pd.concat(cells, names=["metric", "L"]).to_csv(out / "ablation_grid.csv")
 
 # %% [markdown]

@@ -60,6 +60,7 @@ from IPython.display import Markdown, display
 
 import groundiff_core as gd
 from groundiff_core.book import pages
+from groundiff_core.evaluation.boxes import scored_boxes
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.methods.attribution import ObjectiveConfig, make_method, token_attribution
@@ -153,7 +154,7 @@ fig, axes = plt.subplots(len(shown), len(cols) + 1, figsize=(2.1 * (len(cols) + 
                          squeeze=False, constrained_layout=True)
 for i, p in enumerate(shown):
     image = load_image(p.image_path)
-    boxes, _ = pages.scored_boxes(p, image.shape, crop_size=ldm.input_size)  # as the runner scored them
+    boxes, _ = scored_boxes(p, image.shape, ldm.input_size)  # as the runner scored them
     figures.overlay(axes[i, 0], figures.screen(image, show), None, boxes, title=f"'{p.phrase}'", fontsize=7)
     for j, name in enumerate(cols, start=1):
         figures.overlay(axes[i, j], figures.screen(image, show), contenders[name].get(image, p.phrase), boxes,

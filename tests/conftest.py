@@ -64,9 +64,11 @@ def textured_image() -> np.ndarray:
 
 
 def unet_call_sizes(model, call):
-    """Run ``call()``; return its result and the batch size (rows) of every UNet call it made."""
+    """Run ``call()``; return its result and the batch size (rows) of every UNet call it made
+    (whole or truncated: each embeds its timesteps first; a hook on the UNet itself would make the
+    engine run whole passes, since its truncated walk never calls ``unet.forward``)."""
     sizes: list[int] = []
-    hook = model.unet.register_forward_pre_hook(lambda m, a, kw: sizes.append(a[0].shape[0]), with_kwargs=True)
+    hook = model.unet.time_proj.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[0]))
     try:
         return call(), sizes
     finally:

@@ -18,6 +18,8 @@ from groundiff_core.book import runner
 from groundiff_core.book.markdown import data_sources_markdown
 from groundiff_core.book import check as bookcheck
 from groundiff_core.book import pages as bookdata
+from groundiff_core.evaluation.boxes import scored_boxes
+from groundiff_core.evaluation.runner import PAPER_INPUT_SIZE
 from groundiff_core.book import provenance
 from groundiff_core.evaluation.compare import class_averaged_ci, paired_difference
 from groundiff_core.util.phrases import side_of_phrase
@@ -78,7 +80,7 @@ def test_scored_boxes_rescale_to_the_image_read_and_drop_what_the_crop_cuts(fixt
     p = by_phrase["Left pleural effusion"]
     image = load_image(p.image_path)
     assert image.shape == (64, 80) and p.image_size == (128, 160)  # JPEG at half the CSV's size
-    boxes, notes = bookdata.scored_boxes(p, image.shape, crop_size=64)
+    boxes, notes = scored_boxes(p, image.shape, 64)
     np.testing.assert_allclose(boxes, p.boxes / fx.SCALE)
     assert any("rescaled" in n for n in notes)
     # the raw CSV boxes (what notebooks 1 and 4 used to score) give other numbers on the same map
@@ -89,12 +91,12 @@ def test_scored_boxes_rescale_to_the_image_read_and_drop_what_the_crop_cuts(fixt
     assert metrics.miou(hm, p.boxes) < 0.5
 
     two = by_phrase["right lung pneumonia"]  # its second box lies in the margin the centre crop cuts
-    kept, notes = bookdata.scored_boxes(two, image.shape, crop_size=64)
+    kept, notes = scored_boxes(two, image.shape, 64)
     assert len(two.boxes) == 2 and len(kept) == 1 and any("centre crop" in n for n in notes)
-    strict, _ = bookdata.scored_boxes(two, image.shape, conventions="strict", crop_size=64)
+    strict, _ = scored_boxes(two, image.shape, 64, "strict")
     assert len(strict) == 2
     gone = by_phrase[fx.VANISHING]
-    assert len(bookdata.scored_boxes(gone, image.shape, crop_size=64)[0]) == 0
+    assert len(scored_boxes(gone, image.shape, 64)[0]) == 0
     scorable = bookdata.scorable_pairs(fixture_pairs, crop_size=64)
     assert gone not in scorable and len(scorable) == len(fixture_pairs) - 1
 
@@ -107,7 +109,7 @@ def test_scored_boxes_match_the_runner(fixture_pairs, tmp_path):
     evaluate(CentrePrior(), fixture_pairs, tmp_path / "run", n_boot=10, progress=False)
     rows = {r["pair_id"]: r for r in load_results(tmp_path / "run")}
     for p in fixture_pairs:
-        boxes, _ = bookdata.scored_boxes(p, load_image(p.image_path).shape)  # CentrePrior: the paper's 512 crop
+        boxes, _ = scored_boxes(p, load_image(p.image_path).shape, PAPER_INPUT_SIZE)  # CentrePrior: the paper's 512 crop
         if len(boxes) == 0:
             assert rows[p.pair_id]["status"] == "skipped"
         else:

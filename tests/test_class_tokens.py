@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import groundiff_core as gd
-from groundiff_core.engine.aggregate import word_positions
+from groundiff_core.engine.recording import word_positions
 from groundiff_core.evaluation import metrics
 from groundiff_core.methods.class_tokens import ClassNameTokens
 
@@ -37,10 +37,10 @@ def test_all_positions_give_the_plain_maps_and_one_position_the_token_map(ground
     phrase = "left pleural effusion"
     n = grounder.check_phrases([phrase])[0]
     plain = grounder.ground(image, [phrase]).heatmaps
-    every = grounder.ground_positions_batch([image], [[phrase]], [[list(range(1, n - 1))]])[0].heatmaps
+    every = grounder.ground_batch([image], [[phrase]], token_positions=[[list(range(1, n - 1))]])[0].heatmaps
     assert np.array_equal(np.isnan(plain), np.isnan(every))
     assert np.allclose(np.nan_to_num(plain), np.nan_to_num(every), atol=1e-6)
-    one = grounder.ground_positions_batch([image], [[phrase]], [[[2]]])[0].heatmaps[0]
+    one = grounder.ground_batch([image], [[phrase]], token_positions=[[[2]]])[0].heatmaps[0]
     token = grounder.ground_tokens(image, phrase).heatmaps[1]  # map 1 reads position 2
     assert np.allclose(np.nan_to_num(one), np.nan_to_num(token), atol=1e-6)
     assert not np.allclose(np.nan_to_num(one), np.nan_to_num(plain[0]), atol=1e-3)
@@ -60,11 +60,11 @@ def test_bad_inputs_are_refused_by_name(grounder, image):
     with pytest.raises(ValueError, match="no class name for phrase 'mild edema'"):
         ClassNameTokens(grounder, {}).ground(image, ["mild edema"])
     with pytest.raises(ValueError, match="outside its tokens"):
-        grounder.ground_positions_batch([image], [["mild edema"]], [[[40]]])
+        grounder.ground_batch([image], [["mild edema"]], token_positions=[[[40]]])
     with pytest.raises(ValueError, match="1 phrases but 2 position lists"):
-        grounder.ground_positions_batch([image], [["mild edema"]], [[[1], [1]]])
+        grounder.ground_batch([image], [["mild edema"]], token_positions=[[[1], [1]]])
     with pytest.raises(ValueError, match="1 images but 2 position lists"):
-        grounder.ground_positions_batch([image], [["mild edema"]], [[[1]], [[1]]])
+        grounder.ground_batch([image], [["mild edema"]], token_positions=[[[1]], [[1]]])
 
 
 def test_a_batch_of_images_gives_the_maps_of_one_image_at_a_time(tiny_v):

@@ -147,8 +147,10 @@ def test_token_average_is_a_probability_average(model):
 def test_sample_evaluations_and_early_stop(model, image, k):
     cross_attention_layers(model.unet)  # layer discovery (one dry pass, cached) is not grounding cost
     calls = []
-    hook = model.unet.register_forward_pre_hook(
-        lambda m, args, kw: calls.append((args[0].shape[0], int(args[1]))), with_kwargs=True)
+    # every pass, whole or truncated, embeds its timesteps ([batch]) first; a hook on the UNet itself
+    # would make the engine run whole passes (its truncated walk never calls unet.forward)
+    hook = model.unet.time_proj.register_forward_pre_hook(
+        lambda m, args: calls.append((args[0].shape[0], int(args[0][0]))))
     try:
         g = gd.Grounder(model, gd.GroundingConfig.paper())
         g.ground(image, PHRASES[:k])

@@ -120,7 +120,7 @@ def test_inversion_step_matches_diffusers(prediction_type):
 
 
 def test_single_token_selection_reads_one_position_and_rejects_bad_positions():
-    from groundiff_core.engine.aggregate import token_weights
+    from groundiff_core.engine.recording import token_weights
     from groundiff_core.engine.config import GroundingConfig
 
     w = token_weights([5, 4], 8, "token:2")

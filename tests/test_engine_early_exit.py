@@ -87,8 +87,9 @@ def _blocks_run(model, cfg, early_exit):
     cross_attention_layers(unet)  # the cached dry pass is not part of the grounding
     calls: list[list] = []
     watched = {"up1": unet.up_blocks[1], "up2": unet.up_blocks[2], "conv_out": unet.conv_out}
-    hooks = [unet.register_forward_pre_hook(lambda m, a, kw: calls.append([a[0].shape[0], set()]),
-                                            with_kwargs=True)]
+    # every pass, whole or truncated, starts with conv_in (a hook on the UNet itself would make the
+    # engine run whole passes: its truncated walk never calls unet.forward)
+    hooks = [unet.conv_in.register_forward_pre_hook(lambda m, a: calls.append([a[0].shape[0], set()]))]
     for name, module in watched.items():
         hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: calls[-1][1].add(name)))
     try:
@@ -117,6 +118,21 @@ def test_conditional_rows_skip_the_rest_of_the_unet():
     assert all(ran == {"up1", "up2", "conv_out"} for _, ran in calls)
 
 
+def test_a_hook_on_the_unet_makes_the_conditional_rows_run_whole(textured_image):
+    """The walk never calls unet.forward; with a hook there (accelerate's, or any), it is not used."""
+    model = tiny_ldm(prediction_type="v_prediction")
+    cfg = SHORT.with_window(12, 14)
+    plain = gd.Grounder(model, cfg).ground(textured_image, PHRASES[:2], return_raw=True)
+    seen = []
+    hook = model.unet.register_forward_hook(lambda m, a, out: seen.append(a[0].shape[0]))
+    try:
+        hooked = gd.Grounder(model, cfg).ground(textured_image, PHRASES[:2], return_raw=True)
+    finally:
+        hook.remove()
+    assert seen.count(2) == 2  # both window steps' conditional rows went through unet.forward, whole
+    np.testing.assert_array_equal(plain.raw, hooked.raw)
+
+
 def test_guidance_runs_the_whole_unet_for_the_conditional_rows(textured_image):
     """With guidance != 0 the conditional prediction steers the trajectory: no early exit."""
     model = tiny_ldm(prediction_type="epsilon")
@@ -140,7 +156,7 @@ def test_read_leaves_the_model_as_it_was():
         got = []
         with AttentionRecorder([layers[i] for i in (3, 6)], lambda i, m: got.append((i, m.shape))) as rec:
             rec.read(unet, x, 99, ctx, torch.full((2, 77), 1 / 77))
-            assert rec.target is None and rec.exit_after is None
+            assert rec.target is None and rec.seen == {3, 6}
             again = unet(x, 99, encoder_hidden_states=ctx).sample
     assert got == [(3, (2, 4, 4)), (6, (2, 4, 4))]
     assert torch.equal(plain, again)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from groundiff_core.models.ldm import LDM
 
 __all__ = ["BookData", "KeepMaps", "load_book_data", "nested_count", "inversion_cache", "one_pair_per_class",
-           "phrase_prior", "reference_table", "resolve_show_images", "save_json", "scorable_pairs", "scored_boxes",
+           "phrase_prior", "reference_table", "resolve_show_images", "save_json", "scorable_pairs",
            "setup_notebook", "swap_sides", "unrelated_finding"]
 
 def setup_notebook(output_dir: str | os.PathLike, *, seed: int, model: str | os.PathLike,
@@ -81,27 +81,6 @@ def phrase_prior(data: BookData, *, seed: int = 0, folds: int = 5):
 def save_json(obj: Any, output_dir: str | os.PathLike, name: str) -> Path:
     """Write ``obj`` as ``output_dir/name.json`` (NaN -> null, numpy scalars -> numbers)."""
     return write_json(Path(output_dir) / f"{name}.json", obj)
-
-
-def scored_boxes(pair: Any, hw: tuple[int, int], *, conventions: str = "paper",
-                 crop_size: int | None = None) -> tuple["np.ndarray", list[str]]:
-    """The boxes the evaluation runner scores ``pair`` with, on an image read as ``hw = (H, W)``.
-
-    The annotation's boxes rescaled to the image actually read (a downsampled MIMIC-CXR-JPG copy is
-    smaller than the CSV's ``image_width``/``image_height``) and clipped
-    (:func:`groundiff_core.io.datasets.common.fit_boxes_to_image`); under the paper's conventions, the
-    boxes none of whose pixels survives the model's resize + centre crop (``crop_size``, the model's
-    input side; default 512) dropped as well. Returns ``(boxes [N, 4], notes)``; an empty array
-    means the runner skips the pair. Use it wherever a notebook scores or draws a pair's boxes
-    itself, so its numbers are the runner's.
-    """
-    from groundiff_core.io.datasets.common import fit_boxes_to_image
-    from groundiff_core.evaluation.runner import PAPER_INPUT_SIZE, _boxes_for
-
-    fitted, notes = fit_boxes_to_image(pair, int(hw[0]), int(hw[1]))
-    boxes, crop_notes = _boxes_for(conventions, fitted, (int(hw[0]), int(hw[1])),
-                                   int(crop_size or PAPER_INPUT_SIZE))
-    return boxes, notes + crop_notes
 
 
 def nested_count(wanted: int | None, n_pairs: int | None) -> int | None:
@@ -168,15 +147,18 @@ def reference_table(summary: dict, reference_csv: str | os.PathLike, *, label: s
 
 def scorable_pairs(pairs: Sequence[Any], *, conventions: str = "paper", crop_size: int | None = None) -> list:
     """The pairs of ``pairs`` that the evaluation runner scores: those left with a box after
-    :func:`scored_boxes` on the image as read (each image's size is read once, from its file)."""
+    :func:`groundiff_core.evaluation.boxes.scored_boxes` on the image as read (each image's size is read once, from its file)."""
+    from groundiff_core.evaluation.boxes import scored_boxes
+    from groundiff_core.evaluation.runner import PAPER_INPUT_SIZE
     from groundiff_core.io.images import load_image
 
+    crop_size = int(crop_size or PAPER_INPUT_SIZE)
     sizes: dict = {}
     keep = []
     for p in pairs:
         if p.image_path not in sizes:
             sizes[p.image_path] = load_image(p.image_path).shape
-        if len(scored_boxes(p, sizes[p.image_path], conventions=conventions, crop_size=crop_size)[0]):
+        if len(scored_boxes(p, sizes[p.image_path], crop_size, conventions)[0]):
             keep.append(p)
     return keep
 

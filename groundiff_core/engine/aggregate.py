@@ -1,6 +1,7 @@
-"""From recorded attention to heatmaps: token selection, per-map normalisation, resize, mean,
-Gaussian smoothing and Otsu (steps 5-7 of the paper's Algorithm 1), and :func:`to_heatmaps`, the
-last step from accumulated maps to :class:`~groundiff_core.heatmaps.Heatmaps` on the original grid.
+"""From recorded attention to heatmaps on the model grid: per-map normalisation, resize, mean,
+Gaussian smoothing and Otsu (steps 5-7 of the paper's Algorithm 1, :func:`aggregate`); then
+:func:`back_project`, the last step, onto each original image grid as
+:class:`~groundiff_core.heatmaps.Heatmaps`.
 
 The mean over layers and steps is computed as a running sum per layer at the layer's native
 resolution: bilinear (and nearest) resizing is linear, so resizing each layer's sum once equals
@@ -25,77 +26,8 @@ if TYPE_CHECKING:
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.io.preprocess import CropGeometry
 
-__all__ = ["token_weights", "word_positions", "position_weights", "resize_maps", "MapAccumulator", "gaussian_smooth", "otsu_mask",
-           "postprocess", "to_heatmaps"]
-
-
-def token_weights(token_counts: Sequence[int], max_tokens: int, selection: str = "phrase") -> torch.Tensor:
-    """Averaging weights over token positions, ``[K, max_tokens]`` float32, each row summing to 1.
-
-    ``token_counts[k]`` is the length of phrase ``k`` tokenised with its start and end tokens.
-    "phrase" selects positions ``1 .. n-2`` (the phrase's own tokens, the paper's choice);
-    "phrase+end" selects ``1 .. n-1``; "token:i" selects the single position ``i`` (1 = the first
-    token after the start token), for per-token maps.
-    """
-    if selection.startswith("token:"):
-        i = int(selection.split(":", 1)[1])
-        w = torch.zeros(len(token_counts), max_tokens, dtype=torch.float32)
-        for k, n in enumerate(token_counts):
-            if not 1 <= i <= n - 2:
-                raise ValueError(f"token position {i} is outside phrase {k}'s tokens 1..{n - 2}")
-            w[k, i] = 1.0
-        return w
-    if selection not in ("phrase", "phrase+end"):
-        raise ValueError(f"token selection must be 'phrase', 'phrase+end' or 'token:i', got {selection!r}")
-    w = torch.zeros(len(token_counts), max_tokens, dtype=torch.float32)
-    for k, n in enumerate(token_counts):
-        stop = n - 1 if selection == "phrase" else n
-        stop = min(stop, max_tokens)
-        if stop <= 1:
-            raise ValueError(f"phrase {k} has no tokens between its start and end tokens")
-        w[k, 1:stop] = 1.0 / (stop - 1)
-    return w
-
-
-def word_positions(tokenizer, phrase: str, words: str) -> list[int]:
-    """Token positions of ``phrase`` (1 = the first token after the start token) that spell one of
-    the words of ``words`` (e.g. a class name, "pleural effusion"), matched as whole token runs.
-
-    Each word is tokenised alone (CLIP's BPE tokenises words independently, so a word's tokens are
-    the same inside a phrase) and found as a contiguous run of the phrase's tokens; the positions of
-    every run found are returned, sorted; none found: ``[]`` (the JBHI code's NaN map).
-    """
-    ids = tokenizer(phrase.lower(), truncation=False, verbose=False)["input_ids"]
-    found: set[int] = set()
-    for word in words.lower().split():
-        w = tokenizer(word, truncation=False, verbose=False)["input_ids"][1:-1]
-        if not w:
-            continue
-        for i in range(1, len(ids) - len(w)):
-            if ids[i:i + len(w)] == w:
-                found.update(range(i, i + len(w)))
-    return sorted(found)
-
-
-def position_weights(positions: Sequence[Sequence[int]], phrase_weights: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """``(weights, empty)``: weights ``[K, max_tokens]`` averaging the given token positions of each
-    row, and the rows without positions (they keep ``phrase_weights``' row, so that they compute like
-    any other; the caller sets their maps to NaN). ``phrase_weights`` (:func:`token_weights`)
-    says which positions are a phrase's own tokens: any other position is refused."""
-    if len(positions) != len(phrase_weights):
-        raise ValueError(f"got {len(phrase_weights)} phrases but {len(positions)} position lists")
-    w = phrase_weights.clone()
-    empty = []
-    for k, pos in enumerate(positions):
-        own = set(torch.nonzero(phrase_weights[k]).flatten().tolist())
-        if not pos:
-            empty.append(k)
-        elif not set(int(i) for i in pos) <= own:
-            raise ValueError(f"phrase {k}: token positions {list(pos)} outside its tokens {min(own)}..{max(own)}")
-        else:
-            w[k] = 0.0
-            w[k, [int(i) for i in pos]] = 1.0 / len(pos)
-    return w, empty
+__all__ = ["resize_maps", "MapAccumulator", "gaussian_smooth", "otsu_mask", "postprocess", "aggregate",
+           "back_project"]
 
 
 def resize_maps(maps: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
@@ -183,27 +115,35 @@ def postprocess(raw: np.ndarray, sigma_px: float, otsu: bool = True,
     return out.astype(np.float32)
 
 
-def to_heatmaps(acc: MapAccumulator, cfg: "GroundingConfig", size: int, geometries: Sequence["CropGeometry"],
-                phrases_per_image: Sequence[Sequence[str]], return_raw: bool, info: dict) -> list[Heatmaps]:
-    """Accumulated maps of all rows (image by image, phrase by phrase) -> post-processed
-    :class:`~groundiff_core.heatmaps.Heatmaps` per image, on the original grid (``cfg`` gives the
-    post-processing and the conventions of the back-projection)."""
+def aggregate(acc: MapAccumulator, cfg: "GroundingConfig", size: int,
+              names: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Accumulated maps of all R rows -> ``(raw, final)``, float32 ``[R, S, S]`` on the model grid:
+    the mean attention map (resized to ``size``) and the post-processed heatmap (``cfg``'s sigma,
+    Otsu and conventions). A constant or all-NaN result is warned about once (``names``: the rows'
+    phrases, for the message)."""
     raw = acc.mean(size, cfg.resize).cpu().double().numpy()  # [R, S, S]
     final = postprocess(raw, cfg.sigma_pixels(size), cfg.otsu, cfg.conventions)
     flat = [k for k in range(len(final)) if not np.isfinite(final[k]).any() or np.nanmin(final[k]) == np.nanmax(final[k])]
     if flat:
         from groundiff_core.io.preprocess import warn_once
 
-        names = [p for ps in phrases_per_image for p in ps]
-        warn_once("constant map", f"the heatmap of {names[flat[0]]!r} is constant or all NaN (no pixel stands out: "
+        name = repr(names[flat[0]]) if len(names) > flat[0] else f"row {flat[0]}"
+        warn_once("constant map", f"the heatmap of {name} is constant or all NaN (no pixel stands out: "
                                   "nothing to localise); its metrics are those of an uninformative map")
-    raw = raw.astype(np.float32)
+    return raw.astype(np.float32), final
+
+
+def back_project(final: np.ndarray, raw: np.ndarray | None, geometries: Sequence["CropGeometry"],
+                 phrases_per_image: Sequence[Sequence[str]], conventions: str, info: dict) -> list[Heatmaps]:
+    """Model-grid maps of all rows (image by image, phrase by phrase) -> one
+    :class:`~groundiff_core.heatmaps.Heatmaps` per image on its original grid (NaN outside the
+    model's crop, :meth:`CropGeometry.to_original`, under ``conventions``); ``raw`` kept when given."""
     out, r = [], 0
     for geom, phrases in zip(geometries, phrases_per_image):
         k = len(phrases)
-        geom = replace(geom, conventions=cfg.conventions)  # a recording re-read under other conventions
+        geom = replace(geom, conventions=conventions)  # a recording re-read under other conventions
         out.append(Heatmaps(heatmaps=geom.to_original(final[r:r + k]), phrases=list(phrases), geometry=geom,
-                            raw=raw[r:r + k].copy() if return_raw else None, model_maps=final[r:r + k].copy(),
+                            raw=None if raw is None else raw[r:r + k].copy(), model_maps=final[r:r + k].copy(),
                             info=dict(info)))
         r += k
     return out

@@ -38,13 +38,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from groundiff_core.engine.aggregate import MapAccumulator, position_weights, to_heatmaps, token_weights
+from groundiff_core.engine.aggregate import MapAccumulator, aggregate, back_project
 from groundiff_core.engine.config import GroundingConfig
-from groundiff_core.engine.inversion import DDIMInversion, ddim_run
+from groundiff_core.engine.inversion import DDIMInversion, window_latents
 from groundiff_core.engine.joint import invert_joint
 from groundiff_core.engine.kept import Inversion, InversionCache, inversion_key
 from groundiff_core.engine.layers import CrossAttentionLayer, cross_attention_layers
-from groundiff_core.engine.recording import AttentionRecorder, StepStore
+from groundiff_core.engine.recording import AttentionRecorder, StepStore, position_weights, token_weights
+from groundiff_core.engine.truncated import forward_until
 from groundiff_core.engine.record import Recording
 from groundiff_core.heatmaps import Heatmaps
 from groundiff_core.io.images import ImageInput, load_image
@@ -85,6 +86,8 @@ class Grounder:
         False: one UNet call per step, conditional rows through the whole network (for comparison)
     inversion_cache : an :class:`~groundiff_core.engine.kept.InversionCache`: images already
         inverted (by content, with this model and schedule) are not inverted again (guidance 0)
+    compile : run the UNet passes through ``torch.compile`` (the inversion's whole passes and the
+        truncated walk of the conditional rows); the maps equal eager ones to float rounding
 
     Every verb also takes an :class:`~groundiff_core.engine.kept.Inversion` from :meth:`invert` in
     place of an image: only the phrases' conditional rows then run.
@@ -94,7 +97,8 @@ class Grounder:
     """
 
     def __init__(self, model: LDM, config: GroundingConfig | None = None, *, batch_size: int = 4,
-                 progress: bool = False, early_exit: bool = True, inversion_cache: InversionCache | None = None):
+                 progress: bool = False, early_exit: bool = True, inversion_cache: InversionCache | None = None,
+                 compile: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
@@ -105,6 +109,9 @@ class Grounder:
         self.inversion_cache = inversion_cache
         self.stats = {"unet_calls": 0, "unet_samples": 0, "unet_samples_truncated": 0}
         self._model_key: dict | None = None
+        self.compiled = bool(compile)
+        self._unet = torch.compile(model.unet) if compile else model.unet  # the inversion's whole passes
+        self._forward_until = torch.compile(forward_until) if compile else forward_until  # the conditional rows
 
     @property
     def layers(self) -> tuple[CrossAttentionLayer, ...]:
@@ -148,13 +155,52 @@ class Grounder:
         return self.ground_batch([image], [phrases], return_raw=return_raw)[0]
 
     def ground_batch(self, images: Sequence[ImageInput], phrases_per_image: Sequence[Sequence[str] | str],
-                     return_raw: bool = False) -> list[Heatmaps]:
-        """:meth:`ground` for many images, ``batch_size`` images per inversion."""
+                     return_raw: bool = False, *,
+                     token_positions: Sequence[Sequence[Sequence[int]]] | None = None) -> list[Heatmaps]:
+        """Algorithm 1 for many images, ``batch_size`` images per inversion.
+
+        Parameters
+        ----------
+        images : B images (anything :func:`load_image` reads) or :class:`Inversion` s from :meth:`invert`
+        phrases_per_image : B lists of phrases (a string is one phrase)
+        return_raw : also keep each mean attention map before post-processing (``Heatmaps.raw``)
+        token_positions : per image, per phrase, the token positions to read (1 = the first token
+            after the start token; e.g. a class name's, :func:`~.recording.word_positions`) instead
+            of the config's token selection; a phrase without positions gets an all-NaN map, as the
+            JBHI code gives where the class word is absent (its metrics score it 0, AUC-ROC 0.5)
+
+        Returns
+        -------
+        B :class:`Heatmaps`, float32 ``[K, H, W]`` on each image's own grid, NaN outside the crop.
+        """
         self._check_batch(images, phrases_per_image)
+        if token_positions is not None and len(token_positions) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(token_positions)} position lists")
+        cfg, S = self.config, self.model.input_size
+        window = cfg.resolve_window(len(self.schedule()))
+        chosen = cfg.resolve_layers(len(self.layers))
+        info = {"method": "cross-attention", "model": self.model.name, "config": cfg.to_dict(),
+                "layers": list(chosen), "window": list(window)}
+        if token_positions is not None:
+            info["tokens"] = "given positions"
         out: list[Heatmaps] = []
         for b0 in range(0, len(images), self.batch_size):
+            # 1. prepare: the phrases' rows and the token weights each row's maps average
             batch = self._prepare(images[b0:b0 + self.batch_size], phrases_per_image[b0:b0 + self.batch_size])
-            out += self._heatmaps(batch, batch.phrases_per_image, return_raw)
+            empty: list[int] = []
+            if token_positions is not None:
+                flat = [list(p) for ps in token_positions[b0:b0 + self.batch_size] for p in ps]
+                batch.weights, empty = position_weights(flat, batch.weights)
+            # 2-4. encode, invert, record: the window's attention at the chosen layers, reduced per layer
+            acc = MapAccumulator(cfg.normalize)
+            geometries = self._invert_and_record(batch, window, [self.layers[i] for i in chosen], acc)
+            # 5. aggregate: mean over layers and steps, resize, smooth, normalise, Otsu (model grid)
+            raw, final = aggregate(acc, cfg, S, batch.phrases)
+            final[empty] = np.nan
+            raw[empty] = np.nan
+            # 6. back-project onto each original image grid (NaN outside the model's crop)
+            out += back_project(final, raw if return_raw else None, geometries, batch.phrases_per_image,
+                                cfg.conventions, info)
         return out
 
     def ground_tokens(self, image: ImageInput, phrase: str, return_raw: bool = False) -> Heatmaps:
@@ -163,33 +209,11 @@ class Grounder:
         phrase's conditional row repeated once per token, each with its own token weights), so n
         tokens cost one inversion instead of n. The maps are named ``"<phrase> [token i]"``."""
         (n,) = self.check_phrases([phrase])
-        batch = self._prepare([image], [[phrase] * (n - 2)])
-        batch.weights = torch.cat([token_weights([n], self.model.max_tokens, f"token:{i}") for i in range(1, n - 1)])
-        names = [f"{phrase} [token {i}]" for i in range(1, n - 1)]
-        return self._heatmaps(batch, [names], return_raw, tokens="token:i per map")[0]
-
-    def ground_positions_batch(self, images: Sequence[ImageInput], phrases_per_image: Sequence[Sequence[str] | str],
-                               positions_per_image: Sequence[Sequence[Sequence[int]]],
-                               return_raw: bool = False) -> list[Heatmaps]:
-        """:meth:`ground_batch` reading only the given token positions of each phrase (1 = the first
-        token after the start token; e.g. a class name's, :func:`~.aggregate.word_positions`). A
-        phrase without positions gets an all-NaN map, as the JBHI code gives where the class word is
-        absent (its metrics score it 0, AUC-ROC 0.5)."""
-        self._check_batch(images, phrases_per_image)
-        if len(positions_per_image) != len(images):
-            raise ValueError(f"got {len(images)} images but {len(positions_per_image)} position lists")
-        out: list[Heatmaps] = []
-        for b0 in range(0, len(images), self.batch_size):
-            batch = self._prepare(images[b0:b0 + self.batch_size], phrases_per_image[b0:b0 + self.batch_size])
-            flat = [list(p) for ps in positions_per_image[b0:b0 + self.batch_size] for p in ps]
-            batch.weights, empty = position_weights(flat, batch.weights)
-            results = self._heatmaps(batch, batch.phrases_per_image, return_raw, tokens="given positions")
-            rows = [(h, k) for h in results for k in range(len(h.phrases))]  # row r -> (heatmaps, phrase)
-            for h, k in (rows[r] for r in empty):
-                h.heatmaps[k] = np.nan
-                h.model_maps[k] = np.nan
-            out += results
-        return out
+        h = self.ground_batch([image], [[phrase] * (n - 2)], return_raw,
+                              token_positions=[[[i] for i in range(1, n - 1)]])[0]
+        h.phrases = [f"{phrase} [token {i}]" for i in range(1, n - 1)]
+        h.info["tokens"] = "token:i per map"
+        return h
 
     def record(self, image: ImageInput, phrases: Sequence[str] | str, window: tuple[int, int] | None = None,
                layers: Sequence[int] | None = None) -> Recording:
@@ -216,7 +240,7 @@ class Grounder:
         for b0 in range(0, len(images), self.batch_size):
             batch = self._prepare(images[b0:b0 + self.batch_size], phrases_per_image[b0:b0 + self.batch_size])
             store = StepStore()
-            geometries = self._run(batch, window, [all_layers[i] for i in chosen], store)
+            geometries = self._invert_and_record(batch, window, [all_layers[i] for i in chosen], store)
             stacked = {k: torch.stack(v) for k, v in store.maps.items()}  # [n_steps, R, h, w]
             r = 0
             for geom, phrases in zip(geometries, batch.phrases_per_image):
@@ -231,17 +255,6 @@ class Grounder:
         return out
 
     # ------------------------------------------------------------------ internals
-    def _heatmaps(self, batch: _Batch, names: list[list[str]], return_raw: bool, **info_extra) -> list[Heatmaps]:
-        """Invert one prepared batch over the config's window and layers; its heatmaps, named ``names``."""
-        cfg = self.config
-        window = cfg.resolve_window(len(self.schedule()))
-        chosen = cfg.resolve_layers(len(self.layers))
-        info = {"method": "cross-attention", "model": self.model.name, "config": cfg.to_dict(),
-                "layers": list(chosen), "window": list(window), **info_extra}
-        acc = MapAccumulator(cfg.normalize)
-        geometries = self._run(batch, window, [self.layers[i] for i in chosen], acc)
-        return to_heatmaps(acc, cfg, self.model.input_size, geometries, names, return_raw, info)
-
     def check_phrases(self, phrases: Sequence[str] | str) -> list[int]:
         """Validate phrases (:func:`~groundiff_core.util.phrases.as_phrase_list`, then the model's
         token limit); return each one's token count (start and end tokens included)."""
@@ -300,18 +313,21 @@ class Grounder:
             raise ValueError("early_exit=False runs the phrases in the inversion's own UNet calls; "
                              "keeping inversions needs early_exit=True")
 
-    def _run(self, batch: _Batch, window: tuple[int, int], layers: Sequence[CrossAttentionLayer], sink) -> list[CropGeometry]:
-        """Feed the window's attention of the batch's phrases to ``sink``; the images' geometries.
+    def _invert_and_record(self, batch: _Batch, window: tuple[int, int], layers: Sequence[CrossAttentionLayer],
+                           sink) -> list[CropGeometry]:
+        """Steps 2-4: feed the window's attention of the batch's phrases to ``sink``; the images' geometries.
 
-        Guidance 0 (the paper): the trajectory of each image (:meth:`_latents`, kept or cached), then
-        the phrases' rows read on it (:meth:`_read`). Otherwise both branches at every step."""
-        if self._reuses():
-            latents, geometries, _ = self._latents(batch.images, window)
-            self._read(latents, batch, window, layers, sink)
-            return geometries
-        if any(isinstance(i, Inversion) for i in batch.images):
-            self._require_reuse()
-        return invert_joint(self, batch, window, layers, sink)
+        Guidance 0 (the paper): 2-3, each image encoded and inverted once, without the phrases
+        (:meth:`_latents`: from a kept Inversion, the cache, or :meth:`_trajectory`); 4, the phrases'
+        rows read on those latents (:meth:`_read`). With guidance each phrase steers its own
+        trajectory, so both branches run at every step (:func:`~.joint.invert_joint`)."""
+        if not self._reuses():
+            if any(isinstance(i, Inversion) for i in batch.images):
+                self._require_reuse()
+            return invert_joint(self, batch, window, layers, sink)
+        latents, geometries, _ = self._latents(batch.images, window)
+        self._read(latents, batch, window, layers, sink)
+        return geometries
 
     def _latents(self, images: Sequence, window: tuple[int, int]) -> tuple[torch.Tensor, list[CropGeometry], list[str | None]]:
         """``[stop - start, B, C, l, l]``: each image's latent at the steps of ``window``, from its
@@ -353,29 +369,10 @@ class Grounder:
             raise ValueError("this inversion was made with another " + ", ".join(differ) + " than this grounder's ("
                              + "; ".join(f"{k}: {inv.model_key.get(k)!r} vs {mine.get(k)!r}" for k in differ) + ")")
 
-    @torch.no_grad()
     def _trajectory(self, x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-        """Guidance-free DDIM inversion of prepared images ``x`` ``[B, 1, S, S]`` up to the window's
-        last step: the latent the UNet sees at each step of ``window``, ``[stop - start, B, C, l, l]``.
-        Only the unconditional prompt runs (the phrases never steer the trajectory)."""
-        model, unet = self.model, self.model.unet
-        dtype, work = model.dtype, torch.promote_types(model.dtype, torch.float32)
-        start, stop = window
-        z = model.encode_image(x).to(work)  # [B, C, l, l]
-        uncond = model.encode_text([""]).expand(z.shape[0], -1, -1)
-        kept = []
-
-        def predict(z: torch.Tensor, i: int, t: int) -> torch.Tensor | None:
-            if i >= start:
-                kept.append(z)
-            if i == stop - 1:  # the last step is only read, never moved on from
-                return None
-            out = unet(z.to(dtype), t, encoder_hidden_states=uncond, return_dict=False)[0]
-            self._count(z.shape[0])
-            return out.to(work)
-
-        ddim_run(self.schedule(), z, predict, stop, "DDIM inversion" if self.progress else None)
-        return torch.stack(kept)
+        """Steps 2-3 for prepared images ``x`` ``[B, 1, S, S]``: :func:`~.inversion.window_latents`."""
+        return window_latents(self.model, self._unet, self.schedule(), x, window, self._count,
+                              "DDIM inversion" if self.progress else None)
 
     @torch.no_grad()
     def _read(self, latents: torch.Tensor, batch: _Batch, window: tuple[int, int],
@@ -388,8 +385,9 @@ class Grounder:
         rows = batch.row_image.to(model.device)
         with AttentionRecorder(layers, sink) as recorder:
             for j, i in enumerate(range(*window)):
-                recorder.read(model.unet, latents[j][rows].to(model.dtype), sched.timestep(i), cond, weights)
-                self._count(len(batch.phrases), truncated=True)
+                walked = recorder.read(model.unet, latents[j][rows].to(model.dtype), sched.timestep(i), cond, weights,
+                                       forward=self._forward_until)
+                self._count(len(batch.phrases), truncated=walked)
 
     def _count(self, samples: int, truncated: bool = False) -> None:
         """Cost bookkeeping of one UNet call (``stats``)."""

@@ -31,7 +31,7 @@ from groundiff_core.engine.config import GroundingConfig
 from groundiff_core.models.ldm import NoiseSchedule
 
 __all__ = ["inversion_timesteps", "ddim_move", "DDIMSchedule", "DDIMInversion", "ddim_sampling", "ddim_walk",
-           "ddim_run"]
+           "ddim_run", "window_latents"]
 
 Predict = Callable[[torch.Tensor, int, int], "torch.Tensor | None"]
 """``predict(z, i, t)``: the model output at step ``i`` (timestep ``t``), or None when nobody uses
@@ -152,3 +152,31 @@ def ddim_run(schedule: DDIMSchedule, z: torch.Tensor, predict: Predict, stop: in
     for _, z in ddim_walk(schedule, z, predict, stop, progress):
         pass
     return z
+
+
+@torch.no_grad()
+def window_latents(model, unet, schedule: DDIMSchedule, x: torch.Tensor, window: tuple[int, int],
+                   count: Callable[[int], None] | None = None, progress: str | None = None) -> torch.Tensor:
+    """The grounder's steps 2-3: encode prepared images ``x`` ``[B, 1, S, S]`` and invert them without
+    guidance up to the window's last step; the latent the UNet sees at each step of ``window``,
+    ``[stop - start, B, C, l, l]`` (float32 at least). Only the unconditional prompt runs (the
+    phrases never steer the trajectory); ``unet`` is ``model.unet`` or a compiled copy of it, and
+    ``count(samples)`` is told of each call."""
+    dtype, work = model.dtype, torch.promote_types(model.dtype, torch.float32)
+    start, stop = window
+    z = model.encode_image(x).to(work)  # [B, C, l, l]
+    uncond = model.encode_text([""]).expand(z.shape[0], -1, -1)
+    kept = []
+
+    def predict(z: torch.Tensor, i: int, t: int) -> torch.Tensor | None:
+        if i >= start:
+            kept.append(z)
+        if i == stop - 1:  # the last step is only read, never moved on from
+            return None
+        out = unet(z.to(dtype), t, encoder_hidden_states=uncond, return_dict=False)[0]
+        if count is not None:
+            count(z.shape[0])
+        return out.to(work)
+
+    ddim_run(schedule, z, predict, stop, progress)
+    return torch.stack(kept)

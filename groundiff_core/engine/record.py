@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from groundiff_core.engine.aggregate import MapAccumulator, to_heatmaps
+from groundiff_core.engine.aggregate import MapAccumulator, aggregate, back_project
 from groundiff_core.engine.config import GroundingConfig
 from groundiff_core.heatmaps import Heatmaps
 from groundiff_core.io.preprocess import CropGeometry
@@ -96,7 +96,8 @@ class Recording:
             for layer in chosen:
                 acc.add(layer, self.maps[layer][step])
         info = {**self.info, "config": cfg.to_dict(), "layers": list(chosen), "window": [start, stop]}
-        return to_heatmaps(acc, cfg, self.input_size, [self.geometry], [self.phrases], return_raw, info)[0]
+        raw, final = aggregate(acc, cfg, self.input_size, self.phrases)
+        return back_project(final, raw if return_raw else None, [self.geometry], [self.phrases], cfg.conventions, info)[0]
 
     def layer_maps(self, layer: int, step: int) -> np.ndarray:
         """Float32 ``[K, h, w]``: token-averaged attention of ``layer`` at inversion step ``step``."""

@@ -1,4 +1,9 @@
-"""Reading cross-attention while the UNet runs: a processor installed for the duration of a call.
+"""Reading cross-attention while the UNet runs: which tokens each map averages, and a processor
+installed for the duration of a call.
+
+Token selection comes first, as the recording's input: :func:`token_weights` (the phrase's own
+tokens, the paper's choice, or one position), :func:`position_weights` (given positions, e.g. a class
+name's, found by :func:`word_positions`). Each row of the weights ``[R, T]`` sums to 1.
 
 :class:`AttentionRecorder` is a context manager. On entry it wraps the attention processor of each
 layer to be read in a :class:`RecordingProcessor`; on exit (also on error) it puts the original
@@ -15,11 +20,11 @@ exactness tests use) at the layer's native resolution, handed
 to a sink ``sink(layer_index, maps)`` on the model's device. Token maps are never kept.
 
 :meth:`AttentionRecorder.read` runs the UNet on rows whose output nobody uses (the conditional
-rows of a guidance-free inversion) only as far as they are read: the processor of the last
-recorded layer, in execution order, records its maps and then ends the forward pass by raising a
-private exception that :meth:`~AttentionRecorder.read` catches. Everything after that layer (the
-rest of its transformer block, the remaining up blocks, the output convolution) is skipped, and
-the maps are those of a full pass, since nothing before the exit point changes.
+rows of a guidance-free inversion) only as far as they are read: a walk of the UNet's blocks that
+ends after the block holding the last recorded layer
+(:func:`~groundiff_core.engine.truncated.forward_until`). The remaining blocks and the output
+convolution are never computed, and the maps are those of a full pass, since nothing before the
+exit point changes.
 """
 
 from __future__ import annotations
@@ -31,13 +36,83 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from groundiff_core.engine.layers import CrossAttentionLayer
+from groundiff_core.engine.truncated import exit_block, forward_until
 
-__all__ = ["AttentionRecorder", "RecordingProcessor", "token_averaged_attention", "Sink", "StepStore"]
+__all__ = ["token_weights", "word_positions", "position_weights", "AttentionRecorder", "RecordingProcessor",
+           "token_averaged_attention", "Sink", "StepStore"]
 
 
-class _ForwardDone(Exception):
-    """Raised after the last recorded layer of a truncated pass (:meth:`AttentionRecorder.read`)."""
+# ---------------------------------------------------------------------- token selection
+def token_weights(token_counts: Sequence[int], max_tokens: int, selection: str = "phrase") -> torch.Tensor:
+    """Averaging weights over token positions, ``[K, max_tokens]`` float32, each row summing to 1.
 
+    ``token_counts[k]`` is the length of phrase ``k`` tokenised with its start and end tokens.
+    "phrase" selects positions ``1 .. n-2`` (the phrase's own tokens, the paper's choice);
+    "phrase+end" selects ``1 .. n-1``; "token:i" selects the single position ``i`` (1 = the first
+    token after the start token), for per-token maps.
+    """
+    if selection.startswith("token:"):
+        i = int(selection.split(":", 1)[1])
+        w = torch.zeros(len(token_counts), max_tokens, dtype=torch.float32)
+        for k, n in enumerate(token_counts):
+            if not 1 <= i <= n - 2:
+                raise ValueError(f"token position {i} is outside phrase {k}'s tokens 1..{n - 2}")
+            w[k, i] = 1.0
+        return w
+    if selection not in ("phrase", "phrase+end"):
+        raise ValueError(f"token selection must be 'phrase', 'phrase+end' or 'token:i', got {selection!r}")
+    w = torch.zeros(len(token_counts), max_tokens, dtype=torch.float32)
+    for k, n in enumerate(token_counts):
+        stop = n - 1 if selection == "phrase" else n
+        stop = min(stop, max_tokens)
+        if stop <= 1:
+            raise ValueError(f"phrase {k} has no tokens between its start and end tokens")
+        w[k, 1:stop] = 1.0 / (stop - 1)
+    return w
+
+
+def word_positions(tokenizer, phrase: str, words: str) -> list[int]:
+    """Token positions of ``phrase`` (1 = the first token after the start token) that spell one of
+    the words of ``words`` (e.g. a class name, "pleural effusion"), matched as whole token runs.
+
+    Each word is tokenised alone (CLIP's BPE tokenises words independently, so a word's tokens are
+    the same inside a phrase) and found as a contiguous run of the phrase's tokens; the positions of
+    every run found are returned, sorted; none found: ``[]`` (the JBHI code's NaN map).
+    """
+    ids = tokenizer(phrase.lower(), truncation=False, verbose=False)["input_ids"]
+    found: set[int] = set()
+    for word in words.lower().split():
+        w = tokenizer(word, truncation=False, verbose=False)["input_ids"][1:-1]
+        if not w:
+            continue
+        for i in range(1, len(ids) - len(w)):
+            if ids[i:i + len(w)] == w:
+                found.update(range(i, i + len(w)))
+    return sorted(found)
+
+
+def position_weights(positions: Sequence[Sequence[int]], phrase_weights: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``(weights, empty)``: weights ``[K, max_tokens]`` averaging the given token positions of each
+    row, and the rows without positions (they keep ``phrase_weights``' row, so that they compute like
+    any other; the caller sets their maps to NaN). ``phrase_weights`` (:func:`token_weights`)
+    says which positions are a phrase's own tokens: any other position is refused."""
+    if len(positions) != len(phrase_weights):
+        raise ValueError(f"got {len(phrase_weights)} phrases but {len(positions)} position lists")
+    w = phrase_weights.clone()
+    empty = []
+    for k, pos in enumerate(positions):
+        own = set(torch.nonzero(phrase_weights[k]).flatten().tolist())
+        if not pos:
+            empty.append(k)
+        elif not set(int(i) for i in pos) <= own:
+            raise ValueError(f"phrase {k}: token positions {list(pos)} outside its tokens {min(own)}..{max(own)}")
+        else:
+            w[k] = 0.0
+            w[k, [int(i) for i in pos]] = 1.0 / len(pos)
+    return w, empty
+
+
+# ---------------------------------------------------------------------- recording
 Sink = Callable[[int, torch.Tensor], None]
 """Receives ``(layer_index, maps [R, h, w] float32)`` once per recorded layer per UNet call."""
 
@@ -101,10 +176,8 @@ class RecordingProcessor:
         if temb is not None:
             kwargs["temb"] = temb
         target = self.recorder.target
-        exit_here = target is not None and self.recorder.exit_after == self.layer.index
-        # at the exit point the layer's output is never used: only its probabilities are computed
-        out = None if exit_here else self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                                                attention_mask=attention_mask, **kwargs)
+        out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                         attention_mask=attention_mask, **kwargs)
         if target is not None and encoder_hidden_states is not None:
             if attention_mask is not None:
                 raise NotImplementedError("recording cross-attention with an attention mask is not supported")
@@ -112,8 +185,7 @@ class RecordingProcessor:
             maps = token_averaged_attention(attn, hidden_states[rows], encoder_hidden_states[rows], weights,
                                             temb=None if temb is None else temb[rows])
             self.recorder.sink(self.layer.index, maps)
-        if exit_here:
-            raise _ForwardDone
+            self.recorder.seen.add(self.layer.index)
         return out
 
 
@@ -135,7 +207,7 @@ class AttentionRecorder:
             raise ValueError("AttentionRecorder needs at least one cross-attention layer to record")
         self.sink = sink
         self.target: tuple[slice | torch.Tensor, torch.Tensor] | None = None
-        self.exit_after: int | None = None  # set only during read(): the layer that ends the pass
+        self.seen: set[int] = set()  # layers recorded in the current read()
         self._saved: list[tuple[object, object]] = []
 
     def __enter__(self) -> "AttentionRecorder":
@@ -158,7 +230,6 @@ class AttentionRecorder:
             module, original = self._saved.pop()
             module.set_processor(original)
         self.target = None
-        self.exit_after = None
 
     @contextmanager
     def capture(self, rows: slice | torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
@@ -169,25 +240,31 @@ class AttentionRecorder:
         finally:
             self.target = None
 
-    def read(self, unet, sample: torch.Tensor, timestep, context: torch.Tensor, weights: torch.Tensor) -> None:
+    def read(self, unet, sample: torch.Tensor, timestep, context: torch.Tensor, weights: torch.Tensor,
+             forward=forward_until) -> bool:
         """Record every row of ``sample``, running ``unet`` only up to the last recorded layer.
 
-        For rows whose prediction is not needed: the maps reach the sink exactly as in a full pass
-        (nothing before the last recorded layer, in execution order, depends on what follows it), and
-        the rest of the network is not computed. There is no output.
+        For rows whose prediction is not needed: the maps reach the sink exactly as in a full pass,
+        and the blocks after the one holding the last recorded layer (execution order) are not
+        computed (``forward``: :func:`~groundiff_core.engine.truncated.forward_until`, or a
+        compiled copy of it). A UNet that walk does not reproduce runs whole. Returns whether the
+        pass was truncated; the UNet's output is never returned.
         """
-        last = max(layer.index for layer in self.layers)
+        last = max(self.layers, key=lambda layer: layer.index)
+        stop = exit_block(unet, last.module)
         self.target = (slice(None), weights)
-        self.exit_after = last
+        self.seen = set()
         try:
-            unet(sample, timestep, encoder_hidden_states=context, return_dict=False)
-        except _ForwardDone:
-            return
+            if stop is None:
+                unet(sample, timestep, encoder_hidden_states=context, return_dict=False)
+            else:
+                forward(unet, sample, timestep, context, stop)
         finally:
             self.target = None
-            self.exit_after = None
-        raise RuntimeError(f"the UNet pass ended without running cross-attention layer {last}; "
-                           "were the recorded layers taken from another model?")
+        if last.index not in self.seen:
+            raise RuntimeError(f"the UNet pass ended without running cross-attention layer {last.index}; "
+                               "were the recorded layers taken from another model?")
+        return stop is not None
 
 
 class StepStore:

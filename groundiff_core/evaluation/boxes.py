@@ -5,13 +5,23 @@ A box covers the pixels whose index lies in ``[round(x), round(x + w))`` x ``[ro
 top-left corner of the top-left pixel: for integer boxes exactly ``image[y:y+h, x:x+w]``.
 Every metric (:mod:`groundiff_core.evaluation.metrics`) and the runner's overlap of two findings
 use this one rule.
+
+:func:`scored_boxes` is the one rule from a pair's annotation to the boxes it is scored with, used by
+the evaluation runner and by every book page that scores or draws a pair itself.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-__all__ = ["as_boxes", "round_half_up", "box_mask"]
+from groundiff_core.io.preprocess import CropGeometry
+
+if TYPE_CHECKING:
+    from groundiff_core.io.datasets.common import GroundingPair
+
+__all__ = ["as_boxes", "round_half_up", "box_mask", "scored_boxes", "boxes_seen_by_model"]
 
 
 def as_boxes(boxes) -> np.ndarray:
@@ -48,3 +58,43 @@ def box_mask(shape: tuple[int, int], boxes) -> np.ndarray:
         if x1 > x0 and y1 > y0:
             mask[y0:y1, x0:x1] = True
     return mask
+
+
+def boxes_seen_by_model(boxes: np.ndarray, hw: tuple[int, int], crop_size: int,
+                        conventions: str = "paper") -> tuple[np.ndarray, list[str]]:
+    """``(kept boxes [M, 4], notes)``: under the paper's conventions, the boxes none of whose pixels
+    survives the model's resize + centre crop to ``crop_size`` are dropped, with a note; under
+    "strict" every box is kept (the pixels outside the crop count as missed)."""
+    if conventions != "paper" or len(boxes) == 0:
+        return boxes, []
+    keep = CropGeometry(int(hw[0]), int(hw[1]), int(crop_size)).boxes_in_crop(boxes)
+    if keep.all():
+        return boxes, []
+    return boxes[keep], ["dropped (no pixel inside the model's centre crop): "
+                         + ", ".join(f"box {i}" for i in np.flatnonzero(~keep))]
+
+
+def scored_boxes(pair: "GroundingPair", hw: tuple[int, int], crop_size: int,
+                 conventions: str = "paper") -> tuple[np.ndarray, list[str]]:
+    """The boxes ``pair`` is scored with on its image read as ``hw = (H, W)``, and notes on any change.
+
+    Parameters
+    ----------
+    pair : the annotation (boxes in the CSV's pixel frame, ``x, y, w, h``)
+    hw : the height and width of the image actually read (a downsampled copy is smaller than the
+        CSV's ``image_width``/``image_height``)
+    crop_size : the model's input side ``S`` (its resize + centre crop)
+    conventions : "paper" also drops the boxes the crop does not see (:func:`boxes_seen_by_model`)
+
+    Returns
+    -------
+    ``(boxes [N, 4] float, notes)``: rescaled to the image read and clipped
+    (:func:`~groundiff_core.io.datasets.common.fit_boxes_to_image`), then the crop rule; an empty
+    array means the pair cannot be scored (the runner skips it).
+    """
+    from groundiff_core.io.datasets.common import fit_boxes_to_image
+
+    hw = (int(hw[0]), int(hw[1]))
+    fitted, notes = fit_boxes_to_image(pair, *hw)
+    boxes, crop_notes = boxes_seen_by_model(fitted, hw, crop_size, conventions)
+    return boxes, notes + crop_notes

@@ -52,6 +52,7 @@ import numpy as np
 
 from groundiff_core.conventions import CONVENTIONS, check_conventions
 from groundiff_core.evaluation import metrics as M
+from groundiff_core.evaluation.boxes import boxes_seen_by_model
 from groundiff_core.evaluation.identity import method_identity, pair_keys, run_identity
 from groundiff_core.evaluation.options import check_options, parse_shard
 from groundiff_core.evaluation.results import (RESULTS, latest, open_run, out_folder, read_jsonl,
@@ -83,19 +84,6 @@ def _load(path: Path) -> np.ndarray:
     return load_image(path)
 
 
-def _boxes_for(conventions: str, boxes: np.ndarray, hw: tuple[int, int],
-               crop_size: int) -> tuple[np.ndarray, list[str]]:
-    """The boxes a pair is scored with: under the paper's conventions a box none of whose pixels
-    survives the model's resize + centre crop (``crop_size``) is dropped, with a note."""
-    if conventions != "paper" or len(boxes) == 0:
-        return boxes, []
-    keep = CropGeometry(hw[0], hw[1], crop_size).boxes_in_crop(boxes)
-    if keep.all():
-        return boxes, []
-    return boxes[keep], ["dropped (no pixel inside the model's centre crop): "
-                         + ", ".join(f"box {i}" for i in np.flatnonzero(~keep))]
-
-
 def _pair_row(pair: GroundingPair, heatmap: np.ndarray, hw: tuple[int, int],
               image_pairs: Sequence[GroundingPair], conventions: str = "paper",
               crop_size: int = PAPER_INPUT_SIZE) -> dict:
@@ -106,7 +94,7 @@ def _pair_row(pair: GroundingPair, heatmap: np.ndarray, hw: tuple[int, int],
     boxes is skipped: none inside the image, or (paper) none inside the model's centre crop.
     """
     fitted, notes = fit_boxes_to_image(pair, *hw)
-    boxes, crop_notes = _boxes_for(conventions, fitted, hw, crop_size)
+    boxes, crop_notes = boxes_seen_by_model(fitted, hw, crop_size, conventions)  # = scored_boxes(pair, ...)
     row: dict[str, Any] = {"pair_id": pair.pair_id, "image_path": str(pair.image_path),
                            "phrase": pair.phrase, "category": pair.category,
                            "image_hw": list(hw), "boxes": boxes.round(3).tolist(),
@@ -123,7 +111,7 @@ def _pair_row(pair: GroundingPair, heatmap: np.ndarray, hw: tuple[int, int],
     scorer = M.HeatmapScorer(heatmap, conventions)  # sorted once, then scored against every box set
     row.update(scorer.all(boxes))
     other = next(c for c in CONVENTIONS if c != conventions)
-    other_boxes, _ = _boxes_for(other, fitted, hw, crop_size)
+    other_boxes, _ = boxes_seen_by_model(fitted, hw, crop_size, other)
     if len(other_boxes):
         row["alternative"] = {"conventions": other,
                               **scorer.under(other).all(other_boxes)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from groundiff_core.engine.aggregate import word_positions
+from groundiff_core.engine.recording import word_positions
 from groundiff_core.heatmaps import Heatmaps
 from groundiff_core.util.phrases import as_phrase_list
 
@@ -61,7 +61,7 @@ class ClassNameTokens:
     def ground_batch(self, images, phrases_per_image) -> list[Heatmaps]:
         """Several images at once (the grounder's ``batch_size`` per inversion), as the runner calls it."""
         lists = [as_phrase_list(p) for p in phrases_per_image]
-        out = self.grounder.ground_positions_batch(images, lists, [self._positions(p) for p in lists])
+        out = self.grounder.ground_batch(images, lists, token_positions=[self._positions(p) for p in lists])
         for h in out:
             h.info.update(method=self.name)
         return out
