@@ -62,6 +62,7 @@ from groundiff_core.book import pages
 from groundiff_core.evaluation.boxes import scored_boxes
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
+from groundiff_core.book import conclusions
 from groundiff_core.evaluation import metrics
 from groundiff_core.io.datasets import group_by_image
 from groundiff_core.io.images import load_image
@@ -328,3 +329,12 @@ figures.publish(fig, out, "final_overlays")
 metrics_file = pages.save_json({"pair": {"pair_id": pair.pair_id, "phrase": pair.phrase, "category": pair.category},
                                    "config": config.to_dict(), "n_steps": n_steps, "metrics": rows,
                                    "trajectory_steps": traj.step_indices}, out, "method_walkthrough")
+
+# %% [markdown]
+# ## What this page shows
+#
+# Computed from this page's metrics file by one rule (a paired bootstrap interval that excludes 0, on at
+# least 30 pairs; fewer pairs get no verdict), not written by hand.
+
+# %% tags=["remove-input"]
+display(Markdown(conclusions.method_page(metrics_file)))

@@ -93,6 +93,7 @@ from groundiff_core.book import pages
 from groundiff_core.evaluation.boxes import scored_boxes
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
+from groundiff_core.book import conclusions
 from groundiff_core.book import shipped
 from groundiff_core.methods.baselines import CentrePrior, RandomHeatmap
 from groundiff_core.evaluation.compare import MIN_PER_CLASS, paired_difference, verdict
@@ -459,3 +460,12 @@ metrics_file = pages.save_json({"dataset": data.description, "model": ldm.identi
                                   out, "main_table")
 print(f"metrics written to {out}/ (main_table.json, class_averaged.csv, per_class_all_methods.csv, "
       "text_sensitivity.csv, one evaluation folder per method)")
+
+# %% [markdown]
+# ## What this page shows
+#
+# Computed from this page's metrics file by one rule (a paired bootstrap interval that excludes 0, on at
+# least 30 pairs; fewer pairs get no verdict), not written by hand.
+
+# %% tags=["remove-input"]
+display(Markdown(conclusions.main_table_page(metrics_file)))

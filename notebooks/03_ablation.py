@@ -66,6 +66,7 @@ import groundiff_core as gd
 from groundiff_core.book import pages
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
+from groundiff_core.book import conclusions
 from groundiff_core.book import shipped
 from groundiff_core.engine.config import window_from_percent
 from groundiff_core.io.datasets import group_by_image
@@ -369,3 +370,12 @@ metrics_file = pages.save_json({"dataset": data.description, "config": config.to
                                    "paired_vs_paper_code": verdicts, "fast_vs_paper": fast_vs_paper,
                                    "table_iii": table_iii},
                                   out, "ablation")
+
+# %% [markdown]
+# ## What this page shows
+#
+# Computed from this page's metrics file by one rule (a paired bootstrap interval that excludes 0, on at
+# least 30 pairs; fewer pairs get no verdict), not written by hand.
+
+# %% tags=["remove-input"]
+display(Markdown(conclusions.ablation_page(metrics_file)))

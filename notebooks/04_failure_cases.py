@@ -52,6 +52,7 @@ from groundiff_core.book import pages
 from groundiff_core.util.phrases import side_of_phrase
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
+from groundiff_core.book import conclusions
 from groundiff_core.evaluation import metrics
 from groundiff_core.io.datasets import group_by_image
 from groundiff_core.evaluation import evaluate, load_results
@@ -313,3 +314,12 @@ metrics_file = pages.save_json({"dataset": data.description, "class_averaged": s
                                    "against_phrase_prior": per_class_prior.reset_index().to_dict(orient="records"),
                                    "multi_box": multi.reset_index().to_dict(orient="records") if len(multi) else [],
                                    "prompt_sensitivity": prompt_rows}, out, "failure_cases")
+
+# %% [markdown]
+# ## What this page shows
+#
+# Computed from this page's metrics file by one rule (a paired bootstrap interval that excludes 0, on at
+# least 30 pairs; fewer pairs get no verdict), not written by hand.
+
+# %% tags=["remove-input"]
+display(Markdown(conclusions.failure_page(metrics_file)))

@@ -63,6 +63,7 @@ from groundiff_core.book import pages
 from groundiff_core.evaluation.boxes import scored_boxes
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
+from groundiff_core.book import conclusions
 from groundiff_core.methods.attribution import ObjectiveConfig, make_method, token_attribution
 from groundiff_core.util.profiling import peak_memory
 from groundiff_core.evaluation import evaluate
@@ -225,3 +226,12 @@ metrics_file = pages.save_json({"dataset": data.description, "objective": object
                                    "seconds_per_pair": {k: s["seconds_per_pair"] for k, s in summaries.items()},
                                    "peak_memory": {k: {"bytes": b, "measured_by": how} for k, (b, how) in memory.items()},
                                    "tokens": token_rows}, out, "captum")
+
+# %% [markdown]
+# ## What this page shows
+#
+# Computed from this page's metrics file by one rule (a paired bootstrap interval that excludes 0, on at
+# least 30 pairs; fewer pairs get no verdict), not written by hand.
+
+# %% tags=["remove-input"]
+display(Markdown(conclusions.captum_page(metrics_file)))

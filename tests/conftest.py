@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny random models every engine test grounds with, the MONAI skip, phrases.
+"""Shared fixtures: the tiny random models every engine test grounds with, and test images (the
+phrases, the MONAI skip and the UNet call counter tests import are in ``_testdata.py``).
 
 Module-scoped: each test module gets its own instances (``LDM.to`` moves networks in place, so a
 session-wide model could leak a dtype change from one module into another).
@@ -6,19 +7,11 @@ session-wide model could leak a dtype change from one module into another).
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 
 from groundiff_core.models.architectures import tiny_ldm
-
-PHRASES = ["left pleural effusion", "cardiomegaly", "right upper lobe opacity", "mild edema"]  # the engine tests' phrases
-
-needs_monai = pytest.mark.skipif(
-    importlib.util.find_spec("monai") is None or importlib.util.find_spec("einops") is None,
-    reason="MONAI (and einops) not installed: pip install -e '.[monai]'")
 
 
 @pytest.fixture(autouse=True)
@@ -61,15 +54,3 @@ def textured_image() -> np.ndarray:
     yy, xx = np.mgrid[0:40, 0:32]
     rng = np.random.default_rng(3)
     return (0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.1 * rng.random((40, 32))).astype(np.float32)
-
-
-def unet_call_sizes(model, call):
-    """Run ``call()``; return its result and the batch size (rows) of every UNet call it made
-    (whole or truncated: each embeds its timesteps first; a hook on the UNet itself would make the
-    engine run whole passes, since its truncated walk never calls ``unet.forward``)."""
-    sizes: list[int] = []
-    hook = model.unet.time_proj.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[0]))
-    try:
-        return call(), sizes
-    finally:
-        hook.remove()

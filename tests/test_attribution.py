@@ -304,7 +304,7 @@ def test_measure_cost(tiny_v):
     cost = measure_cost(method, _image(32, 32), [PHRASE, "cardiomegaly"])
     assert cost.method == "saliency" and cost.n_pairs == 2
     assert cost.seconds > 0 and cost.seconds_per_pair == pytest.approx(cost.seconds / 2)
-    assert cost.peak_bytes >= 0 and cost.memory == "torch_cpu_profiler" and cost.peak_bytes > 0
+    assert cost.memory == "torch_cpu_profiler" and cost.peak_bytes > 0
     json.dumps(cost.as_dict())
 
 

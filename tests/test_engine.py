@@ -16,7 +16,7 @@ from groundiff_core.engine.layers import cross_attention_layers
 from groundiff_core.engine.recording import AttentionRecorder, RecordingProcessor
 
 SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [12, 18)
-from conftest import PHRASES  # noqa: E402
+from _testdata import PHRASES  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from groundiff_core.engine.layers import cross_attention_layers
 import mscxr_fixture as fx
 
 SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [12, 18)
-from conftest import PHRASES, unet_call_sizes  # noqa: E402
+from _testdata import PHRASES, unet_call_sizes  # noqa: E402
 
 
 def _images():

@@ -190,7 +190,7 @@ def test_ground_tokens_is_one_inversion_giving_each_tokens_own_map(tiny64_eps):
 
     import numpy as np
 
-    from conftest import unet_call_sizes
+    from _testdata import unet_call_sizes
 
     from groundiff_core.engine.config import GroundingConfig
     from groundiff_core.engine.grounder import Grounder

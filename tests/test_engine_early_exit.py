@@ -24,7 +24,7 @@ from groundiff_core.engine.recording import AttentionRecorder
 from groundiff_core.testing.naive import naive_ground
 
 SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [12, 18)
-from conftest import PHRASES  # noqa: E402
+from _testdata import PHRASES  # noqa: E402
 
 
 def _both(model, cfg, images, phrases):

@@ -25,7 +25,7 @@ from groundiff_core.models.architectures import tiny_ldm
 from groundiff_core.testing.naive import naive_ground
 
 TOL = 1e-5
-from conftest import PHRASES  # noqa: E402
+from _testdata import PHRASES  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import groundiff_core as gd
 from groundiff_core.engine.kept import InversionCache
 from groundiff_core.models.architectures import tiny_ldm
 
-from conftest import PHRASES, unet_call_sizes
+from _testdata import PHRASES, unet_call_sizes
 
 SHORT = gd.GroundingConfig.paper().with_steps(30)  # 31 trailing steps, window [12, 18)
 

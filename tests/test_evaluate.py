@@ -103,7 +103,7 @@ def test_end_to_end_on_tiny_ldm(tiny_grounder, data, tmp_path):
     assert summary["skipped"] == {"n_pairs": 0, "n_images": 0, "images": []}
     assert summary["model"]["name"] == "tiny-v_prediction"
     assert summary["config"]["num_inference_steps"] == 10
-    assert "torch" in summary["versions"] and summary["wall_time_s"] >= 0
+    assert "torch" in summary["versions"] and 0 < summary["wall_time_s"] < 600
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["overall"] == summary["overall"]
     table = (out / "summary.csv").read_text().splitlines()

@@ -12,7 +12,7 @@ from groundiff_core import cli
 from groundiff_core.commands import doctor
 from groundiff_core.models.loading import catalog
 
-from conftest import needs_monai  # noqa: E402
+from _testdata import needs_monai  # noqa: E402
 
 
 @needs_monai

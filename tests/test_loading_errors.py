@@ -14,7 +14,7 @@ from groundiff_core.models.loading import (MissingWeightsError, StateDictMismatc
 from groundiff_core.models.loading.checkpoints import read_state_dict
 from groundiff_core.models.loading.monai_unet import MonaiUNetConfig, convert_unet
 
-from conftest import needs_monai  # noqa: E402
+from _testdata import needs_monai  # noqa: E402
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from groundiff_core.models.loading import load_model
 from groundiff_core.models.loading.bundle import read_bundle
 from groundiff_core.models.loading.monai_unet import MonaiUNetConfig
 
-from conftest import needs_monai  # noqa: E402
+from _testdata import needs_monai  # noqa: E402
 
 BUNDLES = Path(os.environ.get("GROUNDIFF_MONAI_BUNDLES")
                or Path(__file__).resolve().parents[2] / "shared" / "monai-bundles")

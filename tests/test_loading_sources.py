@@ -15,7 +15,7 @@ from test_loading_support import IMAGE, TEXT_WORDS, load_scaled_paper, write_pap
 import groundiff_core as gd
 from groundiff_core.models.loading import load_model
 
-from conftest import needs_monai  # noqa: E402
+from _testdata import needs_monai  # noqa: E402
 
 
 def _image(size: int = 48) -> np.ndarray:

@@ -158,23 +158,3 @@ def test_the_folder_loads_as_any_diffusers_folder_gives_the_same_model(phantom):
     np.testing.assert_array_equal(mine, theirs)
     assert mine.max() > mine.min()
 
-
-def test_a_folder_from_before_the_pipeline_layout_is_named_and_upgraded(tmp_path):
-    """An older export (training record only) is refused with the way out, which gives the shipped configs."""
-    import json
-    import shutil
-
-    from groundiff_core.phantom.model import load_phantom, upgrade_folder
-
-    old = tmp_path / "old"
-    shutil.copytree(WEIGHTS_DIR, old, ignore=shutil.ignore_patterns("model_index.json", "scheduler"))
-    vae_config = json.loads((old / "vae" / "config.json").read_text())
-    (old / "vae" / "config.json").write_text(json.dumps({**vae_config, "scaling_factor": 0.18215}))
-    with pytest.raises(FileNotFoundError, match="before the diffusers pipeline layout.*upgrade_folder"):
-        load_phantom(old)
-    upgrade_folder(old)
-    for name in ("model_index.json", "scheduler/scheduler_config.json", "vae/config.json"):  # as shipped
-        mine, shipped = (json.loads((root / name).read_text()) for root in (old, WEIGHTS_DIR))
-        assert {**mine, "_diffusers_version": None} == {**shipped, "_diffusers_version": None}, name
-    with pytest.raises(FileNotFoundError, match="not a phantom model folder"):
-        upgrade_folder(tmp_path)

@@ -31,7 +31,7 @@ def test_measure_cost_of_a_method_without_model(textured_image):
     cost = profiling.measure_cost(CentrePrior(), textured_image, ["a", "b", "c"])
     assert cost.method == "centre" and cost.n_pairs == 3 and cost.device == "cpu"
     assert cost.seconds > 0 and cost.seconds_per_pair == pytest.approx(cost.seconds / 3)
-    assert cost.memory == "torch_cpu_profiler" and cost.peak_bytes >= 0
+    assert cost.memory == "torch_cpu_profiler" and cost.peak_bytes == 0  # numpy only: no torch allocation to see
     json.dumps(cost.as_dict())
 
 

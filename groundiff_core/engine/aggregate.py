@@ -4,7 +4,7 @@ Gaussian smoothing and Otsu (steps 5-7 of the paper's Algorithm 1, :func:`aggreg
 :class:`~groundiff_core.heatmaps.Heatmaps`.
 
 The mean over layers and steps is computed as a running sum per layer at the layer's native
-resolution: bilinear (and nearest) resizing is linear, so resizing each layer's sum once equals
+resolution: bilinear resizing is linear, so resizing each layer's sum once equals
 summing the resized maps, while the memory stays ``[R, h, w]`` per layer whatever the number of
 steps. Post-processing (:func:`postprocess`) is a pure function on numpy arrays ``[K, S, S]``.
 """
@@ -31,11 +31,10 @@ __all__ = ["resize_maps", "MapAccumulator", "gaussian_smooth", "otsu_mask", "pos
 
 
 def resize_maps(maps: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``[R, h, w]`` maps to ``[R, size, size]`` (``align_corners=False``, no antialiasing)."""
+    """Resize ``[R, h, w]`` maps to ``[R, size, size]`` (bilinear, ``align_corners=False``, no antialiasing)."""
     if maps.shape[-2:] == (size, size):
         return maps
-    kw = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(maps[:, None], size=(size, size), mode=mode, **kw)[:, 0]
+    return F.interpolate(maps[:, None], size=(size, size), mode=mode, align_corners=False)[:, 0]
 
 
 class MapAccumulator:

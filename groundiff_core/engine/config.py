@@ -35,7 +35,7 @@ __all__ = ["GroundingConfig", "middle_layers", "window_from_percent", "parse_lay
            "TOKEN_SELECTIONS", "PRESETS"]
 
 SPACINGS = ("trailing", "leading", "linspace")
-TOKEN_SELECTIONS = ("phrase", "phrase+end")
+TOKEN_SELECTIONS = ("phrase",)
 NORMALISATIONS = ("minmax", "none")
 #: Nominal inference steps of :meth:`GroundingConfig.fast` (the paper's 300 / 3).
 FAST_STEPS = 100
@@ -43,7 +43,7 @@ FAST_STEPS = 100
 MAX_GUIDANCE = 100.0
 #: Named presets, as the command line's ``--preset`` offers them.
 PRESETS = ("paper", "fast")
-RESIZE_MODES = ("bilinear", "nearest")
+RESIZE_MODES = ("bilinear",)
 
 
 def middle_layers(count: int, n_layers: int) -> tuple[int, ...]:
@@ -139,7 +139,7 @@ class GroundingConfig:
         ``n_middle_layers`` is used instead
     n_middle_layers : read the L middle layers (resolved against the model at ground time)
     tokens : "phrase" = tokens 1..len-2 of the tokenised phrase (between start and end tokens,
-        paper); "phrase+end" also includes the end token; "token:i" reads the single token at
+        paper); "token:i" reads the single token at
         position i (1 = the first token after the start token), for per-token maps
     normalize : "minmax" = each step's map of each layer scaled to [0, 1] over space (paper); "none"
     resize : interpolation from a layer's native resolution to the model's input size ("bilinear")

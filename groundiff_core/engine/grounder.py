@@ -1,33 +1,21 @@
 """The grounding engine: image + phrases -> heatmaps on the original image grid (Algorithm 1).
 
-:class:`Grounder` runs the paper's method with the work it does not need left out:
+:meth:`Grounder.ground_batch` is Algorithm 1 as numbered steps: 1 prepare (phrases to token
+weights), 2-4 encode, invert and record (:meth:`Grounder._invert_and_record`), 5 aggregate,
+6 back-project. The work it does not need is left out:
 
-* one DDIM inversion per image serves all its phrases (with guidance 0 the trajectory follows the
-  unconditional branch only), and images are inverted in batches;
-* the conditional branch runs only inside the window, batched over the phrases (and the images of
-  a batch), and only as far as the last recorded cross-attention layer: its prediction is never
-  used, so the rest of the UNet is skipped (:meth:`AttentionRecorder.read`); the unconditional
-  rows, which drive the inversion, run the whole UNet in a call of their own;
-* the inversion stops after the last step that is read (its last call is conditional only);
-* Algorithm 1 in two halves (:meth:`Grounder._run`): the trajectory, the latents the UNet sees at
-  each window step (:meth:`Grounder._trajectory`, unconditional prompt only), then the phrases
-  read on it (:meth:`Grounder._read`); so a trajectory can be kept for later phrases, settings and
-  runs (:meth:`Grounder.invert`, an :class:`~groundiff_core.engine.kept.InversionCache` on disk)
-  and the maps are those of a fresh call to the bit;
-* attention is read only at the selected layers and reduced on the fly to one running sum per
-  layer (:class:`~groundiff_core.engine.aggregate.MapAccumulator`), so memory does not grow with the
-  number of steps.
+* one guidance-free DDIM inversion per image serves all its phrases, images in batches, and it
+  stops at the window's last step; it can be kept (:meth:`Grounder.invert`, an
+  :class:`~groundiff_core.engine.kept.InversionCache` on disk) with maps equal to the bit;
+* the phrases' conditional rows run only inside the window, batched, and only up to the block of
+  the last recorded layer (:mod:`~groundiff_core.engine.truncated`): their prediction is never used;
+* attention is read only at the chosen layers and reduced on the fly to one running sum per layer.
 
 Sample evaluations per image with the paper's preset and K phrases: ``179 + 60 K``, of which the
-``60 K`` conditional ones stop after layer 7 of 11 (the 32x32 and 64x64 up blocks of the paper's
-UNet are skipped). With a non-zero ``guidance_scale`` each phrase needs its own trajectory and both branches run at
-every step (``2 K stop - K``).
-
-:meth:`Grounder.record` is the ablation mode: one inversion keeps, for every cross-attention layer
-and every recorded step, the token-averaged map of each phrase at the layer's native resolution; a
-:class:`~groundiff_core.engine.record.Recording` then yields heatmaps for any layer set, window and
-post-processing (:meth:`~groundiff_core.engine.record.Recording.aggregate`), exactly as
-:meth:`Grounder.ground` would have computed them.
+``60 K`` conditional ones end after the paper UNet's first up block (layer 7 of 11). With a
+non-zero ``guidance_scale`` each phrase has its own trajectory and both branches run at every step
+(:mod:`~groundiff_core.engine.joint`). :meth:`Grounder.record` is the ablation mode: a
+:class:`~groundiff_core.engine.record.Recording` of every layer and step.
 """
 
 from __future__ import annotations
@@ -151,7 +139,18 @@ class Grounder:
         return out
 
     def ground(self, image: ImageInput, phrases: Sequence[str] | str, return_raw: bool = False) -> Heatmaps:
-        """Heatmaps ``[K, H, W]`` of ``phrases`` on ``image`` (any input :func:`load_image` reads)."""
+        """Heatmaps of ``phrases`` on ``image``: :meth:`ground_batch` for one image.
+
+        Parameters
+        ----------
+        image : anything :func:`load_image` reads, or an :class:`Inversion` from :meth:`invert`
+        phrases : K phrases (a string is one phrase)
+        return_raw : also keep the mean attention maps before post-processing
+
+        Returns
+        -------
+        :class:`Heatmaps`: float32 ``[K, H, W]`` in [0, 1] on the image's own grid, NaN outside the crop
+        """
         return self.ground_batch([image], [phrases], return_raw=return_raw)[0]
 
     def ground_batch(self, images: Sequence[ImageInput], phrases_per_image: Sequence[Sequence[str] | str],

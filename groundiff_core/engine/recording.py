@@ -48,7 +48,7 @@ def token_weights(token_counts: Sequence[int], max_tokens: int, selection: str =
 
     ``token_counts[k]`` is the length of phrase ``k`` tokenised with its start and end tokens.
     "phrase" selects positions ``1 .. n-2`` (the phrase's own tokens, the paper's choice);
-    "phrase+end" selects ``1 .. n-1``; "token:i" selects the single position ``i`` (1 = the first
+    "token:i" selects the single position ``i`` (1 = the first
     token after the start token), for per-token maps.
     """
     if selection.startswith("token:"):
@@ -59,12 +59,11 @@ def token_weights(token_counts: Sequence[int], max_tokens: int, selection: str =
                 raise ValueError(f"token position {i} is outside phrase {k}'s tokens 1..{n - 2}")
             w[k, i] = 1.0
         return w
-    if selection not in ("phrase", "phrase+end"):
-        raise ValueError(f"token selection must be 'phrase', 'phrase+end' or 'token:i', got {selection!r}")
+    if selection != "phrase":
+        raise ValueError(f"token selection must be 'phrase' or 'token:i', got {selection!r}")
     w = torch.zeros(len(token_counts), max_tokens, dtype=torch.float32)
     for k, n in enumerate(token_counts):
-        stop = n - 1 if selection == "phrase" else n
-        stop = min(stop, max_tokens)
+        stop = min(n - 1, max_tokens)
         if stop <= 1:
             raise ValueError(f"phrase {k} has no tokens between its start and end tokens")
         w[k, 1:stop] = 1.0 / (stop - 1)
@@ -163,6 +162,14 @@ def token_averaged_attention(attn, hidden_states: torch.Tensor, encoder_hidden_s
     return maps.view(rows, h, w)
 
 
+@torch.compiler.disable
+def _deliver(recorder: "AttentionRecorder", index: int, maps: torch.Tensor) -> None:
+    """Hand one layer's maps to the sink. Run eagerly under ``torch.compile``: the sink is Python
+    state (running sums, counters) that a compiled graph would otherwise guard on and recompile for."""
+    recorder.sink(index, maps)
+    recorder.seen.add(index)
+
+
 class RecordingProcessor:
     """Wraps one layer's original processor; reads the target rows' attention when asked."""
 
@@ -184,8 +191,7 @@ class RecordingProcessor:
             rows, weights = target
             maps = token_averaged_attention(attn, hidden_states[rows], encoder_hidden_states[rows], weights,
                                             temb=None if temb is None else temb[rows])
-            self.recorder.sink(self.layer.index, maps)
-            self.recorder.seen.add(self.layer.index)
+            _deliver(self.recorder, self.layer.index, maps)
         return out
 
 

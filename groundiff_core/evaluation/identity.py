@@ -95,22 +95,13 @@ def run_identity(method: Any, pairs: Sequence[GroundingPair], dataset: dict | No
 
 
 def same_run(a: dict, b: dict, ignore: Sequence[str] = ()) -> bool:
-    """Whether two run identities describe the same evaluation, apart from the keys ``ignore``.
-
-    A ``method.class`` written with its module path (by earlier versions) compares by its last
-    component, so folders written before code moved still resume and merge.
-    """
+    """Whether two run identities describe the same evaluation, apart from the keys ``ignore``."""
     return comparable(a, ignore) == comparable(b, ignore)
 
 
 def comparable(identity: dict, ignore: Sequence[str] = ()) -> dict:
-    """A run identity as runs are compared: without the keys ``ignore``, ``method.class`` as the
-    class name only (earlier versions wrote the module path)."""
-    out = {k: v for k, v in identity.items() if k not in ignore}
-    method = out.get("method")
-    if isinstance(method, dict) and isinstance(method.get("class"), str):
-        out["method"] = {**method, "class": method["class"].rsplit(".", 1)[-1]}
-    return out
+    """A run identity as runs are compared: without the keys ``ignore``."""
+    return {k: v for k, v in identity.items() if k not in ignore}
 
 
 def diff_paths(a: dict, b: dict, ignore: Sequence[str] = ()) -> list[str]:

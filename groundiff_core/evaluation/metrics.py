@@ -82,6 +82,17 @@ def miou(heatmap, boxes, thresholds: Sequence[float] = MIOU_THRESHOLDS,
     grid, margin pixels included, so a box reaching into the NaN margin lowers the IoU (the model
     never saw that part); an empty union scores 0. "strict": the GT is restricted to valid pixels;
     NaN when the GT has no valid pixel.
+
+    Parameters
+    ----------
+    heatmap : float ``[H, W]`` on the image grid (NaN outside the crop)
+    boxes : ``[N, 4]`` ``(x, y, w, h)`` in the heatmap's pixels; their union is the GT
+    thresholds : the levels ``t`` the IoU of ``heatmap > t`` is averaged over (:data:`MIOU_THRESHOLDS`)
+    conventions : "paper" or "strict"
+
+    Returns
+    -------
+    mIoU in [0, 1] (NaN only under "strict")
     """
     return HeatmapScorer(heatmap, conventions).miou(boxes, thresholds)
 
@@ -116,6 +127,18 @@ def auc_roc(heatmap, boxes, binned: bool = False,
 
     Degenerate GT (no valid positive or no valid negative): 0.5 under "paper" (as torcheval),
     NaN under "strict".
+
+    Parameters
+    ----------
+    heatmap : float ``[H, W]`` on the image grid (NaN outside the crop)
+    boxes : ``[N, 4]`` ``(x, y, w, h)`` in the heatmap's pixels; their union is the GT
+    binned : the paper's 5-threshold AUROC instead of the exact one
+    thresholds : the levels of the binned AUROC (:data:`BINNED_AUC_THRESHOLDS`)
+    conventions : "paper" or "strict"
+
+    Returns
+    -------
+    AUC-ROC in [0, 1]; 0.5 for a degenerate GT under "paper", NaN under "strict"
     """
     return HeatmapScorer(heatmap, conventions).auc(boxes, binned, thresholds)
 
@@ -137,6 +160,17 @@ def cnr(heatmap, boxes, absolute: bool = True, conventions: str = "paper") -> fl
       left out of the mean; NaN if no box is left; a constant heatmap gives 0.0.
 
     If both regions are constant with different means the box's CNR is +-inf (perfect separation).
+
+    Parameters
+    ----------
+    heatmap : float ``[H, W]`` on the image grid (NaN outside the crop)
+    boxes : ``[N, 4]`` ``(x, y, w, h)`` in the heatmap's pixels; their union is the GT
+    absolute : mean of each box's ``|CNR|`` (the paper's) or of the signed CNR
+    conventions : "paper" or "strict"
+
+    Returns
+    -------
+    CNR, unbounded (in units of the pooled standard deviation); 0 for 0 / 0 under "paper"
     """
     return HeatmapScorer(heatmap, conventions).cnr(boxes, absolute)
 
@@ -148,6 +182,16 @@ def pointing_game(heatmap, boxes, conventions: str = "paper") -> float:
     When several valid pixels share the maximum, the score is the share of them inside the GT (the
     expected hit rate of picking one at random), so a flat map is not rewarded for ties.
     For an all-NaN heatmap or a GT with no valid pixel: 0.0 ("paper"), NaN ("strict").
+
+    Parameters
+    ----------
+    heatmap : float ``[H, W]`` on the image grid (NaN outside the crop)
+    boxes : ``[N, 4]`` ``(x, y, w, h)`` in the heatmap's pixels; their union is the GT
+    conventions : "paper" or "strict"
+
+    Returns
+    -------
+    the hit rate in [0, 1]: 1 or 0, a share for tied maxima
     """
     return HeatmapScorer(heatmap, conventions).pointing(boxes)
 
@@ -158,5 +202,15 @@ def all_metrics(heatmap, boxes, conventions: str = "paper") -> dict[str, float]:
 
     Keys: ``miou``, ``auc`` (exact), ``auc_binned`` (paper's 5 thresholds), ``cnr_abs`` (|CNR|),
     ``cnr_signed`` and ``pointing``.
+
+    Parameters
+    ----------
+    heatmap : float ``[H, W]`` on the image grid (NaN outside the crop)
+    boxes : ``[N, 4]`` ``(x, y, w, h)`` in the heatmap's pixels; their union is the GT
+    conventions : "paper" or "strict"
+
+    Returns
+    -------
+    ``{metric: float}`` for the six keys above, each as its own function computes it
     """
     return HeatmapScorer(heatmap, conventions).all(boxes)

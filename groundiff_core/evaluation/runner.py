@@ -166,6 +166,12 @@ def evaluate(method: Any, pairs: Sequence[GroundingPair], out_dir: str | os.Path
     The summary covers exactly the pairs selected by this call (``n_pairs`` and ``shard``); its
     ``changed`` lists the pairs recomputed because their content key changed since their last row.
     Another process writing ``out_dir`` at the same time is refused (:mod:`groundiff_core.util.fileio`).
+
+    Returns
+    -------
+    the summary dict written to ``out_dir/summary.json``: ``overall`` and ``class_averaged`` means
+    with 95 % intervals per metric (``miou``, ``auc``, ``cnr_abs``, ...), ``per_class``, the skipped
+    and dropped pairs, the model, config and versions
     """
     if not callable(getattr(method, "ground", None)):
         raise TypeError(f"{type(method).__name__} has no .ground(image, phrases) method")

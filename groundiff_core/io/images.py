@@ -32,7 +32,18 @@ _DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 
 def load_image(image: ImageInput) -> np.ndarray:
-    """Any accepted image (see module docstring) -> float32 ``[H, W]`` in ``[0, 1]``."""
+    """Any accepted image (see module docstring) -> float32 ``[H, W]`` in ``[0, 1]``.
+
+    Parameters
+    ----------
+    image : a file path (Pillow's formats; DICOM with ``pydicom``), a PIL image, a numpy array
+        ``[H, W]`` or ``[H, W, C]``, or a torch tensor ``[H, W]``, ``[C, H, W]`` or ``[1, C, H, W]``
+        (scaling of each type: the module docstring); colour is averaged to gray
+
+    Returns
+    -------
+    float32 ``[H, W]`` in [0, 1], rows top to bottom, as stored (no resizing)
+    """
     if isinstance(image, (str, os.PathLike)):
         return _load_file(Path(image))
     try:

@@ -45,7 +45,7 @@ from groundiff_core.models.text import small_text_encoder, word_tokenizer
 from groundiff_core.phantom.generator import SIZE, vocabulary
 
 __all__ = ["PhantomSpec", "build_phantom", "noise_scheduler", "save_phantom", "load_phantom", "training_record",
-           "upgrade_folder", "WEIGHTS_DIR", "RECORD"]
+           "WEIGHTS_DIR", "RECORD"]
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 RECORD = "phantom.json"  # the training record inside a phantom model folder
@@ -182,10 +182,6 @@ def load_phantom(path: str | Path | None = None, device: str | torch.device | No
     """
     root = Path(path) if path is not None else WEIGHTS_DIR
     if not is_diffusers_dir(root):
-        if (root / RECORD).is_file():
-            raise FileNotFoundError(
-                f"{root} is a phantom model exported before the diffusers pipeline layout ({RECORD} but no "
-                "model_index.json); add the configs with groundiff_core.phantom.model.upgrade_folder(path)")
         raise FileNotFoundError(
             f"phantom model not found: {root / 'model_index.json'} is missing. The weights ship inside the package "
             "(groundiff_core/phantom/weights); retrain them with `python -m groundiff_core.phantom.train`."
@@ -196,34 +192,3 @@ def load_phantom(path: str | Path | None = None, device: str | torch.device | No
     ldm.to(device=device, dtype=dtype)
     return ldm
 
-
-def upgrade_folder(path: str | Path) -> Path:
-    """Make a phantom folder exported before the diffusers pipeline layout loadable again.
-
-    Such a folder has only its training record ``phantom.json`` for the schedule, scale factor and
-    input facts. This writes what :func:`save_phantom` writes now (``model_index.json``,
-    ``scheduler/``, the VAE's ``scaling_factor``), from that record; weight files are not touched.
-    """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    root = Path(path)
-    if is_diffusers_dir(root):
-        return root
-    meta = training_record(root)
-    if not meta:
-        raise FileNotFoundError(f"{root / RECORD} is missing: {root} is not a phantom model folder")
-    with quiet_libraries():
-        parts = {name: cls.from_pretrained(root / name, local_files_only=True) for name, cls in
-                 (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel),
-                  ("tokenizer", CLIPTokenizer))}
-    ldm = LDM(**parts, schedule=NoiseSchedule(**meta["schedule"]), scale_factor=float(meta["scale_factor"]),
-              input_size=int(meta["input_size"]), input_range=tuple(meta["input_range"]),
-              image_channels=int(meta["image_channels"]), name=meta.get("name", "phantom"),
-              zero_padding=bool(meta.get("zero_padding", False)))
-    config = root / "vae" / "config.json"
-    vae = json.loads(config.read_text())
-    vae["scaling_factor"] = ldm.scale_factor
-    config.write_text(json.dumps(vae, indent=2, sort_keys=True) + "\n")  # as diffusers writes it
-    _write_pipeline_configs(ldm, root)
-    return root

@@ -94,15 +94,10 @@ def _reject(overrides: dict, allowed: tuple[str, ...], source: str) -> None:
 
 
 def _phantom(overrides: dict) -> LDM:
+    from groundiff_core.phantom.model import load_phantom
+
     _reject(overrides, ("path",), "phantom")
-    try:
-        from groundiff_core import phantom
-    except ImportError as e:
-        raise FileNotFoundError(f"the phantom model is not available in this installation ({e})") from None
-    load = getattr(phantom, "load_phantom", None)
-    if load is None:
-        from groundiff_core.phantom.model import load_phantom as load
-    return load(**overrides)
+    return load_phantom(**overrides)
 
 
 def _tiny(overrides: dict) -> LDM:
@@ -199,6 +194,11 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None,
     overrides : source-specific settings, e.g. ``input_size=``, ``unet_config=`` (a MONAI
         ``diffusion_def`` dict), ``autoencoder=`` / ``diffusion_model=`` (explicit checkpoint paths),
         ``cache_dir=``; unknown names raise ``ValueError`` listing the allowed ones
+
+    Returns
+    -------
+    :class:`~groundiff_core.models.ldm.LDM`: UNet, VAE, text encoder and tokenizer in diffusers form,
+    with the noise schedule, latent scale and input size ``S`` the engine needs, in eval mode
     """
     if not isinstance(source, (str, Path)) or not str(source):
         raise ValueError(f"model source must be a name or a path, got {source!r}; sources: {', '.join(SOURCES)}")
