@@ -50,6 +50,7 @@ show_images = None  # draw the dataset's images; None: only for the phantom (kee
 paper_run = "book/results/phantom-paper"  # shipped paper-preset run on the phantom test split (the reference)
 fast_run = "book/results/phantom-fast"  # shipped fast-preset run on the same split ("": leave the comparison out)
 class_tokens_run = "book/results/phantom-class-tokens"  # shipped class-name token run on the same split ("" or absent: live)
+ablation_run = "book/results/phantom-ablation"  # shipped grid on whole images of the split, read at the 300 steps it was made with ("" or absent: live)
 min_paired_pairs = 200  # refuse the preset comparison on fewer common pairs (the page promises at least 200)
 fast_recheck_pairs = 4  # pairs of the shipped fast run grounded again live and compared with it
 batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the maps are the same to the bit); more on a GPU
@@ -68,10 +69,11 @@ from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.book import conclusions
 from groundiff_core.book import shipped
+from groundiff_core.book import shipped_ablation
 from groundiff_core.engine.config import window_from_percent
 from groundiff_core.io.datasets import group_by_image
 from groundiff_core.evaluation import evaluate, load_results
-from groundiff_core.evaluation.ablation import ablation, grid_cells
+from groundiff_core.evaluation.ablation import ablation, ablation_settings, grid_cells
 from groundiff_core.engine.recording import word_positions
 from groundiff_core.methods.class_tokens import ClassNameTokens
 
@@ -101,14 +103,23 @@ figures.show_table(pd.DataFrame({f"T = {T} %": {"steps": f"{w[0]}..{w[1] - 1}"} 
 # ## One recording per image, every cell from it
 
 # %%
-settings = {(L, T): dict(middle_layers=L, window_percent=T) for L in L_values for T in T_values}
-post = {"paper code (layers 3, 4, 6, 7)": dict(config=config),
-        "no Gaussian": dict(config=config, smooth=False),
-        "no Otsu": dict(config=config, otsu=False),
-        "neither": dict(config=config, smooth=False, otsu=False)}
-run = ablation(grounder, data.selected, {**settings, **post}, window=(lo, hi), batch_images=batch_images)
-example = run.example
-results = pd.DataFrame(run.rows)
+settings, (lo, hi) = ablation_settings(config, L_values, T_values, n_layers)
+post = {name: kw for name, kw in settings.items() if isinstance(name, str)}
+use_shipped_grid = (shipped.uses_shipped(model, dataset_csv, ablation_run) and Path(ablation_run).is_dir()
+                    and num_inference_steps == 300)
+if use_shipped_grid:  # the shipped grid, refused unless it is what this cell computes, re-checked live
+    abl = shipped_ablation.load(ablation_run)
+    abl_pairs = abl.pairs(shipped.load_shipped(paper_run).phantom_pairs(out / "phantom_shipped"))
+    abl.check(grounder, abl_pairs, settings, (lo, hi))
+    grid_check = abl.recheck(grounder, abl_pairs, settings, (lo, hi), n=fast_recheck_pairs, seed=seed)
+    rows, example = abl.rows, grid_check["example"]
+    display(Markdown(f"The grid below reads the shipped run `{ablation_run}`: {len(abl_pairs)} pairs on "
+                     f"{len(group_by_image(abl_pairs))} whole images of the phantom test split. "
+                     + shipped.recheck_markdown(grid_check)))
+else:  # live, on this page's pairs
+    run = ablation(grounder, data.selected, settings, window=(lo, hi), batch_images=batch_images)
+    rows, example = run.rows, run.example
+results = pd.DataFrame(rows)
 results.to_csv(out / "ablation_pairs.csv", index=False)
 
 
