@@ -40,6 +40,8 @@ prompt_pairs = 2  # pairs whose phrase is varied in the prompt-sensitivity study
 batch_images = 4  # images per UNet call (the Grounder's batch_size; on CPU the maps are the same to the bit); more on a GPU
 show_images = None  # draw the dataset's images; None: only for the phantom (keeps patient images out of the page)
 n_boot = 1000  # bootstrap resamples for the confidence intervals
+shipped_run = "book/results/phantom-paper"  # shipped paper-preset run read for the phantom model on the phantom ("": live)
+recheck_pairs = 2  # pairs of the shipped run grounded again live and compared with it
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -52,6 +54,7 @@ from groundiff_core.book import pages
 from groundiff_core.util.phrases import side_of_phrase
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
+from groundiff_core.book import shipped
 from groundiff_core.book import conclusions
 from groundiff_core.evaluation import metrics
 from groundiff_core.io.datasets import group_by_image
@@ -61,20 +64,37 @@ from groundiff_core.io.images import load_image
 from groundiff_core.models.text import unknown_words, unrepresentable
 
 # %% tags=["hide-input"]
-out, data, ldm = pages.setup_notebook(
+use_shipped = shipped.uses_shipped(model, dataset_csv, shipped_run)
+run = shipped.load_shipped(shipped_run) if use_shipped else None  # the main table's shipped run, if used
+out, data, ldm = pages.setup_notebook(  # shipped run: every pair of the phantom split it read
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
-    dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
-    phantom_images=phantom_images)
-display(provenance.provenance_box(data, ldm, preset="paper", config=gd.GroundingConfig.paper(), output_dir=out))
+    dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split,
+    n_pairs=0 if use_shipped else n_pairs, phantom_images=run.phantom_images if use_shipped else phantom_images)
+if use_shipped:  # refuse a run that is not this model's, this preset's or these pairs'
+    run.check_model(ldm)
+    run.check_config(gd.GroundingConfig.paper(), "paper")
+    run.check_data(data.pairs)
+display(provenance.provenance_box(data, ldm, preset="paper", config=gd.GroundingConfig.paper(), output_dir=out,
+                                  extra={"shipped": run.provenance()} if use_shipped else None))
 show = pages.resolve_show_images(show_images, data)
 
 # %%
 grounder = pages.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper(), batch_size=batch_images,
                                       inversion_cache=pages.inversion_cache(inversion_cache)))
-summary = evaluate(grounder, data.pairs, out / "cross_attention", dataset=data.description,
-                   n_pairs=n_pairs or None, seed=seed, progress=False, batch_images=batch_images)
+if use_shipped:  # the shipped rows, a few of them grounded again now; the pairs drawn below are grounded live
+    check = shipped.recheck(run, grounder, data.pairs, out / "recheck", n=recheck_pairs, seed=seed,
+                            batch_images=batch_images)
+    display(Markdown(f"This page reads the shipped run `{shipped_run}` (the main table's). "
+                     + shipped.recheck_markdown(check)))
+    summary, rows = run.summarize(n_boot=n_boot, seed=seed), run.ok_rows
+    scored = [p for p in data.pairs if p.pair_id in {r["pair_id"] for r in rows}]
+else:
+    summary = evaluate(grounder, data.pairs, out / "cross_attention", dataset=data.description,
+                       n_pairs=n_pairs or None, seed=seed, progress=False, batch_images=batch_images)
+    rows = [r for r in load_results(out / "cross_attention") if r.get("status") == "ok"]
+    scored = data.selected
 pairs = {p.pair_id: p for p in data.pairs}
-res = pd.DataFrame([r for r in load_results(out / "cross_attention") if r.get("status") == "ok"])
+res = pd.DataFrame(rows)
 res["n_boxes"] = res.boxes.map(len)
 res["box_fraction"] = [sum(b[2] * b[3] for b in bx) / (hw[0] * hw[1]) for bx, hw in zip(res.boxes, res.image_hw)]
 res["side"] = res.phrase.map(side_of_phrase)
@@ -94,7 +114,7 @@ worst = (res.sort_values(["auc", "miou"]).groupby("category", sort=True).head(wo
 fig, axes = figures.grid(len(worst), ncols=4, size=2.7)
 for ax, (_, r) in zip(axes, worst.iterrows()):
     image = load_image(pairs[r.pair_id].image_path)
-    hm = grounder.get(image, pairs[r.pair_id].phrase)  # the map kept during the evaluation
+    hm = grounder.get_or_ground(image, pairs[r.pair_id].phrase)  # kept during the evaluation, else grounded now
     figures.overlay(ax, figures.screen(image, show), hm, r.boxes, title=f"{r.category}: '{r.phrase}'\nAUC {r.auc:.2f}, mIoU {r.miou:.2f}",
                     fontsize=7)
     figures.side_labels(ax)
@@ -183,8 +203,7 @@ else:
 
 # %% tags=["hide-input"]
 prior = pages.KeepMaps(pages.phrase_prior(data, seed=seed))
-evaluate(prior, data.pairs, out / "phrase_prior", dataset=data.description, n_pairs=n_pairs or None, seed=seed,
-         progress=False)
+evaluate(prior, scored, out / "phrase_prior", dataset=data.description, seed=seed, progress=False)
 prior_rows = pd.DataFrame([r for r in load_results(out / "phrase_prior") if r.get("status") == "ok"])
 prior_rows = prior_rows[prior_rows.pair_id.isin(res.pair_id)]
 per_class_prior = {}
@@ -203,7 +222,7 @@ ahead = gap.sort_values("prior_ahead", ascending=False).head(4)
 fig, axes = figures.grid(2 * len(ahead), ncols=4, size=2.7)
 for k, (_, r) in enumerate(ahead.iterrows()):
     image = load_image(pairs[r.pair_id].image_path)
-    hm = grounder.get(image, pairs[r.pair_id].phrase)
+    hm = grounder.get_or_ground(image, pairs[r.pair_id].phrase)
     figures.overlay(axes[2 * k], figures.screen(image, show), hm, r.boxes, title=f"cross-attention, AUC {r.auc:.2f}\n'{r.phrase}'",
                     fontsize=7)
     figures.overlay(axes[2 * k + 1], figures.screen(image, show), prior.get(image, r.phrase), r.boxes,

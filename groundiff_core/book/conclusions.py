@@ -131,7 +131,8 @@ def failure_page(m: Mapping[str, Any] | str | os.PathLike) -> str:
                          f"too few pairs of one side for a verdict (fewer than {MIN_PAIRS}).")
         else:
             apart = r["ci_low"] > l["ci_high"] or l["ci_low"] > r["ci_high"]
-            lines.append(f"{NAMES.get(metric, metric)} by side: 'right ...' {fmt_ci(r)}, 'left ...' {fmt_ci(l)}: "
+            lines.append(f"{NAMES.get(metric, metric)} by side: 'right ...' {fmt_ci(r)} ({r['n_pairs']} pairs), "
+                         f"'left ...' {fmt_ci(l)} ({l['n_pairs']} pairs): "
                          + ("the intervals do not overlap, so one side is localised better."
                             if apart else "the intervals overlap: no side is localised better on these pairs."))
     rows = m.get("against_phrase_prior") or []

@@ -277,6 +277,14 @@ class KeepMaps:
         """The kept ``[H, W]`` heatmap of ``phrase`` on ``image`` (KeyError if never grounded)."""
         return self.maps[(self._digest(image), phrase)]
 
+    def get_or_ground(self, image: Any, phrase: str):
+        """:meth:`get`, grounding ``phrase`` on ``image`` now when it was not (a page that reads a
+        shipped run draws a few of its pairs: those are grounded live, the rest never)."""
+        try:
+            return self.get(image, phrase)
+        except KeyError:
+            return self.ground(image, [phrase]).heatmaps[0]
+
     def describe(self) -> dict:
         from groundiff_core.evaluation import method_identity
 

@@ -205,9 +205,7 @@ def all_metrics(heatmap, boxes, conventions: str = "paper") -> dict[str, float]:
 
     Parameters
     ----------
-    heatmap : float ``[H, W]`` on the image grid (NaN outside the crop)
-    boxes : ``[N, 4]`` ``(x, y, w, h)`` in the heatmap's pixels; their union is the GT
-    conventions : "paper" or "strict"
+    heatmap, boxes, conventions : as for :func:`miou`
 
     Returns
     -------
