@@ -27,7 +27,7 @@
 # the default parameters the image is a phantom from groundiff's synthetic test bed
 # ([introduction](../intro.md)).
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 model = "phantom"  # "phantom", "tiny", a diffusers folder, or the paper's MONAI checkpoint folder
 dataset_csv = None  # None: the phantom test split, generated into output_dir
 images_root = None
@@ -81,7 +81,7 @@ show = pages.resolve_show_images(show_images, data)
 # %% [markdown]
 # ## The pair
 
-# %%
+# %% tags=["hide-input"]
 by_image = group_by_image(data.pairs)
 scorable = pages.scorable_pairs(data.selected, crop_size=ldm.input_size)  # the runner skips the others
 candidates = [p for p in scorable if len(by_image[p.image_path]) > 1] or scorable
@@ -287,7 +287,7 @@ figures.publish(fig, out, "postprocessing")
 # the part above an automatic threshold, which is what the overlap metrics reward.
 # ```
 
-# %%
+# %% tags=["hide-input"]
 check = grounder.ground(image, phrases)  # every phrase of the image from one inversion
 assert np.allclose(np.nan_to_num(check.heatmaps[0]), np.nan_to_num(final.heatmaps[0]), atol=1e-5), \
     "Recording.aggregate should equal Grounder.ground"
@@ -325,7 +325,7 @@ figures.publish(fig, out, "final_overlays")
 # finding.
 # ```
 
-# %%
+# %% tags=["hide-input"]
 metrics_file = pages.save_json({"pair": {"pair_id": pair.pair_id, "phrase": pair.phrase, "category": pair.category},
                                    "config": config.to_dict(), "n_steps": n_steps, "metrics": rows,
                                    "trajectory_steps": traj.step_indices}, out, "method_walkthrough")

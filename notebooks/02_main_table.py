@@ -54,7 +54,7 @@
 # way. The phrase prior and the two text-blind floors run live on all the same pairs. With any
 # other model or data, every row runs live.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 model = "phantom"  # "phantom", "tiny", a diffusers folder, or the paper's MONAI checkpoint folder
 dataset_csv = None  # None: the phantom test split, generated into output_dir; else an MS-CXR-layout CSV
 images_root = None  # image folder of a real dataset (e.g. MIMIC-CXR-JPG)
@@ -129,7 +129,7 @@ show = pages.resolve_show_images(show_images, data)
 # %% [markdown]
 # ## Data and model
 
-# %%
+# %% tags=["hide-input"]
 per_class = {"pairs selected": pd.Series([p.category for p in data.selected]).value_counts().sort_index()}
 if use_shipped:
     per_class["scored in the shipped run"] = pd.Series(run.pairs_per_class())
@@ -145,7 +145,7 @@ print(f"model: {ldm.name}, input {ldm.input_size}x{ldm.input_size}, "
 # reads all of its phrases from it. With a shipped run, the cross-attention grounder runs live only
 # on the re-check's pairs (whole images), and its row is the shipped run's.
 
-# %%
+# %% tags=["hide-input"]
 ldm_row = "cross-attention (paper preset)"
 pool = subset(data.pairs, n_pairs or None, seed=seed)
 if use_shipped:  # the figure's pairs need a live cross-attention map: only the re-check's pairs have one
@@ -202,7 +202,7 @@ recheck = rechecks.get(ldm_row)
 # %% [markdown]
 # ## The shipped run and its live re-check
 
-# %%
+# %% tags=["hide-input"]
 if use_shipped:
     display(Markdown(
         f"The cross-attention row is the shipped run `{run.folder}`: {len(run.ok_rows)} scored pairs, made with "
@@ -225,7 +225,7 @@ else:
 # The paper's headline figure is the unweighted mean over the eight classes of the per-class mean.
 # Brackets are 95% bootstrap confidence intervals.
 
-# %%
+# %% tags=["hide-input"]
 names = {"miou": "mIoU", "auc": "AUC-ROC", "auc_binned": "AUC-ROC (5 bins, paper)",
          "cnr_abs": "|CNR|", "cnr_signed": "CNR (signed)", "pointing": "pointing game"}
 main_metrics = ["miou", "auc", "auc_binned", "cnr_abs"]
@@ -247,7 +247,7 @@ figures.show_table(table, out, "class_averaged")
 # * **Own image minus another image** (the image-shuffle control): above 0, part of the score comes
 #   from reading the image; about 0, the maps come from the phrase alone.
 
-# %%
+# %% tags=["hide-input"]
 checks = {"cross-attention minus phrase prior": (ldm_row, "phrase prior"),
           "own image minus another image": (ldm_row, shuffle_row)}
 verdict_rows, paired = {}, {}
@@ -272,7 +272,7 @@ figures.show_table(reads_image, out, "does_it_read_the_image")
 # `groundiff_core.conventions`). Every result row holds the same heatmap scored both ways, so the
 # table below needs no second grounding run.
 
-# %%
+# %% tags=["hide-input"]
 display(Markdown(f"The tables on this page use the **{conventions}** conventions."))
 selected_ids = {p.pair_id for p in data.selected}
 both = {}
@@ -286,7 +286,7 @@ conv_table = pd.DataFrame(both).T.rename_axis(["method", "conventions"])
 conv_table["pairs scored"] = conv_table["pairs scored"].astype(int)
 figures.show_table(conv_table, out, "conventions")
 
-# %%
+# %% tags=["hide-input"]
 rows = [r for r in rows_of[ldm_row] if r["pair_id"] in selected_ids and r["status"] == "ok"]
 moved = {m: sum(1 for r in rows if "alternative" in r and r[m] is not None and r["alternative"][m] is not None
                 and abs(r[m] - r["alternative"][m]) > 1e-6) for m in main_metrics}
@@ -299,7 +299,7 @@ display(Markdown("Pairs of the cross-attention run whose score changes with the 
 # The same metrics for each finding. Classes with few pairs have wide intervals: read the bars
 # together with the counts in the table below.
 
-# %%
+# %% tags=["hide-input"]
 ours = summaries["cross-attention (paper preset)"]
 per = figures.ci_frame(ours["per_class"], ["miou", "auc", "cnr_abs", "pointing"], names, min_pairs=MIN_PER_CLASS)
 per.insert(0, "pairs", [ours["per_class"][c]["n_pairs"] for c in per.index])
@@ -379,7 +379,7 @@ figures.publish(figures.qualitative_grid(grid_rows) if grid_rows else figures.pl
 # comparisons in which the heatmap's AUC-ROC on its own phrase's boxes beats its AUC-ROC on another
 # finding's boxes (0.5 = the text is ignored).
 
-# %%
+# %% tags=["hide-input"]
 ts = pd.DataFrame({k: s["text_sensitivity"] for k, s in summaries.items()}).T
 ts = ts[["value", "ci_low", "ci_high", "strict", "n_pairs", "n_comparisons"]]
 figures.show_table(ts, out, "text_sensitivity")
@@ -405,7 +405,7 @@ figures.show_table(ts, out, "text_sensitivity")
 # apart, because they were measured on other images. Which claims this build reproduces is the
 # [claim ledger](../intro.md) on the first page.
 
-# %%
+# %% tags=["hide-input"]
 if reference_csv:
     ref = pages.reference_table(summaries["cross-attention (paper preset)"], reference_csv)
     if data.description.get("name") == "mscxr":
@@ -423,7 +423,7 @@ else:
 # %% [markdown]
 # What this run shows about the claims that can be checked without the paper's numbers:
 
-# %%
+# %% tags=["hide-input"]
 avg = {k: s["class_averaged"] for k, s in summaries.items()}
 ca = avg[ldm_row]
 said = {"above 0": "above", "below 0": "below", "not separable from 0": "not separable from",
@@ -447,7 +447,7 @@ if t.get("value") is not None:
                  f"{100 * t['value']:.0f}% of comparisons ({t['n_pairs']} pairs).")
 display(Markdown("\n".join(lines)))
 
-# %%
+# %% tags=["hide-input"]
 metrics_file = pages.save_json({"dataset": data.description, "model": ldm.identity(),
                                    "summaries": {k: {kk: s[kk] for kk in ("n_pairs", "class_averaged", "per_class",
                                                                           "text_sensitivity", "seconds_per_pair",

@@ -27,7 +27,7 @@
 # centred on the middle step (T = 20 of 300 gives steps 120..179). With the default parameters this
 # runs on the phantom test bed ([introduction](../intro.md)).
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 model = "phantom"
 dataset_csv = None  # None: the phantom test split, generated into output_dir
 images_root = None
@@ -87,7 +87,7 @@ display(provenance.provenance_box(data, ldm, preset=f"paper ({num_inference_step
                                 config=config, output_dir=out))
 show = pages.resolve_show_images(show_images, data)
 
-# %%
+# %% tags=["hide-input"]
 grounder = gd.Grounder(ldm, config, batch_size=batch_images, inversion_cache=pages.inversion_cache(inversion_cache))
 n_layers = len(grounder.layers)
 L_values = [L for L in L_values if 1 <= L <= n_layers]
@@ -102,7 +102,7 @@ figures.show_table(pd.DataFrame({f"T = {T} %": {"steps": f"{w[0]}..{w[1] - 1}"} 
 # %% [markdown]
 # ## One recording per image, every cell from it
 
-# %%
+# %% tags=["hide-input"]
 settings, (lo, hi) = ablation_settings(config, L_values, T_values, n_layers)
 post = {name: kw for name, kw in settings.items() if isinstance(name, str)}
 use_shipped_grid = (shipped.uses_shipped(model, dataset_csv, ablation_run) and Path(ablation_run).is_dir()
@@ -171,7 +171,7 @@ figures.publish(fig, out, "ablation_grid")
 # same pairs by a paired bootstrap of the difference; only a difference whose interval excludes 0
 # says that one setting is better on these pairs.
 
-# %%
+# %% tags=["hide-input"]
 top_cells = {m: tab.stack().idxmax() for m, tab in cells.items()}
 paper_code = results[results.setting == "paper code (layers 3, 4, 6, 7)"]
 settings_shown = {"paper summary: L = 6, T = 20 %": grid_df[(grid_df["L"] == paper_L) & (grid_df["T"] == paper_T)],
@@ -235,7 +235,7 @@ figures.publish(fig, out, "postprocessing")
 # scored and re-checked live like the others; otherwise both readings run live on this page's
 # pairs. The line below the table says which. The difference is a paired bootstrap.
 
-# %%
+# %% tags=["hide-input"]
 readings = ("all phrase tokens", "class-name tokens")
 if shipped.uses_shipped(model, dataset_csv, class_tokens_run) and Path(class_tokens_run).is_dir():
     # the shipped paper run (all tokens) and the shipped class-name run, on the pairs both scored
@@ -328,7 +328,7 @@ figures.publish(fig, out, "cells_example")
 # paired bootstrap interval (the same resampled pairs for both presets). Only a difference whose
 # interval excludes 0 says that one preset scores higher on these pairs.
 
-# %%
+# %% tags=["hide-input"]
 fast_vs_paper = None
 if shipped.uses_shipped(model, dataset_csv, paper_run) and fast_run:
     presets = {"paper": shipped.load_shipped(paper_run), "fast": shipped.load_shipped(fast_run)}
@@ -373,7 +373,7 @@ else:
                      "runs on other data or another model, so the comparison is left out. Run `groundiff evaluate` "
                      "with `--preset paper` and `--preset fast` on your data to compare them."))
 
-# %%
+# %% tags=["hide-input"]
 metrics_file = pages.save_json({"dataset": data.description, "config": config.to_dict(), "L_values": L_values,
                                    "T_values": T_values, "windows": windows,
                                    "grid": {m: tab.to_dict() for m, tab in cells.items()},

@@ -21,7 +21,7 @@
 # cannot represent (such as one starting with "no") is not grounded, and the prompt-sensitivity
 # table says so.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 model = "phantom"
 dataset_csv = None  # None: the phantom test split, generated into output_dir
 images_root = None
@@ -78,7 +78,7 @@ display(provenance.provenance_box(data, ldm, preset="paper", config=gd.Grounding
                                   extra={"shipped": run.provenance()} if use_shipped else None))
 show = pages.resolve_show_images(show_images, data)
 
-# %%
+# %% tags=["hide-input"]
 grounder = pages.KeepMaps(gd.Grounder(ldm, gd.GroundingConfig.paper(), batch_size=batch_images,
                                       inversion_cache=pages.inversion_cache(inversion_cache)))
 if use_shipped:  # the shipped rows, a few of them grounded again now; the pairs drawn below are grounded live
@@ -274,7 +274,7 @@ figures.publish(fig, out, "multi_box")
 # alone, the phrase with left and right swapped, the phrase negated, and an unrelated finding. Each
 # map is scored against the *original* phrase's boxes.
 
-# %%
+# %% tags=["hide-input"]
 categories = sorted(res.category.unique())
 candidates = res.sort_values("auc", ascending=False)
 lateral = candidates[candidates.side.isin(["left", "right"])]
@@ -327,7 +327,7 @@ figures.publish(fig, out, "prompt_sensitivity")
 # only: grounding it would have silently read "n" and then an end-of-text token.
 # ```
 
-# %%
+# %% tags=["hide-input"]
 metrics_file = pages.save_json({"dataset": data.description, "class_averaged": summary["class_averaged"],
                                    "laterality": sides,
                                    "against_phrase_prior": per_class_prior.reset_index().to_dict(orient="records"),

@@ -28,7 +28,7 @@
 # same way. With the default parameters this runs on the phantom test bed
 # ([introduction](../intro.md)).
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 model = "phantom"
 dataset_csv = None  # None: the phantom test split, generated into output_dir
 images_root = None
@@ -79,7 +79,7 @@ display(provenance.provenance_box(data, ldm, preset="paper (cross-attention); Ca
                                 config=gd.GroundingConfig.paper(), output_dir=out))
 show = pages.resolve_show_images(show_images, data)
 
-# %%
+# %% tags=["hide-input"]
 objective = ObjectiveConfig(n_draws=objective_draws, seed=seed)
 settings = {"integrated_gradients": {"n_steps": ig_steps}, "gradient_shap": {"n_samples": n_samples},
             "smoothgrad": {"n_samples": n_samples},
@@ -95,7 +95,7 @@ figures.show_table(pd.DataFrame({k: {"settings": {kk: v for kk, v in m.describe(
 # %% [markdown]
 # ## Localisation and cost on the same pairs
 
-# %%
+# %% tags=["hide-input"]
 summaries = {}
 for name, method in contenders.items():
     folder = out / name.split(" ")[0].replace("-", "_")
@@ -205,7 +205,7 @@ figures.publish(fig, out, "token_attribution")
 # the gain). Look at whether the finding's name and the side carry the score, or filler words.
 # ```
 
-# %%
+# %% tags=["hide-input"]
 captum_only = {k: s for k, s in summaries.items() if not k.startswith("cross")}
 top = max(captum_only, key=lambda k: captum_only[k]["class_averaged"]["auc"]["mean"] or -1)
 ca = summaries["cross-attention (paper preset)"]["class_averaged"]
