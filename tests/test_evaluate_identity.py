@@ -43,13 +43,13 @@ def test_weights_fingerprint_sees_every_tensor():
     assert weights_sha256([("unet", net)]) != weights_sha256([("vae", net)])  # the part is named
 
 
-def test_identities_compare_class_by_name_and_name_their_differences():
-    old = {"method": {"method": "Grounder", "class": "groundiff_core.grounder.Grounder"},
-           "data": {"pairs": 3}, "shard": [0, 1]}
-    new = {"method": {"method": "Grounder", "class": "Grounder"}, "data": {"pairs": 4},
-           "shard": [0, 1]}
+def test_identities_compare_and_name_their_differences():
+    old = {"method": {"method": "Grounder", "class": "Grounder"}, "data": {"pairs": 3}, "shard": [0, 1]}
+    new = {"method": {"method": "Grounder", "class": "Grounder"}, "data": {"pairs": 4}, "shard": [0, 1]}
     assert same_run(old, new, ignore=("data",)) and not same_run(old, new)
     assert diff_paths(old, new) == ["data.pairs"]
+    moved = {**new, "method": {"method": "Grounder", "class": "groundiff_core.grounder.Grounder"}}
+    assert diff_paths(new, moved) == ["method.class"]  # a class is named without its module, never compared by suffix
     other = {**new, "method": {"method": "Grounder", "class": "Other"}, "shard": [1, 2]}
     assert diff_paths(new, other, ignore=("shard",)) == ["method.class"]
     assert diff_paths(new, other) == ["method.class", "shard"]

@@ -33,15 +33,14 @@ def test_a_tiny_image_is_named(tiny_v):
 
 
 def test_a_constant_heatmap_is_named():
-    from groundiff_core.engine.aggregate import MapAccumulator, to_heatmaps
-    from groundiff_core.io.preprocess import CropGeometry
+    from groundiff_core.engine.aggregate import MapAccumulator, aggregate
 
     import torch
 
     acc = MapAccumulator()
     acc.add(0, torch.zeros(1, 4, 4))  # every pixel alike
     with pytest.warns(UserWarning, match=r"heatmap of 'mild edema' is constant or all NaN"):
-        to_heatmaps(acc, CFG, 16, [CropGeometry(16, 16, 16)], [["mild edema"]], False, {})
+        aggregate(acc, CFG, 16, ["mild edema"])
 
 
 def test_an_ordinary_image_says_nothing(tiny_v, recwarn):
