@@ -56,3 +56,12 @@ def test_the_walkthrough_says_whether_the_own_phrase_wins():
     text = conclusions.method_page(m)
     assert "mIoU: the phrase's own map scores 0.300 against its boxes; the highest" in text
     assert "AUC-ROC: the phrase's own map scores 0.700 against its boxes; 'b' scores higher (0.800)" in text
+
+
+def test_every_page_reads_its_metrics_file(tmp_path):
+    """The notebooks pass the path ``pages.save_json`` returned; a page with nothing scored says so."""
+    path = tmp_path / "page.json"
+    path.write_text("{}")
+    for page in (conclusions.method_page, conclusions.main_table_page, conclusions.ablation_page,
+                 conclusions.failure_page, conclusions.captum_page):
+        assert page(path) == "No pair was scored on this page.", page.__name__

@@ -50,6 +50,7 @@ def _bullets(lines: list[str]) -> str:
 
 def method_page(m: Mapping[str, Any] | str | os.PathLike) -> str:
     """Notebook 1: one pair; whether its own phrase's map scores highest against its own boxes."""
+    m = _load(m)
     rows = m.get("metrics") or {}
     phrase = (m.get("pair") or {}).get("phrase")
     if phrase not in rows or len(rows) < 2:
@@ -151,7 +152,6 @@ def failure_page(m: Mapping[str, Any] | str | os.PathLike) -> str:
 
 def captum_page(m: Mapping[str, Any] | str | os.PathLike) -> str:
     """Notebook 5: the highest-mean attribution method against cross-attention."""
-    m = _load(m)
     m = _load(m)
     ca_all = m.get("class_averaged") or {}
     top = m.get("highest_mean_captum")
