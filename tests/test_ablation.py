@@ -126,3 +126,6 @@ def test_the_shipped_grid_is_refused_when_it_is_not_what_the_page_computes(tiny_
     first["miou"] += 0.01  # one shipped number changed: the live re-check names it
     with pytest.raises(RecheckMismatch, match=r"metric miou"):
         run.recheck(grounder, pairs, settings, window, n=1)
+    run.rows = [r for r in run.rows if r["pair_id"] != pairs[-1].pair_id]  # a run shipped before it finished
+    with pytest.raises(ValueError, match=rf"incomplete: {len(pairs) - 1} of its {len(pairs)} pairs"):
+        run.pairs(phantom_pairs)

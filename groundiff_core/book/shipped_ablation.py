@@ -38,6 +38,10 @@ class ShippedAblation:
 
     def pairs(self, split_pairs: Sequence[Any]) -> list:
         """The pairs of the phantom split (in split order) that the run holds; all must be found."""
+        planned = int((self.identity.get("data") or {}).get("pairs", 0))
+        if len(self.pair_ids) < planned:
+            raise ValueError(f"shipped ablation {self.folder} is incomplete: {len(self.pair_ids)} of its {planned} "
+                             "pairs; finish the run (scripts/ship_ablation.py resumes) and ship it again")
         chosen = [p for p in split_pairs if p.pair_id in self.pair_ids]
         if len(chosen) != len(self.pair_ids):
             raise ValueError(f"shipped ablation {self.folder}: {len(self.pair_ids) - len(chosen)} of its pairs are not "
