@@ -27,7 +27,7 @@
 # the default parameters the image is a phantom from groundiff's synthetic test bed
 # ([introduction](../intro.md)).
 
-# %% tags=["parameters", "hide-input"]
+# %% tags=["parameters"]
 model = "phantom"  # "phantom", "tiny", a diffusers folder, or the paper's MONAI checkpoint folder
 dataset_csv = None  # None: the phantom test split, generated into output_dir
 images_root = None

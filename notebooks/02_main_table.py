@@ -54,7 +54,7 @@
 # way. The phrase prior and the two text-blind floors run live on all the same pairs. With any
 # other model or data, every row runs live.
 
-# %% tags=["parameters", "hide-input"]
+# %% tags=["parameters"]
 model = "phantom"  # "phantom", "tiny", a diffusers folder, or the paper's MONAI checkpoint folder
 dataset_csv = None  # None: the phantom test split, generated into output_dir; else an MS-CXR-layout CSV
 images_root = None  # image folder of a real dataset (e.g. MIMIC-CXR-JPG)

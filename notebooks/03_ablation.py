@@ -27,7 +27,7 @@
 # centred on the middle step (T = 20 of 300 gives steps 120..179). With the default parameters this
 # runs on the phantom test bed ([introduction](../intro.md)).
 
-# %% tags=["parameters", "hide-input"]
+# %% tags=["parameters"]
 model = "phantom"
 dataset_csv = None  # None: the phantom test split, generated into output_dir
 images_root = None

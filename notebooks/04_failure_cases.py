@@ -21,7 +21,7 @@
 # cannot represent (such as one starting with "no") is not grounded, and the prompt-sensitivity
 # table says so.
 
-# %% tags=["parameters", "hide-input"]
+# %% tags=["parameters"]
 model = "phantom"
 dataset_csv = None  # None: the phantom test split, generated into output_dir
 images_root = None

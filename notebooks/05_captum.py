@@ -28,7 +28,7 @@
 # same way. With the default parameters this runs on the phantom test bed
 # ([introduction](../intro.md)).
 
-# %% tags=["parameters", "hide-input"]
+# %% tags=["parameters"]
 model = "phantom"
 dataset_csv = None  # None: the phantom test split, generated into output_dir
 images_root = None
