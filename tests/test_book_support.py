@@ -321,3 +321,21 @@ def test_shipped_run_refuses_another_models_weights(tmp_path, tiny):
         with pytest.raises(ValueError, match=f"weights_sha256 is 0{{64}}, the loaded model .* has {own}"
                            if sha else "no model weights fingerprint"):
             run.check_model(tiny)
+
+
+def test_get_or_ground_grounds_only_what_was_not_kept():
+    from groundiff_core.methods.baselines import CentrePrior
+
+    calls = []
+
+    class Counting(CentrePrior):
+        def ground(self, image, phrases):
+            calls.append(list(phrases))
+            return super().ground(image, phrases)
+
+    image = np.random.default_rng(0).random((20, 24)).astype(np.float32)
+    kept = bookdata.KeepMaps(Counting())
+    kept.ground(image, ["a", "b"])
+    assert np.array_equal(kept.get_or_ground(image, "b"), kept.get(image, "b")) and calls == [["a", "b"]]
+    fresh = kept.get_or_ground(image, "c")  # never grounded: grounded now, alone
+    assert calls == [["a", "b"], ["c"]] and fresh.shape == (20, 24)

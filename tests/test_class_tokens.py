@@ -61,6 +61,9 @@ def test_bad_inputs_are_refused_by_name(grounder, image):
         ClassNameTokens(grounder, {}).ground(image, ["mild edema"])
     with pytest.raises(ValueError, match="outside its tokens"):
         grounder.ground_batch([image], [["mild edema"]], token_positions=[[[40]]])
+    with pytest.raises(ValueError, match=r"image 0: 2 phrases but 1 position lists"):  # misaligned, same total
+        grounder.ground_batch([image, image], [["mild edema", "cardiomegaly"], ["mild edema"]],
+                              token_positions=[[[1]], [[1], [1]]])
     with pytest.raises(ValueError, match="1 phrases but 2 position lists"):
         grounder.ground_batch([image], [["mild edema"]], token_positions=[[[1], [1]]])
     with pytest.raises(ValueError, match="1 images but 2 position lists"):

@@ -97,7 +97,6 @@ class Grounder:
         self.inversion_cache = inversion_cache
         self.stats = {"unet_calls": 0, "unet_samples": 0, "unet_samples_truncated": 0}
         self._model_key: dict | None = None
-        self.compiled = bool(compile)
         self._unet = torch.compile(model.unet) if compile else model.unet  # the inversion's whole passes
         self._forward_until = torch.compile(forward_until) if compile else forward_until  # the conditional rows
 
@@ -173,8 +172,12 @@ class Grounder:
         B :class:`Heatmaps`, float32 ``[K, H, W]`` on each image's own grid, NaN outside the crop.
         """
         self._check_batch(images, phrases_per_image)
-        if token_positions is not None and len(token_positions) != len(images):
-            raise ValueError(f"got {len(images)} images but {len(token_positions)} position lists")
+        if token_positions is not None:
+            if len(token_positions) != len(images):
+                raise ValueError(f"got {len(images)} images but {len(token_positions)} position lists")
+            for b, (ps, pos) in enumerate(zip(phrases_per_image, token_positions)):
+                if len(pos) != len(as_phrase_list(ps)):
+                    raise ValueError(f"image {b}: {len(as_phrase_list(ps))} phrases but {len(pos)} position lists")
         cfg, S = self.config, self.model.input_size
         window = cfg.resolve_window(len(self.schedule()))
         chosen = cfg.resolve_layers(len(self.layers))
