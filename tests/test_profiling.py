@@ -66,3 +66,19 @@ def test_peak_memory_is_one_untimed_call():
     assert how == "torch_cpu_profiler" and peak >= 8 * 2**20
     small, _ = profiling.peak_memory(_Allocates(2**20), None, ["x"])
     assert 2**20 <= small < 8 * 2**20
+
+
+def test_the_cpu_peak_prints_nothing_of_the_cpp_profiler():
+    """torch's profiler writes 'profiler_start' / 'profiler_stop' lines to fd 2 from C++; a notebook
+    shows them as output. The measurement silences them, and only them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from groundiff_core.util.profiling import _cpu_peak_profiled\n"
+            "peak, how = _cpu_peak_profiled(lambda: torch.ones(1000) * 2)\n"
+            "assert peak > 0, peak\n"
+            "print('after', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "after\n"

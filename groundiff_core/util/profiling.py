@@ -6,6 +6,7 @@ methods, the baselines) is measured by the same code; notebook 5 shows its cost 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import os
@@ -44,6 +45,29 @@ class Cost:
         return dataclasses.asdict(self)
 
 
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 pointed at the null device for the block: silences lines that C++ code
+    writes to the process's stderr (Python's ``sys.stderr`` is not involved), which a notebook would
+    otherwise show as output."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _rss_bytes() -> int | None:
     """Resident set size of this process (Linux ``/proc``), or None where it cannot be read."""
     try:
@@ -57,8 +81,14 @@ def _cpu_peak_profiled(call: Callable[[], Any]) -> tuple[int, str]:
     """Peak of live CPU tensor bytes during ``call()``, from torch profiler allocation events."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _stderr_silenced():  # torch's C++ profiler prints a "profiler_start" line to fd 2
+        prof.__enter__()
+    try:
         call()
+    finally:
+        with _stderr_silenced():  # ... and a "profiler_stop" line
+            prof.__exit__(None, None, None)
     try:
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
         events.sort(key=lambda e: e.start_ns())
