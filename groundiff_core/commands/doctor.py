@@ -89,7 +89,6 @@ def _inspect_checkpoint(path: Path, expected: dict) -> dict:
 
 def _paper(paper_dir: str | None, hash_files: bool) -> dict:
     from groundiff_core.models.loading.catalog import PAPER_DIR_ENV, checksums, default_paper_dir, find_paper_files
-    from groundiff_core.models.loading.checkpoints import fingerprint
     from groundiff_core.util.fingerprint import file_sha256
 
     if paper_dir:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["NoiseSchedule", "LDM"]
+__all__ = ["NoiseSchedule", "LDM", "PaperModelFacts", "PAPER_MODEL"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,24 @@ class NoiseSchedule:
     def alphas_cumprod(self) -> torch.Tensor:
         """Cumulative product of ``1 - beta`` as float64, shape ``[num_train_timesteps]``."""
         return torch.cumprod(1.0 - self.betas(), dim=0)
+
+
+@dataclass(frozen=True)
+class PaperModelFacts:
+    """What the paper's model (the MONAI chest X-ray LDM) needs besides its weights, in one place:
+    every loader of it (the MONAI checkpoints, both MONAI bundles) takes its defaults from
+    :data:`PAPER_MODEL`. ``input_range`` is the intensity range its autoencoder was trained on;
+    ``name`` the model's name in results."""
+
+    schedule: NoiseSchedule = NoiseSchedule()
+    scale_factor: float = 0.3
+    input_size: int = 512
+    input_range: tuple[float, float] = (0.0, 1.0)
+    name: str = "monai-cxr-ldm"
+
+
+#: The paper's model.
+PAPER_MODEL = PaperModelFacts()
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["jsonable", "json_sha256", "file_sha256", "weights_sha256"]
+__all__ = ["jsonable", "json_sha256", "file_sha256", "file_fingerprint", "weights_sha256"]
 
 
 def jsonable(obj: Any) -> Any:
@@ -54,6 +54,21 @@ def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     file's bytes; ``OSError`` when it cannot be read."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, algorithm).hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike, chunk: int = 1 << 20) -> dict:
+    """``{"name", "size", "head_tail_sha256"}``: a (possibly multi-GB) file identified cheaply by its
+    size and a hash of its first and last MiB; tells whether a converted cache is still the
+    conversion of the checkpoint next to it (a whole file's digest is :func:`file_sha256`)."""
+    path = os.fspath(path)
+    size = os.stat(path).st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(chunk, size - chunk))
+            h.update(f.read(chunk))
+    return {"name": os.path.basename(path), "size": int(size), "head_tail_sha256": h.hexdigest()}
 
 
 def weights_sha256(networks: Iterable[tuple[str, Any]]) -> str:

@@ -144,24 +144,24 @@ def _kind(source, overrides: dict, text_encoder) -> tuple[str, Path | None]:
 
 
 def _dispatch(source, text_encoder, allow_download: bool, overrides: dict) -> LDM:
-    from groundiff_core.models.loading.bundle import BUNDLE_OVERRIDES, load_bundle
+    from groundiff_core.models.loading.bundle import MONAI_OVERRIDES, load_bundle
     from groundiff_core.models.loading.diffusers_dir import DIFFUSERS_OVERRIDES, load_diffusers_dir
     from groundiff_core.models.loading.hub import download_snapshot
-    from groundiff_core.models.loading.paper import PAPER_OVERRIDES, load_paper_model
+    from groundiff_core.models.loading.paper import load_paper_model
 
     kind, path = _kind(source, overrides, text_encoder)
     if text_encoder is not None and kind not in ("paper", "bundle"):
         raise ValueError("text_encoder= applies to MONAI models only (source 'paper', a MONAI bundle folder or a "
                          f"folder of MONAI checkpoints), not to {source!r}")
     if kind == "bundle":
-        _reject(overrides, BUNDLE_OVERRIDES, str(source))
+        _reject(overrides, MONAI_OVERRIDES, str(source))
         return load_bundle(path, text_encoder=text_encoder, allow_download=allow_download, **overrides)
     if kind == "phantom":
         return _phantom(overrides)
     if kind == "tiny":
         return _tiny(overrides)
     if kind == "paper":
-        _reject(overrides, PAPER_OVERRIDES, str(source))
+        _reject(overrides, MONAI_OVERRIDES, str(source))
         return load_paper_model(path, text_encoder=text_encoder, allow_download=allow_download, **overrides)
     _reject(overrides, DIFFUSERS_OVERRIDES, str(source))
     if kind == "diffusers":

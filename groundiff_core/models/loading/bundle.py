@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from groundiff_core.models.ldm import PAPER_MODEL
 from groundiff_core.models.loading.bundle_config import (CONFIG_NAMES, WEIGHT_SUFFIXES, BundleError, Definition,
                                                          Definitions, Resolver, declared_weights, find_bundle_config,
                                                          find_definitions, parse_config)
@@ -32,7 +33,7 @@ from groundiff_core.models.loading.monai_autoencoder import MonaiAutoencoderConf
 from groundiff_core.models.loading.monai_unet import MonaiUNetConfig
 
 __all__ = ["BundleError", "BundleSpec", "Considered", "Definition", "CONFIG_NAMES", "find_bundle_config",
-           "read_bundle", "load_bundle", "BUNDLE_OVERRIDES", "role_of_state"]
+           "read_bundle", "load_bundle", "MONAI_OVERRIDES", "role_of_state"]
 
 # where the two published bundles keep their weights when a config does not say (GenerativeModels
 # names them autoencoder.pth / diffusion_model.pth, the model-zoo port autoencoder.pt / model.pt)
@@ -47,14 +48,10 @@ _SCHEDULES = {"linear_beta": "linear", "scaled_linear_beta": "scaled_linear", "l
 # scheduler arguments that only steer sampling, not the training noise schedule the inversion follows
 _SAMPLING_ONLY = ("clip_sample", "clip_sample_min", "clip_sample_max", "set_alpha_to_one", "steps_offset",
                   "variance_type", "skip_prk_steps")
-_PAPER_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0205,
-                       beta_schedule="scaled_linear", prediction_type="v_prediction")
-_PAPER_SCALE_FACTOR = 0.3
-_PAPER_INPUT_SIZE = 512
-
-BUNDLE_OVERRIDES = ("autoencoder", "diffusion_model", "tokenizer", "unet_config", "autoencoder_config",
-                    "cache_dir", "input_size", "scale_factor", "input_range", "prediction_type", "beta_start",
-                    "beta_end", "beta_schedule", "num_train_timesteps", "name")
+#: the options a MONAI model (a bundle or the paper's checkpoints) takes besides its source
+MONAI_OVERRIDES = ("autoencoder", "diffusion_model", "tokenizer", "unet_config", "autoencoder_config",
+                   "cache_dir", "input_size", "scale_factor", "input_range", "prediction_type", "beta_start",
+                   "beta_end", "beta_schedule", "num_train_timesteps", "name")
 
 
 @dataclass(frozen=True)
@@ -216,7 +213,7 @@ def read_bundle(folder: str | Path, *, scale_factor: float | None = None, input_
         schedule = _schedule(scheduler, config)
         sources["schedule"] = f"{rel}: {scheduler.key}"
     else:
-        schedule = dict(_PAPER_SCHEDULE)
+        schedule = asdict(PAPER_MODEL.schedule)
         sources["schedule"] = "the paper's default (no scheduler definition in the bundle)"
     if scale_factor is not None:
         sources["scale_factor"] = "given by the caller"
@@ -227,14 +224,14 @@ def read_bundle(folder: str | Path, *, scale_factor: float | None = None, input_
         scale_factor = resolver.number("scale_factor", data["scale_factor"])
         sources["scale_factor"] = f"{rel}: scale_factor"
     else:
-        scale_factor = _PAPER_SCALE_FACTOR
+        scale_factor = PAPER_MODEL.scale_factor
         sources["scale_factor"] = "the paper's default (the bundle states none)"
     if input_size is not None:
         sources["input_size"] = "given by the caller"
     else:
         stated = _input_size(resolver, data, unet_cfg, ae_cfg)
         if stated is None:
-            input_size = _PAPER_INPUT_SIZE
+            input_size = PAPER_MODEL.input_size
             sources["input_size"] = "the paper's default (the bundle states none)"
         else:
             input_size, key = stated
@@ -343,7 +340,7 @@ def load_bundle(folder: str | Path, *, text_encoder: str | Path | None = None, a
     """The :class:`~groundiff_core.models.ldm.LDM` of a MONAI bundle folder.
 
     The text encoder is ``folder/text_encoder`` + ``folder/tokenizer`` or comes from
-    ``text_encoder`` (the SD 2.1 base folder). ``overrides`` (see ``BUNDLE_OVERRIDES``) win over
+    ``text_encoder`` (the SD 2.1 base folder). ``overrides`` (see ``MONAI_OVERRIDES``) win over
     what the bundle states. Raises :class:`MissingWeightsError` for a missing checkpoint or text
     encoder, :class:`BundleError` for an unreadable config.
     """

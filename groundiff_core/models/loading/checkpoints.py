@@ -4,15 +4,10 @@ PyTorch ``.pth`` checkpoints are pickles, and unpickling can run code. :func:`re
 ``torch.load(..., weights_only=True)``, which admits tensors and plain containers only, and turns a
 refusal into an :class:`~.errors.UnsafeCheckpointError` that says why. It also unwraps the common
 containers (``{"state_dict": ...}``, ``{"model": ...}``, ``module.`` prefixes of DataParallel).
-
-:func:`fingerprint` identifies a (possibly multi-GB) file cheaply, to tell whether a converted
-cache is still the conversion of the file next to it (a whole file's digest is
-:func:`groundiff_core.util.fingerprint.file_sha256`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 
@@ -20,7 +15,7 @@ import torch
 
 from groundiff_core.models.loading.errors import MissingWeightsError, UnsafeCheckpointError
 
-__all__ = ["read_state_dict", "fingerprint"]
+__all__ = ["read_state_dict"]
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "network", "net", "weights")
 
@@ -103,16 +98,3 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
-
-
-def fingerprint(path: str | Path, chunk: int = 1 << 20) -> dict:
-    """``{"name", "size", "head_tail_sha256"}``: size plus a hash of the first and last MiB (fast)."""
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(chunk))
-        if size > chunk:
-            f.seek(max(chunk, size - chunk))
-            h.update(f.read(chunk))
-    return {"name": path.name, "size": int(size), "head_tail_sha256": h.hexdigest()}

@@ -50,6 +50,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
 
+from groundiff_core.models.ldm import PAPER_MODEL
 from groundiff_core.models.loading.errors import StateDictMismatchError, UnsupportedArchitectureError
 from groundiff_core.models.loading.monai_args import MonaiArgs
 from groundiff_core.models.loading.statedict import Entry, expected_shapes, fill, materialise, meta_model, set_groupnorm_eps
@@ -148,7 +149,7 @@ class MonaiAutoencoderConfig(MonaiArgs):
             kw["with_decoder_nonlocal_attn"] = dec
         return type(self)(**kw)
 
-    def to_diffusers(self, sample_size: int = 512, scaling_factor: float = 0.3) -> dict:
+    def to_diffusers(self, sample_size: int = PAPER_MODEL.input_size, scaling_factor: float = PAPER_MODEL.scale_factor) -> dict:
         """The :class:`MonaiAutoencoderKL` configuration (``with_*_nonlocal_attn`` must be resolved)."""
         self.validate()
         if self.with_encoder_nonlocal_attn is None or self.with_decoder_nonlocal_attn is None:
@@ -355,7 +356,7 @@ def _entries(config: MonaiAutoencoderConfig, expected: Mapping[str, torch.Size],
 
 
 def autoencoder_state_for_diffusers(state: Mapping[str, torch.Tensor], config: MonaiAutoencoderConfig | None = None,
-                                   sample_size: int = 512, scaling_factor: float = 0.3):
+                                   sample_size: int = PAPER_MODEL.input_size, scaling_factor: float = PAPER_MODEL.scale_factor):
     """``(diffusers config, diffusers state dict, resolved config)`` for a MONAI ``AutoencoderKL`` state dict."""
     config = config or MonaiAutoencoderConfig.paper()
     config.validate()
@@ -374,7 +375,7 @@ def autoencoder_state_for_diffusers(state: Mapping[str, torch.Tensor], config: M
 
 
 def convert_autoencoder(state: Mapping[str, torch.Tensor], config: MonaiAutoencoderConfig | None = None,
-                        sample_size: int = 512, scaling_factor: float = 0.3):
+                        sample_size: int = PAPER_MODEL.input_size, scaling_factor: float = PAPER_MODEL.scale_factor):
     """A :class:`MonaiAutoencoderKL` computing what a MONAI ``AutoencoderKL`` checkpoint computes.
 
     ``vae.encode(x).latent_dist.mean`` equals MONAI's ``encode(x)[0]`` (``z_mu``) and

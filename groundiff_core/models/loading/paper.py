@@ -27,23 +27,21 @@ from typing import Mapping
 
 from tqdm.auto import tqdm
 
-from groundiff_core.models.ldm import LDM, NoiseSchedule
+from groundiff_core.models.ldm import LDM, PAPER_MODEL, NoiseSchedule
 from groundiff_core.models.loading.catalog import PaperFiles, cache_root, checksums, default_paper_dir, find_paper_files, missing_paper_message
-from groundiff_core.models.loading.checkpoints import fingerprint, read_state_dict
+from groundiff_core.models.loading.checkpoints import read_state_dict
+from groundiff_core.util.fingerprint import file_fingerprint
 from groundiff_core.models.loading.errors import MissingWeightsError
 from groundiff_core.models.loading.hub import download_snapshot
 from groundiff_core.models.loading.monai_autoencoder import MonaiAutoencoderConfig, MonaiAutoencoderKL, convert_autoencoder
 from groundiff_core.models.loading.monai_unet import MonaiUNetConfig, convert_unet
 from groundiff_core.models.loading.statedict import load_saved, set_groupnorm_eps
 
-__all__ = ["load_paper_model", "convert_paper_checkpoints", "cached_conversion", "PAPER_OVERRIDES", "CONVERTER_VERSION"]
+__all__ = ["load_paper_model", "convert_paper_checkpoints", "cached_conversion", "CONVERTER_VERSION"]
 
 CONVERTER_VERSION = 1
 RECORD = "conversion.json"
 
-PAPER_OVERRIDES = ("autoencoder", "diffusion_model", "tokenizer", "unet_config", "autoencoder_config",
-                   "cache_dir", "input_size", "scale_factor", "input_range", "prediction_type", "beta_start",
-                   "beta_end", "beta_schedule", "num_train_timesteps", "name")
 
 
 def _architecture(value, cls, option: str, monai_class: str):
@@ -96,7 +94,7 @@ def cached_conversion(files: PaperFiles, cache_dir: str | Path | None = None) ->
     if files.diffusion_model is None or files.autoencoder is None:
         return None
     base = Path(cache_dir).expanduser() if cache_dir else _user_cache()
-    want = {"diffusion_model": fingerprint(files.diffusion_model), "autoencoder": fingerprint(files.autoencoder)}
+    want = {"diffusion_model": file_fingerprint(files.diffusion_model), "autoencoder": file_fingerprint(files.autoencoder)}
     for record_path in sorted(base.glob(f"*/{RECORD}")):
         record = _read_record(record_path.parent)
         if isinstance(record, dict) and record.get("request", {}).get("sources") == _normalised(want):
@@ -148,7 +146,7 @@ def _save_cache(folder: Path, unet, vae, record: dict) -> bool:
 
 def convert_paper_checkpoints(files: PaperFiles, unet_config: MonaiUNetConfig | None = None,
                               autoencoder_config: MonaiAutoencoderConfig | None = None, *,
-                              input_size: int = 512, scale_factor: float = 0.3,
+                              input_size: int = PAPER_MODEL.input_size, scale_factor: float = PAPER_MODEL.scale_factor,
                               cache_dir: str | Path | None | bool = None):
     """``(unet, vae, info)``: the two MONAI checkpoints as diffusers models, from the cache when it is current.
 
@@ -161,7 +159,7 @@ def convert_paper_checkpoints(files: PaperFiles, unet_config: MonaiUNetConfig | 
     unet_cfg.validate()
     ae_cfg.validate()
     latent = int(input_size) // 2 ** (len(ae_cfg.channels) - 1)
-    sources = {"diffusion_model": fingerprint(files.diffusion_model), "autoencoder": fingerprint(files.autoencoder)}
+    sources = {"diffusion_model": file_fingerprint(files.diffusion_model), "autoencoder": file_fingerprint(files.autoencoder)}
     request = _normalised({
         "converter": CONVERTER_VERSION, "sources": sources, "unet_config": unet_cfg.to_dict(),
         "autoencoder_config": ae_cfg.to_dict(), "latent_size": latent, "input_size": int(input_size),
@@ -209,12 +207,16 @@ def _info(sources: dict, resolved: MonaiAutoencoderConfig, cache: str | None, fr
 def load_paper_model(root: str | Path | None = None, *, text_encoder: str | Path | None = None,
                      tokenizer: str | Path | None = None, autoencoder: str | Path | None = None,
                      diffusion_model: str | Path | None = None, unet_config=None, autoencoder_config=None,
-                     cache_dir: str | Path | None | bool = None, input_size: int = 512, scale_factor: float = 0.3,
-                     input_range: tuple[float, float] = (0.0, 1.0), prediction_type: str = "v_prediction",
-                     beta_start: float = 0.0015, beta_end: float = 0.0205, beta_schedule: str = "scaled_linear",
-                     num_train_timesteps: int = 1000, name: str = "monai-cxr-ldm",
+                     cache_dir: str | Path | None | bool = None, input_size: int = PAPER_MODEL.input_size,
+                     scale_factor: float = PAPER_MODEL.scale_factor,
+                     input_range: tuple[float, float] = PAPER_MODEL.input_range,
+                     prediction_type: str = PAPER_MODEL.schedule.prediction_type,
+                     beta_start: float = PAPER_MODEL.schedule.beta_start, beta_end: float = PAPER_MODEL.schedule.beta_end,
+                     beta_schedule: str = PAPER_MODEL.schedule.beta_schedule,
+                     num_train_timesteps: int = PAPER_MODEL.schedule.num_train_timesteps, name: str = PAPER_MODEL.name,
                      allow_download: bool = False) -> LDM:
-    """The paper's model from local files (``root`` default: ``$GROUNDIFF_PAPER_DIR``).
+    """The paper's model from local files (``root`` default: ``$GROUNDIFF_PAPER_DIR``); the facts
+    its weights do not hold default to :data:`~groundiff_core.models.ldm.PAPER_MODEL`.
 
     Raises :class:`MissingWeightsError` listing what is missing, where to get it and where to put it.
     With ``allow_download=True`` a missing text encoder/tokenizer is fetched from the Hugging Face Hub
