@@ -13,6 +13,7 @@ from ``unet.sample_size`` times the VAE's downsampling; SD autoencoders take 3 c
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -104,6 +105,14 @@ def component_errors(what: str, folder: Path) -> Iterator[None]:
                 + (f" ({mismatch})" if mismatch else "")) from None
         raise ValueError(f"could not load {what} from {folder}: {_first_line(e)}") from None
     except (OSError, ValueError) as e:
+        shape = re.search(r"(\S+) expected shape (torch\.Size\(\[[^]]*\]\)), but got (torch\.Size\(\[[^]]*\]\))", str(e))
+        if shape:  # diffusers' meta-device loading reports a tensor that does not fit the config so
+            raise StateDictMismatchError(
+                f"could not load {what} from {folder}: its weights do not fit its config.json (size mismatch "
+                f"for {shape.group(1)}: the config gives {shape.group(2)}, the weights {shape.group(3)})") from None
+        if "Unable to load weights from checkpoint file" in str(e):  # diffusers' word for an unreadable file
+            raise ValueError(f"could not load {what} from {folder}: a weights file there is corrupt or "
+                             f"truncated ({_first_line(e)})") from None
         raise ValueError(f"could not load {what} from {folder}: {_first_line(e)}") from None
 
 

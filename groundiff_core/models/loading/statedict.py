@@ -130,28 +130,11 @@ def fill(model, state: Mapping[str, torch.Tensor]):
 
 
 def load_saved(cls, folder, variant: str | None = None):
-    """A diffusers model saved with ``save_pretrained``, read from disk only and without random init.
-
-    diffusers' ``from_pretrained`` initialises every weight randomly before loading unless
-    ``accelerate`` is installed, which takes tens of seconds for a full-size UNet on a CPU. When the
-    weights are one safetensors file the model is built on the meta device and filled instead; any
-    other layout (sharded, ``.bin``, legacy key names) goes through ``from_pretrained``.
-    """
-    from pathlib import Path
-
-    folder = Path(folder)
-    weights = folder / f"diffusion_pytorch_model{'.' + variant if variant else ''}.safetensors"
-    if weights.is_file():
-        from safetensors.torch import load_file
-
-        with torch.device("meta"):
-            model = cls.from_config(cls.load_config(folder))
-        try:
-            return fill(model, load_file(str(weights)))
-        except RuntimeError:  # keys in an older layout: let diffusers translate them
-            pass
+    """A diffusers model saved with ``save_pretrained``, read from disk only, in eval mode: diffusers'
+    own ``from_pretrained`` (with ``accelerate``, a dependency, it builds the model on the meta device
+    and fills it, so no random initialisation is paid for)."""
     kwargs = {"variant": variant} if variant else {}
-    return cls.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False, **kwargs).eval()
+    return cls.from_pretrained(folder, local_files_only=True, **kwargs).eval()
 
 
 def set_groupnorm_eps(model: torch.nn.Module, eps: float) -> None:
