@@ -312,7 +312,7 @@ figures.show_table(per, out, "per_class")
 
 # %% tags=["hide-input"]
 classes = ours["categories"]
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+fig, axes = plt.subplots(3, 1, figsize=(8, 8.4), sharex=True, constrained_layout=True)
 width = 0.8 / len(summaries)
 for ax, m in zip(axes, ["miou", "auc", "cnr_abs"]):
     for j, (name, s) in enumerate(summaries.items()):

@@ -131,7 +131,7 @@ pd.concat(cells, names=["metric", "L"]).to_csv(out / "ablation_grid.csv")
 # ## The grid
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), constrained_layout=True)
+fig, axes = plt.subplots(3, 1, figsize=(8, 10.5), constrained_layout=True)
 titles = {"miou": "mIoU", "auc": "AUC-ROC", "cnr_abs": "|CNR|"}
 for ax, (m, tab) in zip(axes, cells.items()):
     im = ax.imshow(tab.values, cmap="viridis", aspect="auto")
@@ -206,7 +206,7 @@ pp = pd.DataFrame({name: {titles[m]: class_averaged_ci(results[results.setting =
                    for name in post}).T
 pp.index = ["Gaussian + Otsu (paper)", "Otsu only", "Gaussian only", "neither"]
 figures.show_table(pp, out, "postprocessing")
-fig, axes = plt.subplots(1, 3, figsize=(11, 3), constrained_layout=True)
+fig, axes = plt.subplots(1, 3, figsize=(8, 3.2), constrained_layout=True)
 for ax, col in zip(axes, pp.columns):
     ax.bar(range(len(pp)), pp[col], color=["C3", "C0", "C1", "C7"])
     ax.set_xticks(range(len(pp)), pp.index, rotation=25, ha="right", fontsize=8)

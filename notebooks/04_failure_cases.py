@@ -138,7 +138,7 @@ worst[["category", "phrase", "auc", "miou", "cnr_abs", "n_boxes", "box_fraction"
 res["size_bin"] = pd.qcut(res.box_fraction, q=min(4, max(1, len(res) // 4)), duplicates="drop")
 by_size = res.groupby("size_bin", observed=True)[["auc", "miou", "cnr_abs"]].agg(["mean", "count"])
 figures.show_table(by_size, out, "by_box_size")
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), constrained_layout=True)
 for ax, m, label in zip(axes, ["auc", "miou"], ["AUC-ROC", "mIoU"]):
     for c, df in res.groupby("category"):
         ax.scatter(df.box_fraction, df[m], s=14, label=c, alpha=0.8)

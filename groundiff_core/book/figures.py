@@ -31,21 +31,40 @@ __all__ = [
     "publish",
     "placeholder",
     "qualitative_grid",
+    "legibility_problems",
+    "settings_text",
+    "MAX_FIGURE_IN",
+    "MIN_PANEL_IN",
+    "MAX_COLUMNS",
 ]
 
 BOX_COLOUR = "#39ff14"
 HEAT_CMAP = "inferno"
 
+#: The widest figure a page shows at its own size, in inches: the book's text column is about 800 px
+#: and the pages render figures at 100 dpi, so a wider figure is scaled down, its text with it.
+MAX_FIGURE_IN = 8.0
+#: The narrowest image panel, in inches: 128 px at 100 dpi, the phantom's own resolution, so that no
+#: image is shown below its pixels and a panel's title stays readable.
+MIN_PANEL_IN = 1.28
+#: The most image panels side by side that fit :data:`MAX_FIGURE_IN` at :data:`MIN_PANEL_IN` with
+#: the layout's padding.
+MAX_COLUMNS = 5
+
 
 def grid(n: int, ncols: int = 4, size: float = 2.4, title: str | None = None):
     """A figure with ``n`` square panels on ``ncols`` columns; returns ``(fig, axes)`` with axes
-    flattened (unused panels hidden) and ticks off."""
+    flattened (unused panels hidden) and ticks off. At most :data:`MAX_COLUMNS` columns (more
+    panels wrap onto further rows) and at most :data:`MAX_FIGURE_IN` wide (``size`` shrinks to fit),
+    so that the page shows the figure at its own size."""
     import matplotlib.pyplot as plt
 
     n = max(int(n), 1)
-    ncols = max(1, min(ncols, n))
+    ncols = max(1, min(ncols, n, MAX_COLUMNS))
+    size = min(size, MAX_FIGURE_IN / ncols)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if title else 0)),
+    # each row gets room for a two-line panel title above its square, so that titles never shrink the image
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.45) * nrows + (0.4 if title else 0)),
                              squeeze=False, constrained_layout=True)
     axes = axes.ravel()
     for ax in axes:
@@ -169,10 +188,16 @@ def publish(fig, output_dir, name: str, dpi: int = 110) -> None:
     """Save ``fig`` as ``output_dir/name.png`` and hand it to the book page as the glued output
     ``name`` (myst-nb ``glue``): a ``{glue:figure} name`` directive in a Markdown cell then shows it
     as a numbered, captioned figure that other pages can reference by its ``:name:``. Closes the
-    figure (it is shown once, where the directive is). The PNG is ``output_dir/name.png``."""
+    figure (it is shown once, where the directive is). The PNG is ``output_dir/name.png``.
+    Refuses (``ValueError``) a figure the page would shrink or whose image panels would be too small
+    to read (:func:`legibility_problems`): a notebook then fails instead of rendering it."""
     import matplotlib.pyplot as plt
 
     savefig(fig, output_dir, name, dpi=dpi)
+    problems = legibility_problems(fig)
+    if problems:
+        plt.close(fig)
+        raise ValueError(f"figure {name!r} would not be legible on the page: " + "; ".join(problems))
     try:
         from myst_nb import glue
     except ImportError:  # outside the book's environment: the PNG is the result
@@ -181,6 +206,23 @@ def publish(fig, output_dir, name: str, dpi: int = 110) -> None:
     glue(name, fig, display=False)
     plt.close(fig)
     return None  # nothing to print: a path above the figure is noise on the page (the book check refuses one)
+
+
+def legibility_problems(fig) -> list[str]:
+    """Why ``fig`` would not be legible on a page (empty: it would): wider than
+    :data:`MAX_FIGURE_IN` (the page scales it down, text included), or an image panel narrower than
+    :data:`MIN_PANEL_IN` (measured after layout: call it on a drawn or saved figure)."""
+    width, _ = fig.get_size_inches()
+    out = []
+    if width > MAX_FIGURE_IN + 1e-6:
+        out.append(f"{width:.1f} in wide, more than {MAX_FIGURE_IN:g} in (the page would shrink it and its text)")
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.images]
+    if panels:
+        narrowest = min(ax.get_position().width * width for ax in panels)
+        if narrowest < MIN_PANEL_IN - 1e-6:
+            out.append(f"an image panel is {narrowest:.2f} in wide, less than {MIN_PANEL_IN:g} in "
+                       f"({int(MIN_PANEL_IN * 100)} px on the page)")
+    return out
 
 
 def fmt_number(x: Any) -> Any:
@@ -193,6 +235,20 @@ def fmt_number(x: Any) -> Any:
     if float(x).is_integer() and abs(x) >= 1:
         return f"{int(x)}"
     return f"{x:.3f}" if abs(x) < 1 else f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def settings_text(settings: Mapping[str, Any], skip: Sequence[str] = ("class", "model")) -> str:
+    """A method's ``describe()`` as one readable line, ``"key=value, ..."``, nested mappings as
+    ``"outer.key=value"``, the keys ``skip`` left out: a table cell a reader can read whole."""
+    parts = []
+    for key, value in settings.items():
+        if key in skip:
+            continue
+        if isinstance(value, Mapping):
+            parts += [f"{key}.{k}={v}" for k, v in value.items()]
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 def show_table(table, output_dir, name: str, *, index: bool = True):
@@ -210,7 +266,10 @@ def show_table(table, output_dir, name: str, *, index: bool = True):
     csv = folder / f"{name}.csv"
     table.to_csv(csv, index=index)
     shown = table.map(fmt_number) if hasattr(table, "map") else table.applymap(fmt_number)
-    display(shown if index else shown.style.hide(axis="index"))
+    import pandas as pd
+
+    with pd.option_context("display.max_colwidth", None):  # a settings cell is shown whole, never cut
+        display(shown if index else shown.style.hide(axis="index"))
     display(Markdown(f"{{download}}`Download this table as CSV <{folder.name}/{csv.name}>`"))
 
 
@@ -231,21 +290,35 @@ def qualitative_grid(rows: Sequence[tuple[str, np.ndarray, Any, Mapping[str, np.
     boxes first, then each method's heatmap over it (same boxes), columns titled by method.
 
     ``rows``: ``(label, image [H, W], boxes (x, y, w, h), {method: heatmap [H, W]})``, every row
-    with the same methods in the same order. Returns the figure.
+    with the same methods in the same order. Returns the figure. When the image and the methods are
+    more than :data:`MAX_COLUMNS` panels, the figure is transposed (one column per example, the
+    methods' rows labelled on the left), so that no panel falls under :data:`MIN_PANEL_IN`.
     """
     import matplotlib.pyplot as plt
 
     methods = list(rows[0][3]) if rows else []
-    ncols = 1 + len(methods)
-    fig, axes = plt.subplots(max(1, len(rows)), ncols, figsize=(size * ncols, size * max(1, len(rows))),
-                             squeeze=False, constrained_layout=True)
-    for i, (label, image, boxes, maps) in enumerate(rows):
+    for i, (_, _, _, maps) in enumerate(rows):
         if list(maps) != methods:
             raise ValueError(f"row {i} has methods {list(maps)}, expected {methods}")
+    per_example = 1 + len(methods)
+    across = per_example <= MAX_COLUMNS
+    if not across and len(rows) > MAX_COLUMNS:
+        raise ValueError(f"{len(rows)} examples of {per_example} panels each do not fit {MAX_COLUMNS} columns "
+                         "either way: show fewer examples or fewer methods")
+    nrows, ncols = (max(1, len(rows)), per_example) if across else (per_example, max(1, len(rows)))
+    size = min(MAX_FIGURE_IN / ncols, max(size, 5.0 / ncols))  # 5 in at least: a figure of few columns stays readable
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False,
+                             constrained_layout=True)
+    if not across:
+        axes = axes.T  # axes[example, panel] either way
+    for i, (label, image, boxes, maps) in enumerate(rows):
         overlay(axes[i, 0], image, None, boxes, title=label, fontsize=fontsize)
         side_labels(axes[i, 0])
         for j, m in enumerate(methods, start=1):
-            overlay(axes[i, j], image, maps[m], boxes, title=m if i == 0 else None, fontsize=fontsize)
+            first = i == 0
+            overlay(axes[i, j], image, maps[m], boxes, title=m if first and across else None, fontsize=fontsize)
+            if first and not across:
+                axes[i, j].set_ylabel(m, fontsize=fontsize)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
