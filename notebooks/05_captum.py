@@ -35,7 +35,11 @@ images_root = None
 dataset = "mscxr"
 split = None
 phantom_images = 200
-n_pairs = 6  # pairs (seeded subset; the first of them are the main table's too)
+n_pairs = 6  # pairs drawn and grounded live (seeded subset); with a shipped run the table stands on its pairs
+shipped_run = "book/results/phantom-captum"  # shipped runs of the methods (a folder each), read for the phantom model on the phantom test split ("": live)
+shipped_cross_attention = "book/results/phantom-paper"  # with shipped_run: the main table's shipped run, read on the same pairs
+min_shipped_pairs = 200  # refuse shipped runs that share fewer scored pairs than this
+recheck_pairs = 1  # pairs of each shipped run grounded again live and compared with it (whole images, seeded)
 seed = 0
 device = "cpu"  # "cuda" for the paper's model
 dtype = None  # e.g. "float16" on a GPU
@@ -56,6 +60,7 @@ show_images = None  # draw the dataset's images; None: only for the phantom (kee
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from pathlib import Path
 from IPython.display import Markdown, display
 
 import groundiff_core as gd
@@ -64,43 +69,55 @@ from groundiff_core.evaluation.boxes import scored_boxes
 from groundiff_core.book import provenance
 from groundiff_core.book import figures
 from groundiff_core.book import conclusions
-from groundiff_core.methods.attribution import ObjectiveConfig, make_method, token_attribution
+from groundiff_core.book import shipped
+from groundiff_core.methods.attribution import ObjectiveConfig, make_methods, token_attribution
 from groundiff_core.util.profiling import peak_memory
-from groundiff_core.evaluation import evaluate
-from groundiff_core.evaluation.compare import MIN_PAIRS
+from groundiff_core.evaluation import evaluate, load_results
+from groundiff_core.evaluation.compare import MIN_PAIRS, paired_difference
 from groundiff_core.io.images import load_image
 
 # %% tags=["hide-input"]
+XATTN = "cross-attention (paper preset)"
+use_shipped = shipped.uses_shipped(model, dataset_csv, shipped_run)
+runs = {XATTN: shipped.load_shipped(shipped_cross_attention)} if use_shipped else {}
+runs.update({name: shipped.load_shipped(Path(shipped_run) / name) for name in methods} if use_shipped else {})
 out, data, ldm = pages.setup_notebook(
     output_dir, seed=seed, model=model, device=device, dtype=dtype, text_encoder=text_encoder,
     dataset_csv=dataset_csv, images_root=images_root, dataset=dataset, split=split, n_pairs=n_pairs,
-    phantom_images=phantom_images)
+    phantom_images=runs[XATTN].phantom_images if use_shipped else phantom_images)
 display(provenance.provenance_box(data, ldm, preset="paper (cross-attention); Captum settings below",
-                                config=gd.GroundingConfig.paper(), output_dir=out))
+                                config=gd.GroundingConfig.paper(), output_dir=out,
+                                extra={"shipped": {k: r.provenance() for k, r in runs.items()}} if use_shipped else None))
 show = pages.resolve_show_images(show_images, data)
 
 # %% tags=["hide-input"]
 objective = ObjectiveConfig(n_draws=objective_draws, seed=seed)
-settings = {"integrated_gradients": {"n_steps": ig_steps}, "gradient_shap": {"n_samples": n_samples},
-            "smoothgrad": {"n_samples": n_samples},
-            "occlusion": {"window_frac": occlusion_window, "stride_frac": occlusion_stride}}
-contenders = {"cross-attention (paper preset)": gd.Grounder(ldm, gd.GroundingConfig.paper(),
-                                                          inversion_cache=pages.inversion_cache(inversion_cache))}
-for name in methods:
-    contenders[name] = make_method(name, ldm, objective=objective, seed=seed, **settings.get(name, {}))
+contenders = {XATTN: gd.Grounder(ldm, gd.GroundingConfig.paper(), inversion_cache=pages.inversion_cache(inversion_cache)),
+              **make_methods(methods, ldm, objective=objective, seed=seed, ig_steps=ig_steps, n_samples=n_samples,
+                             occlusion_window=occlusion_window, occlusion_stride=occlusion_stride)}
+if use_shipped:  # refuse runs that are not these methods', this model's or these pairs'; all on the pairs all scored
+    runs = shipped.checked_runs(runs, contenders, data.pairs, min_pairs=min_shipped_pairs)
 contenders = {k: pages.KeepMaps(m) for k, m in contenders.items()}
-figures.show_table(pd.DataFrame({k: {"settings": {kk: v for kk, v in m.describe().items() if kk not in ("class", "model")}}
-                                 for k, m in contenders.items()}).T, out, "settings")
+figures.show_table(pd.DataFrame({k: {"settings": figures.settings_text(m.describe())} for k, m in contenders.items()}).T,
+                   out, "settings")
 
 # %% [markdown]
 # ## Localisation and cost on the same pairs
 
 # %% tags=["hide-input"]
-summaries = {}
+summaries, rows_of, rechecks = {}, {}, {}
 for name, method in contenders.items():
     folder = out / name.split(" ")[0].replace("-", "_")
+    if use_shipped:  # the shipped rows, and a live re-check of a seeded image of each run
+        summaries[name], rows_of[name] = runs[name].summarize(seed=seed), runs[name].ok_rows
+        rechecks[name] = shipped.recheck(runs[name], method, data.pairs, out / f"recheck_{folder.name}",
+                                         n=recheck_pairs, seed=seed)
+        continue
     summaries[name] = evaluate(method, data.pairs, folder, dataset=data.description,
                                n_pairs=n_pairs or None, seed=seed, progress=False)
+    rows_of[name] = [r for r in load_results(folder) if r["pair_id"] in {p.pair_id for p in data.selected}]
+differences = {name: {m: paired_difference(rows_of[name], rows_of[XATTN], m, seed=seed) for m in ("auc", "miou")}
+               for name in contenders if name != XATTN}
 first = data.selected[0]
 image0 = load_image(first.image_path)
 memory = {name: peak_memory(m.method, image0, [first.phrase]) for name, m in contenders.items()}  # (bytes, how)
@@ -111,16 +128,31 @@ table["s / pair (evaluation)"] = [f"{s['seconds_per_pair']:.2f}" for s in summar
 table["peak memory (MB)"] = [f"{peak / 2**20:.0f}" for peak, _ in memory.values()]
 figures.show_table(table, out, "captum_table")
 
+# %% tags=["hide-input"]
+table = pd.DataFrame({name: {f"{names[m]} minus cross-attention": figures.fmt_diff(d[m]) for m in ("auc", "miou")}
+                      | {"pairs": d["auc"]["n_pairs"]} for name, d in differences.items()}).T
+figures.show_table(table, out, "captum_differences")
+if use_shipped:
+    display(Markdown(
+        f"Every row stands on the same {summaries[XATTN]['n_pairs']} pairs: the methods' shipped runs "
+        f"(`{shipped_run}`, one folder per method, made by `scripts/ship_captum.py` with this page's settings) "
+        f"and the main table's shipped cross-attention run (`{shipped_cross_attention}`) on the pairs all of them "
+        "scored. Their seconds per pair were measured single-threaded on the machine that made them "
+        f"({runs[XATTN].machine}).\n\n" + "\n\n".join(
+            f"{name}: " + shipped.recheck_markdown(r, names) for name, r in rechecks.items())))
+
 # %% [markdown]
 # Class-averaged metrics with 95% bootstrap confidence intervals (pairs resampled within each
 # class; the `pairs` column says how many pairs each method was scored on), seconds per pair during the
 # evaluation and the peak memory of one call on the first pair (`peak_memory`: torch's CPU tensor
-# allocations above the start, from the profiler, on CPU; peak allocated memory on a GPU). The
+# allocations above the start, from the profiler, on CPU; peak allocated memory on a GPU). The second
+# table gives each attribution method's class-averaged AUC-ROC and mIoU minus cross-attention's on the
+# pairs both scored, with a paired bootstrap interval (per-pair differences resampled within each class). The
 # cross-attention method grounds every phrase of an image from one inversion; each attribution
 # method runs per phrase.
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), constrained_layout=True)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), constrained_layout=True)
 order = list(summaries)
 for ax, m in zip(axes, ["auc", "miou"]):
     st = [summaries[k]["class_averaged"][m] for k in order]
@@ -150,27 +182,21 @@ figures.publish(fig, out, "quality_vs_cost")
 
 # %% tags=["hide-input"]
 shown = pages.scorable_pairs(data.selected, crop_size=ldm.input_size)[:shown_pairs]
-cols = list(contenders)
-fig, axes = plt.subplots(len(shown), len(cols) + 1, figsize=(2.1 * (len(cols) + 1), 2.3 * len(shown)),
-                         squeeze=False, constrained_layout=True)
-for i, p in enumerate(shown):
+grid_rows = []
+for p in shown:
     image = load_image(p.image_path)
     boxes, _ = scored_boxes(p, image.shape, ldm.input_size)  # as the runner scored them
-    figures.overlay(axes[i, 0], figures.screen(image, show), None, boxes, title=f"'{p.phrase}'", fontsize=7)
-    for j, name in enumerate(cols, start=1):
-        figures.overlay(axes[i, j], figures.screen(image, show), contenders[name].get(image, p.phrase), boxes,
-                        title=name.replace(" (paper preset)", "") if i == 0 else None, fontsize=7)
-for ax in axes.ravel():
-    ax.set_xticks([])
-    ax.set_yticks([])
-figures.publish(fig, out, "side_by_side")
+    grid_rows.append((f"'{p.phrase}'", figures.screen(image, show), boxes,
+                      {name.replace(" (paper preset)", ""): m.get_or_ground(image, p.phrase) for name, m in contenders.items()}))
+figures.publish(figures.qualitative_grid(grid_rows) if grid_rows else figures.placeholder("no scorable pair"),
+                out, "side_by_side")
 
 # %% [markdown]
 # ```{glue:figure} side_by_side
 # :name: fig-05-side-by-side
 #
-# Each row one pair (image, phrase and its ground-truth boxes in the first column),
-# each further column the heatmap of one method. Look at where each method puts its mass: gradient
+# Each column one pair (image, phrase and its ground-truth boxes in the first row),
+# each further row the heatmap of one method. Look at where each method puts its mass: gradient
 # methods tend to follow edges and texture of the whole image, occlusion and Grad-CAM give blobs
 # at the resolution of their window or layer, cross-attention gives a thresholded blob.
 # ```
@@ -184,7 +210,7 @@ figures.publish(fig, out, "side_by_side")
 
 # %% tags=["hide-input"]
 token_rows = []
-fig, axes = plt.subplots(1, max(1, min(token_pairs, len(data.selected))), figsize=(max(6.0, 4.2 * max(1, token_pairs)), 2.8),
+fig, axes = plt.subplots(1, max(1, min(token_pairs, len(data.selected))), figsize=(min(8.0, max(6.0, 4.0 * max(1, token_pairs))), 2.8),
                          squeeze=False, constrained_layout=True)
 for ax, p in zip(axes[0], data.selected[:token_pairs]):
     scores = token_attribution(ldm, load_image(p.image_path), p.phrase, objective=objective, n_steps=ig_steps)
@@ -206,23 +232,12 @@ figures.publish(fig, out, "token_attribution")
 # ```
 
 # %% tags=["hide-input"]
-captum_only = {k: s for k, s in summaries.items() if not k.startswith("cross")}
-top = max(captum_only, key=lambda k: captum_only[k]["class_averaged"]["auc"]["mean"] or -1)
-ca = summaries["cross-attention (paper preset)"]["class_averaged"]
-top_auc = summaries[top]["class_averaged"]["auc"]
-apart = (top_auc.get("ci_low") is not None and ca["auc"].get("ci_low") is not None
-         and (top_auc["ci_low"] > ca["auc"]["ci_high"] or ca["auc"]["ci_low"] > top_auc["ci_high"]))
-display(Markdown(
-    f"Every method ran on the same {summaries[top]['n_pairs']} pairs. The attribution method with the highest "
-    f"mean class-averaged AUC-ROC on them is **{top}** ({figures.fmt_ci(top_auc)}, "
-    f"{summaries[top]['seconds_per_pair']:.2f} s per pair); cross-attention: {figures.fmt_ci(ca['auc'])} "
-    f"({summaries['cross-attention (paper preset)']['seconds_per_pair']:.2f} s per pair). "
-    + (f"Too few pairs for a verdict (fewer than {MIN_PAIRS})." if summaries[top]["n_pairs"] < MIN_PAIRS else
-       "Their 95% intervals do not overlap." if apart else
-       "Their 95% intervals overlap, so these pairs do not rank the two.")
-    + " The ranking among the attribution methods is a ranking of means only: no test here separates them."))
+top = max((k for k in summaries if k != XATTN), key=lambda k: summaries[k]["class_averaged"]["auc"]["mean"] or -1)
 metrics_file = pages.save_json({"dataset": data.description, "objective": objective.describe(), "highest_mean_captum": top,
                                    "class_averaged": {k: s["class_averaged"] for k, s in summaries.items()},
+                                   "n_pairs": {k: s["n_pairs"] for k, s in summaries.items()},
+                                   "difference_to_cross_attention": differences, "shipped": use_shipped,
+                                   "rechecks": rechecks,
                                    "seconds_per_pair": {k: s["seconds_per_pair"] for k, s in summaries.items()},
                                    "peak_memory": {k: {"bytes": b, "measured_by": how} for k, (b, how) in memory.items()},
                                    "tokens": token_rows}, out, "captum")

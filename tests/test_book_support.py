@@ -134,6 +134,46 @@ def test_figures_helpers_draw(tmp_path):
     assert figures.fmt_ci(None) == "n/a"
 
 
+def test_a_figure_the_page_would_shrink_or_with_unreadable_panels_is_refused(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wide, _ = plt.subplots(1, 3, figsize=(13, 3.8))
+    with pytest.raises(ValueError, match=r"figure 'wide' would not be legible on the page: 13.0 in wide, more than 8 in"):
+        figures.publish(wide, tmp_path, "wide")
+    crowded, axes = plt.subplots(1, 7, figsize=(8, 1.5), constrained_layout=True)
+    for ax in axes:
+        ax.imshow(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r"an image panel is 0.\d\d in wide, less than 1.28 in \(128 px"):
+        figures.publish(crowded, tmp_path, "crowded")
+    fig, axes = figures.grid(12, ncols=6, size=1.8)  # wraps onto 5 columns and fits the page
+    for ax in axes:
+        ax.imshow(np.zeros((4, 4)))
+    figures.savefig(fig, tmp_path, "grid")
+    assert fig.get_size_inches()[0] <= figures.MAX_FIGURE_IN and len({round(ax.get_position().x0, 3) for ax in axes}) == 5
+    assert figures.legibility_problems(fig) == []
+
+
+def test_a_qualitative_grid_of_many_methods_turns_so_that_its_panels_stay_readable(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    image, boxes = np.zeros((8, 8)), [(1, 1, 2, 2)]
+    methods = {f"m{k}": np.full((8, 8), 0.5) for k in range(7)}
+    fig = figures.qualitative_grid([("a", image, boxes, methods), ("b", image, boxes, methods)])
+    figures.savefig(fig, tmp_path, "q")
+    grid = fig.axes
+    assert len(grid) == 16 and figures.legibility_problems(fig) == []
+    assert grid[0].get_title() == "a" and grid[1].get_title() == "b"  # one column per example
+    assert [ax.get_ylabel() for ax in grid[2::2]] == list(methods)  # the methods label the rows
+    few = figures.qualitative_grid([("a", image, boxes, {"m0": methods["m0"]})])
+    assert [ax.get_title() for ax in few.axes] == ["a", "m0"]  # few methods: one row per example, as the paper
+    with pytest.raises(ValueError, match="do not fit 5 columns either way"):
+        figures.qualitative_grid([(str(k), image, boxes, methods) for k in range(6)])
+
+
 @pytest.mark.slow
 def test_main_table_notebook_runs_on_the_tiny_model(tmp_path):
     """The real notebook 2, executed by the runner with papermill on the tiny random model."""
@@ -339,3 +379,40 @@ def test_get_or_ground_grounds_only_what_was_not_kept():
     assert np.array_equal(kept.get_or_ground(image, "b"), kept.get(image, "b")) and calls == [["a", "b"]]
     fresh = kept.get_or_ground(image, "c")  # never grounded: grounded now, alone
     assert calls == [["a", "b"], ["c"]] and fresh.shape == (20, 24)
+
+
+def test_runs_read_side_by_side_are_checked_against_their_methods_and_share_their_pairs(tmp_path, tiny):
+    """The Captum page's shipped runs: each refused unless its method (settings and model) is the
+    page's, and all read on the pairs every one of them scored; the live re-check reproduces them."""
+    from groundiff_core.book import shipped
+    from groundiff_core.evaluation import evaluate
+    from groundiff_core.io.datasets import load_dataset
+    from groundiff_core.methods.attribution import ObjectiveConfig, make_methods
+    from groundiff_core.phantom.generator import write_phantom_set
+    import torch
+
+    pairs = load_dataset("phantom", write_phantom_set(tmp_path / "phantom", 4, split="test", progress=False))
+    objective = ObjectiveConfig(n_draws=1)
+    methods = make_methods(["saliency", "integrated_gradients"], tiny, objective=objective, ig_steps=2)
+    runs, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # as scripts/ship_captum.py makes them and the re-check re-grounds
+    try:
+        for name, n in (("saliency", 6), ("integrated_gradients", 4)):
+            evaluate(methods[name], pairs, tmp_path / name, n_pairs=n, progress=False, n_boot=10)
+            runs[name] = shipped.load_shipped(tmp_path / name)
+    finally:
+        torch.set_num_threads(threads)
+    both = shipped.checked_runs(runs, methods, pairs, min_pairs=4)
+    ids = {name: {r["pair_id"] for r in run.ok_rows} for name, run in both.items()}
+    assert ids["saliency"] == ids["integrated_gradients"] == {r["pair_id"] for r in runs["integrated_gradients"].ok_rows}
+    assert len(runs["saliency"].ok_rows) == 6 and len(ids["saliency"]) == 4  # nested subsets: the 4 inside the 6
+    with pytest.raises(ValueError, match="4 scored pairs, fewer than the 5 this page promises"):
+        shipped.checked_runs(runs, methods, pairs, min_pairs=5)  # the smaller run alone is short
+    other = make_methods(["integrated_gradients"], tiny, objective=objective, ig_steps=3)
+    with pytest.raises(ValueError, match=r"method differs in n_steps \(shipped 2, here 3\)"):
+        runs["integrated_gradients"].check_method(other["integrated_gradients"])
+    with pytest.raises(ValueError, match="do not match"):
+        shipped.checked_runs(runs, {"saliency": methods["saliency"]}, pairs, min_pairs=1)
+    report = shipped.recheck(both["saliency"], methods["saliency"], pairs, tmp_path / "again", n=1)
+    assert report["pairs"] >= 1 and max(report["max_abs_diff"].values()) <= shipped.TOLERANCE
+    assert "(1 image, seeded)" in shipped.recheck_markdown({**report, "images": 1})

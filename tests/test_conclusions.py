@@ -65,3 +65,18 @@ def test_every_page_reads_its_metrics_file(tmp_path):
     for page in (conclusions.method_page, conclusions.main_table_page, conclusions.ablation_page,
                  conclusions.failure_page, conclusions.captum_page):
         assert page(path) == "No pair was scored on this page.", page.__name__
+
+
+def test_the_captum_bullets_follow_the_paired_differences():
+    m = {"highest_mean_captum": "occlusion", "difference_to_cross_attention": {
+        "occlusion": {"auc": _diff(0.05, 0.02, 0.08, 200), "miou": _diff(-0.01, -0.03, 0.01, 200)},
+        "saliency": {"auc": _diff(-0.2, -0.3, -0.1, 200), "miou": _diff(-0.05, -0.07, -0.03, 200)}}}
+    text = conclusions.captum_page(m)
+    assert "highest mean class-averaged AUC-ROC is occlusion" in text
+    assert "AUC-ROC: occlusion scores higher than cross-attention (+0.050 [+0.020, +0.080] on 200 pairs)" in text
+    assert "mIoU: occlusion is not separable from cross-attention" in text
+    m["difference_to_cross_attention"]["occlusion"]["auc"] = _diff(-0.05, -0.08, -0.02, 200)
+    assert "AUC-ROC: occlusion scores lower than cross-attention" in conclusions.captum_page(m)
+    m["difference_to_cross_attention"]["occlusion"]["auc"] = _diff(-0.05, -0.08, -0.02, 2)
+    few = conclusions.captum_page(m)
+    assert "too few pairs for a verdict (fewer than 30)" in few and "-0.080" not in few

@@ -94,10 +94,16 @@ def provenance_markdown(prov: dict) -> str:
         ("Run", f"{prov.get('date', '?')} (UTC)"),
     ]
     shipped = prov.get("shipped")
-    if shipped:  # groundiff_core.book.shipped: the page's model row read from a run made earlier
+    if shipped and "folder" in shipped:  # groundiff_core.book.shipped: the page's model row read from a run made earlier
         rows.insert(1, ("Shipped run", f"cross-attention rows of {shipped.get('pairs')} pairs from `{shipped.get('folder')}`"
                         f": `{shipped.get('command')}`, {shipped.get('date')}, weights SHA-256 "
                         f"`{(shipped.get('weights_sha256') or '')[:16]}`; + live re-check of a seeded subset on this page"))
+    elif shipped:  # several runs, one per method: {label: provenance}
+        shas = {(r.get("weights_sha256") or "")[:16] for r in shipped.values()}
+        rows.insert(1, ("Shipped runs", "; ".join(f"{k}: {r.get('pairs')} pairs from `{r.get('folder')}`"
+                                                  for k, r in shipped.items())
+                        + f"; weights SHA-256 {', '.join(f'`{h}`' for h in sorted(shas))}; the table reads them on "
+                          "the pairs all of them scored; + live re-check of a seeded image of each on this page"))
     kind = "note" if name == "phantom" else "important"
     title = "Computed on the synthetic phantom" if name == "phantom" else f"Computed on {name}"
     body = "\n".join(f"| {k} | {str(val).replace('|', '/')} |" for k, val in rows)

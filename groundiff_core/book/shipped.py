@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["RecheckMismatch", "ShippedRun", "TOLERANCE", "compare_rows", "load_shipped", "recheck",
+__all__ = ["RecheckMismatch", "ShippedRun", "TOLERANCE", "checked_runs", "compare_rows", "load_shipped", "recheck",
            "recheck_markdown", "recheck_selection", "uses_shipped", "compare_presets"]
 
 #: Largest accepted absolute difference between a live re-run pair's metric and its shipped row.
@@ -151,6 +151,31 @@ class ShippedRun:
             raise ValueError(f"{self.folder}: the shipped run is scored under the {self.conventions!r} "
                              f"conventions, this page asks for {conventions!r}")
 
+    def check_method(self, method: Any, conventions: str = "paper") -> None:
+        """Refuse unless the run was made by ``method`` as the page builds it: for a grounder (a
+        method with a ``config``) its configuration and the scoring conventions
+        (:meth:`check_config`); for any other method its whole identity (its ``describe()``
+        settings, e.g. a Captum method's objective and steps, and the model's fingerprint)."""
+        from groundiff_core.evaluation.identity import run_identity
+
+        self.check_model(method.model)
+        if getattr(method, "config", None) is not None:
+            self.check_config(method.config, conventions)
+            return
+        live, want = run_identity(method, [], None, None)["method"], self.identity.get("method") or {}
+        diff = sorted(k for k in set(live) | set(want) if live.get(k) != want.get(k))
+        if diff:
+            raise ValueError(f"{self.folder}: the shipped run's method differs in "
+                             + ", ".join(f"{k} (shipped {want.get(k)!r}, here {live.get(k)!r})" for k in diff))
+        if conventions != self.conventions:
+            raise ValueError(f"{self.folder}: the shipped run is scored under the {self.conventions!r} "
+                             f"conventions, this page asks for {conventions!r}")
+
+    def restricted(self, pair_ids: Any) -> "ShippedRun":
+        """The same run with only the rows of ``pair_ids`` (its finished summary dropped)."""
+        keep = set(pair_ids)
+        return replace(self, rows=[r for r in self.rows if r["pair_id"] in keep], summary_file=None)
+
     def check_data(self, pairs: Sequence[Any]) -> None:
         """Refuse unless ``pairs`` (the regenerated phantom split) are the run's data: the same
         number of pairs and, for every shipped row, the same content key (annotation, image bytes
@@ -210,6 +235,27 @@ def load_shipped(folder: str | os.PathLike) -> ShippedRun:
     ship = json.loads((folder / "ship.json").read_text()) if (folder / "ship.json").is_file() else {}
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
     return ShippedRun(folder=folder, rows=rows, run=run, ship=ship, summary_file=summary)
+
+
+def checked_runs(runs: Mapping[str, ShippedRun], methods: Mapping[str, Any], pairs: Sequence[Any], *,
+                 min_pairs: int, conventions: str = "paper") -> dict[str, ShippedRun]:
+    """Several shipped runs read side by side (one per method of a page): each refused unless it
+    has ``min_pairs`` scored pairs, was made by its method as the page builds it
+    (:meth:`ShippedRun.check_method`; ``methods`` maps the same names to the live methods, unwrapped)
+    and read ``pairs`` (:meth:`ShippedRun.check_data`); then all are restricted to the pairs every one
+    of them scored, so that every row of the page's table stands on the same pairs."""
+    missing = sorted(set(runs) ^ set(methods))
+    if missing:
+        raise ValueError(f"shipped runs and methods do not match: {missing}")
+    for name, run in runs.items():
+        run.require_pairs(min_pairs)
+        run.check_method(methods[name], conventions)
+        run.check_data(pairs)
+    common = set.intersection(*({r["pair_id"] for r in run.ok_rows} for run in runs.values()))
+    if len(common) < int(min_pairs):
+        raise ValueError(f"the shipped runs {sorted(runs)} share {len(common)} scored pairs, fewer than the "
+                         f"{min_pairs} the page promises")
+    return {name: run.restricted(common) for name, run in runs.items()}
 
 
 def recheck_selection(pairs: Sequence[Any], n: int, seed: int = 0) -> list:
@@ -300,7 +346,8 @@ def recheck_markdown(report: Mapping[str, Any], names: Mapping[str, str] | None 
     """One paragraph stating the re-check's result."""
     names = names or {}
     diffs = ", ".join(f"{names.get(m, m)} {v:.1e}" for m, v in report["max_abs_diff"].items())
-    return (f"**Live re-check passed**: {report['pairs']} pairs ({report['images']} images, seeded) grounded "
+    images = f"{report['images']} image{'' if report['images'] == 1 else 's'}"
+    return (f"**Live re-check passed**: {report['pairs']} pairs ({images}, seeded) grounded "
             f"again now and compared with their shipped rows; largest absolute difference per metric: "
             f"{diffs} (tolerance {report['tolerance']:g}).")
 

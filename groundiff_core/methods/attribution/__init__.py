@@ -23,6 +23,7 @@ from groundiff_core.methods.attribution.methods import (
     SmoothGradGrounder,
     deepest_conv,
     make_method,
+    make_methods,
 )
 from groundiff_core.methods.attribution.objective import DenoisingGain, ObjectiveConfig, denoising_gain
 from groundiff_core.methods.attribution.references import gaussian_blur, make_baseline
@@ -44,5 +45,6 @@ __all__ = [
     "SmoothGradGrounder",
     "CAPTUM_METHODS",
     "make_method",
+    "make_methods",
     "token_attribution",
 ]

@@ -20,6 +20,7 @@ import torch
 
 from groundiff_core.methods.attribution.base import AttributionGrounder
 from groundiff_core.methods.attribution.common import captum_attr
+from groundiff_core.methods.attribution.objective import ObjectiveConfig
 from groundiff_core.methods.attribution.references import BASELINES
 from groundiff_core.models.ldm import LDM
 
@@ -235,3 +236,18 @@ def make_method(name: str, model: LDM, **kw) -> AttributionGrounder:
     if name not in CAPTUM_METHODS:
         raise ValueError(f"unknown Captum method {name!r}; choose one of {sorted(CAPTUM_METHODS)}")
     return CAPTUM_METHODS[name](model, **kw)
+
+
+def make_methods(names: Sequence[str], model: LDM, *, objective: ObjectiveConfig, seed: int = 0,
+                 ig_steps: int = 16, n_samples: int = 8, occlusion_window: float = 0.125,
+                 occlusion_stride: float = 0.125) -> dict[str, AttributionGrounder]:
+    """The Captum methods ``names`` on ``model`` with one set of settings, ``{name: method}``: the
+    Captum page's contenders, built the same way by the page and by the script that ships their run
+    (``scripts/ship_captum.py``). ``ig_steps``: Integrated Gradients' integration steps;
+    ``n_samples``: GradientShap's and SmoothGrad's samples; ``occlusion_window`` and
+    ``occlusion_stride``: Occlusion's window side and stride as shares of the input size."""
+    settings = {"integrated_gradients": {"n_steps": ig_steps}, "gradient_shap": {"n_samples": n_samples},
+                "smoothgrad": {"n_samples": n_samples},
+                "occlusion": {"window_frac": occlusion_window, "stride_frac": occlusion_stride}}
+    return {name: make_method(name, model, objective=objective, seed=seed, **settings.get(name, {}))
+            for name in names}
