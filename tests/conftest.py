@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from groundiff_core.models.architectures import tiny_ldm
 
@@ -54,3 +55,12 @@ def textured_image() -> np.ndarray:
     yy, xx = np.mgrid[0:40, 0:32]
     rng = np.random.default_rng(3)
     return (0.5 + 0.3 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.1 * rng.random((40, 32))).astype(np.float32)
+
+
+@pytest.fixture()
+def png(tmp_path):
+    """A 48 x 40 textured 8-bit grayscale PNG, ``cxr.png`` in the test's folder."""
+    yy, xx = np.mgrid[0:40, 0:48]
+    path = tmp_path / "cxr.png"
+    Image.fromarray((127 + 100 * np.sin(xx / 5.0) * np.cos(yy / 6.0)).astype(np.uint8)).save(path)
+    return path
