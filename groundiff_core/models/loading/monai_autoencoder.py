@@ -52,7 +52,7 @@ from diffusers.configuration_utils import register_to_config
 
 from groundiff_core.models.ldm import PAPER_MODEL
 from groundiff_core.models.loading.errors import StateDictMismatchError, UnsupportedArchitectureError
-from groundiff_core.models.loading.monai_args import MonaiArgs
+from groundiff_core.models.loading.monai_args import KeyLayout, MonaiArgs
 from groundiff_core.models.loading.statedict import Entry, expected_shapes, fill, materialise, meta_model, set_groupnorm_eps
 
 __all__ = ["MonaiAutoencoderConfig", "MonaiAutoencoderKL", "convert_autoencoder", "autoencoder_state_for_diffusers",
@@ -176,52 +176,30 @@ class MonaiAutoencoderConfig(MonaiArgs):
 
 
 # ----------------------------------------------------------------------------------- layouts
-_OLD_ATTN = re.compile(r"^((?:encoder|decoder)\.blocks\.\d+)\.(to_q|to_k|to_v|proj_attn)\.(weight|bias)$")
-_OLD_UP = re.compile(r"^(decoder\.blocks\.\d+)\.conv\.conv\.")
+_BLOCK = r"^((?:encoder|decoder)\.blocks\.\d+)"
+LAYOUT = KeyLayout(
+    "autoencoder",
+    to_core=((r"^(decoder\.blocks\.\d+)\.conv\.conv\.", r"\1.postconv.conv."),
+             (_BLOCK + r"\.(to_q|to_k|to_v)\.(weight|bias)$", r"\1.attn.\2.\3"),
+             (_BLOCK + r"\.proj_attn\.(weight|bias)$", r"\1.attn.out_proj.\2")),
+    to_old=((r"^(decoder\.blocks\.\d+)\.postconv\.conv\.", r"\1.conv.conv."),
+            (r"\.attn\.(to_q|to_k|to_v)\.", r".\1."),
+            (r"\.attn\.out_proj\.", ".proj_attn.")),
+    core_marks=(".postconv.", ".attn.to_q."))
+detect_layout = LAYOUT.detect
 
 
-def detect_layout(keys) -> str:
-    """``"generative"`` (old MONAI GenerativeModels names) or ``"monai"`` (MONAI core >= 1.4)."""
-    keys = list(keys)
-    old = any(_OLD_ATTN.match(k) or _OLD_UP.match(k) for k in keys)
-    new = any(".postconv." in k or ".attn.to_q." in k for k in keys)
-    if old and new:
-        raise StateDictMismatchError("the autoencoder checkpoint mixes the old GenerativeModels and the MONAI core layouts")
-    return "generative" if old else "monai"
-
-
-_CORE_TO_OLD = [
-    (re.compile(r"^(decoder\.blocks\.\d+)\.postconv\.conv\."), r"\1.conv.conv."),
-    (re.compile(r"\.attn\.(to_q|to_k|to_v)\."), r".\1."),
-    (re.compile(r"\.attn\.out_proj\."), ".proj_attn."),
-]
-
-
-def _to_core(state: Mapping[str, torch.Tensor], layout: str):
-    """``(state in MONAI core names, function giving a core name's name in the checkpoint's layout)``."""
-    if layout == "monai":
-        return dict(state), (lambda key: key)
-    core = {}
-    for key, value in state.items():
-        new = _OLD_UP.sub(r"\1.postconv.conv.", key)
-        m = _OLD_ATTN.match(new)
-        if m:
-            part = "out_proj" if m.group(2) == "proj_attn" else m.group(2)
-            new = f"{m.group(1)}.attn.{part}.{m.group(3)}"
-        core[new] = value
-    for key in list(core):  # an old attention without proj_attn: identity projection (as MONAI core does)
+def _to_core(state: Mapping[str, torch.Tensor]):
+    """:meth:`KeyLayout.normalise`, and an old attention without ``proj_attn`` given the identity
+    projection (as MONAI core's ``load_old_state_dict`` does)."""
+    core, old_name = LAYOUT.normalise(state)
+    for key in list(core):
         if key.endswith(".attn.to_q.weight"):
             block = key[: -len(".to_q.weight")]
             if f"{block}.out_proj.weight" not in core:
                 w = core[key]
                 core[f"{block}.out_proj.weight"] = torch.eye(w.shape[0], dtype=w.dtype)
                 core[f"{block}.out_proj.bias"] = torch.zeros(w.shape[0], dtype=w.dtype)
-
-    def old_name(key: str) -> str:
-        for pattern, repl in _CORE_TO_OLD:
-            key = pattern.sub(repl, key)
-        return key
-
     return core, old_name
 
 
@@ -360,7 +338,7 @@ def autoencoder_state_for_diffusers(state: Mapping[str, torch.Tensor], config: M
     """``(diffusers config, diffusers state dict, resolved config)`` for a MONAI ``AutoencoderKL`` state dict."""
     config = config or MonaiAutoencoderConfig.paper()
     config.validate()
-    core, names = _to_core(state, detect_layout(state))
+    core, names = _to_core(state)
     config = config.resolved(core)
     diffusers_config = config.to_diffusers(sample_size, scaling_factor)
     expected = expected_shapes(meta_model(MonaiAutoencoderKL, diffusers_config))

@@ -41,7 +41,7 @@ from typing import Mapping
 import torch
 
 from groundiff_core.models.loading.errors import StateDictMismatchError, UnsupportedArchitectureError
-from groundiff_core.models.loading.monai_args import MonaiArgs
+from groundiff_core.models.loading.monai_args import KeyLayout, MonaiArgs, rename
 from groundiff_core.models.loading.statedict import Entry, expected_shapes, fill, materialise, meta_model, set_groupnorm_eps
 
 __all__ = ["MonaiUNetConfig", "convert_unet", "unet_state_for_diffusers", "detect_layout", "diffusers_to_monai_key"]
@@ -174,54 +174,19 @@ _TO_MONAI = [
     (r"\.ff\.net\.2\.", ".ff.linear2."),
 ]
 
-# old GenerativeModels key -> MONAI core key
-_OLD_TO_CORE = [
-    (re.compile(r"(transformer_blocks\.\d+\.attn[12])\.to_out\.0\."), r"\1.out_proj."),
-    (re.compile(r"\.upsampler\.conv\.conv\."), ".upsampler.postconv.conv."),
-]
-
-
-_CORE_TO_OLD = [
-    (re.compile(r"(transformer_blocks\.\d+\.attn[12])\.out_proj\."), r"\1.to_out.0."),
-    (re.compile(r"\.upsampler\.postconv\.conv\."), ".upsampler.conv.conv."),
-]
+LAYOUT = KeyLayout(
+    "UNet",
+    to_core=((r"(transformer_blocks\.\d+\.attn[12])\.to_out\.0\.", r"\1.out_proj."),
+             (r"\.upsampler\.conv\.conv\.", ".upsampler.postconv.conv.")),
+    to_old=((r"(transformer_blocks\.\d+\.attn[12])\.out_proj\.", r"\1.to_out.0."),
+            (r"\.upsampler\.postconv\.conv\.", ".upsampler.conv.conv.")),
+    core_marks=(".postconv.", ".out_proj."))
+detect_layout = LAYOUT.detect
 
 
 def diffusers_to_monai_key(key: str) -> str:
     """The MONAI core (>= 1.4) name of a diffusers ``UNet2DConditionModel`` state-dict key."""
-    for pattern, repl in _TO_MONAI:
-        key = re.sub(pattern, repl, key)
-    return key
-
-
-def detect_layout(keys) -> str:
-    """``"generative"`` (old MONAI GenerativeModels names) or ``"monai"`` (MONAI core >= 1.4)."""
-    keys = list(keys)
-    old = any(p.search(k) for k in keys for p, _ in _OLD_TO_CORE)
-    new = any(".postconv." in k or ".out_proj." in k for k in keys)
-    if old and new:
-        raise StateDictMismatchError(
-            "the UNet checkpoint mixes the old GenerativeModels and the MONAI core key layouts")
-    return "generative" if old else "monai"
-
-
-def _to_core(state: Mapping[str, torch.Tensor], layout: str):
-    """``(state in MONAI core names, function giving a core name's name in the checkpoint's layout)``."""
-    if layout == "monai":
-        return dict(state), (lambda key: key)
-    core = {}
-    for key, value in state.items():
-        new = key
-        for pattern, repl in _OLD_TO_CORE:
-            new = pattern.sub(repl, new)
-        core[new] = value
-
-    def old_name(key: str) -> str:
-        for pattern, repl in _CORE_TO_OLD:
-            key = pattern.sub(repl, key)
-        return key
-
-    return core, old_name
+    return rename(key, _TO_MONAI)
 
 
 def _qkv_slice(i: int):
@@ -244,7 +209,7 @@ def unet_state_for_diffusers(state: Mapping[str, torch.Tensor], config: MonaiUNe
     config = config or MonaiUNetConfig.paper()
     diffusers_config = config.to_diffusers(sample_size)
     expected = expected_shapes(meta_model(UNet2DConditionModel, diffusers_config))
-    core, names = _to_core(state, detect_layout(state))
+    core, names = LAYOUT.normalise(state)
     entries = []
     for target in expected:
         source = diffusers_to_monai_key(target)
