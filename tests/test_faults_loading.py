@@ -15,22 +15,16 @@ def _corrupt(kind: str, root):
         f = root / "unet" / "diffusion_pytorch_model.safetensors"
         f.write_bytes(f.read_bytes()[:4000])
         return "unet", "corrupt or truncated"
-    if kind == "size mismatch":
-        f = root / "vae" / "config.json"
-        cfg = json.loads(f.read_text())
-        cfg["latent_channels"] = 8
-        f.write_text(json.dumps(cfg))
-        return "vae", "do not fit its config.json"
+    if kind in ("size mismatch", "text encoder mismatch"):  # a config.json that its weights do not fit
+        part, key, value = ("vae", "latent_channels", 8) if kind == "size mismatch" else (
+            "text_encoder", "intermediate_size", 24)
+        f = root / part / "config.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), key: value}))
+        return part, "do not fit its config.json"
     if kind == "garbage pickle":
         (root / "unet" / "diffusion_pytorch_model.safetensors").unlink()
         (root / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x02garbage")
         return "unet", "diffusion_pytorch_model.bin"
-    if kind == "text encoder mismatch":
-        f = root / "text_encoder" / "config.json"
-        cfg = json.loads(f.read_text())
-        cfg["intermediate_size"] = 24
-        f.write_text(json.dumps(cfg))
-        return "text_encoder", "do not fit its config.json"
     if kind == "broken model_index.json":
         (root / "model_index.json").write_text("{not json")
         return "model_index.json", "not valid JSON"

@@ -142,14 +142,7 @@ class ShippedRun:
     def check_config(self, config: Any, conventions: str) -> None:
         """Refuse if the grounding configuration or the scoring conventions differ from the run's."""
         live = config.to_dict() if callable(getattr(config, "to_dict", None)) else dict(config)
-        live = json.loads(json.dumps(live))  # tuples -> lists, as stored
-        diff = sorted(k for k in set(live) | set(self.config) if live.get(k) != self.config.get(k))
-        if diff:
-            raise ValueError(f"{self.folder}: the shipped run's configuration differs in "
-                             + ", ".join(f"{k} (shipped {self.config.get(k)!r}, here {live.get(k)!r})" for k in diff))
-        if conventions != self.conventions:
-            raise ValueError(f"{self.folder}: the shipped run is scored under the {self.conventions!r} "
-                             f"conventions, this page asks for {conventions!r}")
+        self._refuse_differences("configuration", json.loads(json.dumps(live)), self.config, conventions)
 
     def check_method(self, method: Any, conventions: str = "paper") -> None:
         """Refuse unless the run was made by ``method`` as the page builds it: for a grounder (a
@@ -162,11 +155,16 @@ class ShippedRun:
         if getattr(method, "config", None) is not None:
             self.check_config(method.config, conventions)
             return
-        live, want = run_identity(method, [], None, None)["method"], self.identity.get("method") or {}
-        diff = sorted(k for k in set(live) | set(want) if live.get(k) != want.get(k))
+        self._refuse_differences("method", run_identity(method, [], None, None)["method"],
+                                 self.identity.get("method") or {}, conventions)
+
+    def _refuse_differences(self, what: str, live: dict, shipped: dict, conventions: str) -> None:
+        """``ValueError`` naming each setting of ``what`` that differs (``live`` is the page's, tuples
+        as lists), or the scoring conventions if those differ."""
+        diff = sorted(k for k in set(live) | set(shipped) if live.get(k) != shipped.get(k))
         if diff:
-            raise ValueError(f"{self.folder}: the shipped run's method differs in "
-                             + ", ".join(f"{k} (shipped {want.get(k)!r}, here {live.get(k)!r})" for k in diff))
+            raise ValueError(f"{self.folder}: the shipped run's {what} differs in "
+                             + ", ".join(f"{k} (shipped {shipped.get(k)!r}, here {live.get(k)!r})" for k in diff))
         if conventions != self.conventions:
             raise ValueError(f"{self.folder}: the shipped run is scored under the {self.conventions!r} "
                              f"conventions, this page asks for {conventions!r}")
