@@ -416,3 +416,32 @@ def test_runs_read_side_by_side_are_checked_against_their_methods_and_share_thei
     report = shipped.recheck(both["saliency"], methods["saliency"], pairs, tmp_path / "again", n=1)
     assert report["pairs"] >= 1 and max(report["max_abs_diff"].values()) <= shipped.TOLERANCE
     assert "(1 image, seeded)" in shipped.recheck_markdown({**report, "images": 1})
+
+
+def test_the_shipped_captum_runs_are_what_the_captum_page_builds(tmp_path):
+    """book/results/phantom-captum: one finished run per method of notebook 5, each made with the
+    settings the page declares on the weights the phantom loads, on the phantom split they name, and
+    with the main table's shipped run sharing at least the page's minimum of pairs (what the full
+    build checks before it re-checks them live)."""
+    import importlib.util
+
+    from groundiff_core import GroundingConfig, Grounder
+    from groundiff_core.book import shipped
+    from groundiff_core.methods.attribution import ObjectiveConfig, make_methods
+    from groundiff_core.models.loading import load_model
+
+    spec = importlib.util.spec_from_file_location("ship_captum", ROOT / "scripts/ship_captum.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    s = ship.page_settings()
+    ldm = load_model("phantom")
+    methods = {"cross-attention": Grounder(ldm, GroundingConfig.paper()),
+               **make_methods(s["methods"], ldm, objective=ObjectiveConfig(n_draws=s["objective_draws"], seed=s["seed"]),
+                              seed=s["seed"], ig_steps=s["ig_steps"], n_samples=s["n_samples"],
+                              occlusion_window=s["occlusion_window"], occlusion_stride=s["occlusion_stride"])}
+    runs = {"cross-attention": shipped.load_shipped(ROOT / s["shipped_cross_attention"]),
+            **{name: shipped.load_shipped(ROOT / s["shipped_run"] / name) for name in s["methods"]}}
+    assert all(run.summary_file is not None for run in runs.values()), "a shipped run did not finish"
+    pairs = runs["cross-attention"].phantom_pairs(tmp_path / "phantom")
+    both = shipped.checked_runs(runs, methods, pairs, min_pairs=s["min_shipped_pairs"])
+    assert {len(run.ok_rows) for run in both.values()} == {s["min_shipped_pairs"]}

@@ -117,10 +117,20 @@ class Grounder:
 
     # ------------------------------------------------------------------ public verbs
     def invert(self, image: ImageInput, window: tuple[int, int] | None = None) -> Inversion:
-        """Invert ``image`` once and keep its latents at the steps of ``window`` (default: the config's),
-        for later phrases: ``inv.ground(phrases)``, ``inv.record(...)``, ``inv.ground_tokens(...)``
-        cost only the phrases' own conditional rows. Guidance 0 only (otherwise each phrase has its
-        own trajectory)."""
+        """Invert ``image`` once and keep its latents at the steps of ``window``, for later phrases:
+        ``inv.ground(phrases)``, ``inv.record(...)``, ``inv.ground_tokens(...)`` cost only the phrases'
+        own conditional rows. Guidance 0 only (otherwise each phrase has its own trajectory).
+
+        Parameters
+        ----------
+        image : anything :func:`load_image` reads
+        window : inversion steps ``[start, stop)`` to keep (0 = the least noisy); default the config's
+
+        Returns
+        -------
+        :class:`Inversion`: the latents ``[stop - start, C, l, l]`` on the model's device, the crop
+        geometry (model grid to image grid) and the key the inversion cache stores it under
+        """
         return self.invert_batch([image], window)[0]
 
     def invert_batch(self, images: Sequence[ImageInput], window: tuple[int, int] | None = None) -> list[Inversion]:
@@ -209,7 +219,19 @@ class Grounder:
         """One heatmap per token of ``phrase``: map ``i - 1`` reads token position ``i`` alone, the map
         ``ground`` gives with ``tokens="token:i"``, but all of them come from one inversion (the
         phrase's conditional row repeated once per token, each with its own token weights), so n
-        tokens cost one inversion instead of n. The maps are named ``"<phrase> [token i]"``."""
+        tokens cost one inversion instead of n.
+
+        Parameters
+        ----------
+        image : anything :func:`load_image` reads, or an :class:`Inversion`
+        phrase : one phrase of ``n - 2`` tokens (``n`` counts the start and end tokens)
+        return_raw : also keep each mean attention map before post-processing
+
+        Returns
+        -------
+        :class:`Heatmaps`: float32 ``[n - 2, H, W]`` on the image's own grid, NaN outside the crop,
+        named ``"<phrase> [token i]"``
+        """
         (n,) = self.check_phrases([phrase])
         h = self.ground_batch([image], [[phrase] * (n - 2)], return_raw,
                               token_positions=[[[i] for i in range(1, n - 1)]])[0]
@@ -220,11 +242,25 @@ class Grounder:
     def record(self, image: ImageInput, phrases: Sequence[str] | str, window: tuple[int, int] | None = None,
                layers: Sequence[int] | None = None) -> Recording:
         """Ablation mode: one inversion, every layer (or ``layers``), every step (or the steps
-        ``[start, stop)`` of ``window``).
+        ``[start, stop)`` of ``window``); any layer set and window inside it is then aggregated
+        without calling the model (:meth:`Recording.aggregate`).
 
         Recording a step needs the conditional branch at that step, so restrict ``window`` to what
         the ablation reads (e.g. the widest window) to save time; memory is
         ``n_steps x K x sum_layers(h * w)`` floats.
+
+        Parameters
+        ----------
+        image : anything :func:`load_image` reads, or an :class:`Inversion`
+        phrases : K phrases (a string is one phrase)
+        window : inversion steps ``[start, stop)`` to record (0 = the least noisy); default all
+        layers : cross-attention layer indices in execution order; default all
+
+        Returns
+        -------
+        :class:`Recording`: per layer, float32 maps ``[n_steps, K, h, w]`` on that layer's latent grid
+        (averaged over the selected tokens and the heads, before any post-processing), with the crop
+        geometry and the config
         """
         return self.record_batch([image], [phrases], window=window, layers=layers)[0]
 
