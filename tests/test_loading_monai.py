@@ -125,6 +125,22 @@ def test_autoencoder_latent_and_decoding_match_monai(layout, middle_attention):
         assert (ae.decode(z) - vae.decode(z).sample).abs().max().item() < TOL
 
 
+def test_an_attention_without_its_output_projection_is_completed_only_in_the_old_layout():
+    """Old GenerativeModels attentions may lack ``proj_attn`` (MONAI core's ``load_old_state_dict``
+    gives them the identity); a MONAI core checkpoint without ``out_proj`` is incomplete and refused."""
+    from groundiff_core.models.loading.errors import StateDictMismatchError
+
+    ae = monai_autoencoder(with_encoder_nonlocal_attn=True, with_decoder_nonlocal_attn=True)
+    cfg = MonaiAutoencoderConfig.from_dict(AE_CFG)
+    old = {k: v for k, v in _state(ae, "generative", "autoencoder").items() if ".proj_attn." not in k}
+    vae, _ = convert_autoencoder(old, cfg, sample_size=IMAGE)
+    proj = vae.encoder.mid_block.attentions[0].to_out[0]
+    assert torch.equal(proj.weight, torch.eye(proj.weight.shape[0])) and not proj.bias.any()
+    core = {k: v for k, v in _state(ae, "monai", "autoencoder").items() if ".attn.out_proj." not in k}
+    with pytest.raises(StateDictMismatchError, match=r"missing from the checkpoint: .*attn\.out_proj"):
+        convert_autoencoder(core, cfg, sample_size=IMAGE)
+
+
 @pytest.mark.parametrize("overrides", [
     dict(attention_levels=(False, False, True, True), with_encoder_nonlocal_attn=True, with_decoder_nonlocal_attn=False),
     dict(norm_eps=1e-5, num_res_blocks=1, latent_channels=4),

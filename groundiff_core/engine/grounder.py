@@ -129,7 +129,7 @@ class Grounder:
         Returns
         -------
         :class:`Inversion`: the latents ``[stop - start, C, l, l]`` on the model's device, the crop
-        geometry (model grid to image grid) and the key the inversion cache stores it under
+        geometry (model grid to image grid) and, with an ``inversion_cache``, the key it is stored under
         """
         return self.invert_batch([image], window)[0]
 
