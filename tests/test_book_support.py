@@ -300,7 +300,8 @@ def test_shipped_run_data_check_regenerates_the_phantom_and_compares_keys(tmp_pa
     keys = pair_keys(pairs, group_by_image(pairs))
     folder = tmp_path / "run"
     folder.mkdir()
-    (folder / "results.jsonl").write_text("".join(json.dumps({**_row(p.pair_id), "key": keys[p.pair_id]}) + "\n"
+    (folder / "results.jsonl").write_text("".join(json.dumps({**_row(p.pair_id, p.category), "key": keys[p.pair_id],
+                                                              "phrase": p.phrase, "boxes": p.boxes.tolist()}) + "\n"
                                                   for p in pairs))
     (folder / "run.json").write_text(json.dumps({"identity": {"data": {"pairs": len(pairs)}}}))
     (folder / "ship.json").write_text(json.dumps({"phantom_images": 3, "phantom_split": "test"}))
@@ -309,8 +310,11 @@ def test_shipped_run_data_check_regenerates_the_phantom_and_compares_keys(tmp_pa
     assert [p.pair_id for p in again] == [p.pair_id for p in pairs]
     first = again[0]
     Path(first.image_path).write_bytes(Path(first.image_path).read_bytes() + b"\0")  # one image changed
-    with pytest.raises(ValueError, match=f"pair '{re.escape(first.pair_id)}' is not reproduced"):
+    with pytest.raises(ValueError, match=f"pair '{re.escape(first.pair_id)}' is not reproduced") as err:
         run.check_data(again)
+    # same annotation, other bytes: the message says so and names the CPU the run was made on
+    assert "the image bytes differ; the run was made on 'an unrecorded CPU', this machine is" in str(err.value)
+    assert 'shipped_run ""' in str(err.value)
     with pytest.raises(ValueError, match=f"the run read {len(pairs)} pairs, the regenerated split has 1"):
         run.check_data(again[:1])
 
@@ -417,31 +421,3 @@ def test_runs_read_side_by_side_are_checked_against_their_methods_and_share_thei
     assert report["pairs"] >= 1 and max(report["max_abs_diff"].values()) <= shipped.TOLERANCE
     assert "(1 image, seeded)" in shipped.recheck_markdown({**report, "images": 1})
 
-
-def test_the_shipped_captum_runs_are_what_the_captum_page_builds(tmp_path):
-    """book/results/phantom-captum: one finished run per method of notebook 5, each made with the
-    settings the page declares on the weights the phantom loads, on the phantom split they name, and
-    with the main table's shipped run sharing at least the page's minimum of pairs (what the full
-    build checks before it re-checks them live)."""
-    import importlib.util
-
-    from groundiff_core import GroundingConfig, Grounder
-    from groundiff_core.book import shipped
-    from groundiff_core.methods.attribution import ObjectiveConfig, make_methods
-    from groundiff_core.models.loading import load_model
-
-    spec = importlib.util.spec_from_file_location("ship_captum", ROOT / "scripts/ship_captum.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
-    s = ship.page_settings()
-    ldm = load_model("phantom")
-    methods = {"cross-attention": Grounder(ldm, GroundingConfig.paper()),
-               **make_methods(s["methods"], ldm, objective=ObjectiveConfig(n_draws=s["objective_draws"], seed=s["seed"]),
-                              seed=s["seed"], ig_steps=s["ig_steps"], n_samples=s["n_samples"],
-                              occlusion_window=s["occlusion_window"], occlusion_stride=s["occlusion_stride"])}
-    runs = {"cross-attention": shipped.load_shipped(ROOT / s["shipped_cross_attention"]),
-            **{name: shipped.load_shipped(ROOT / s["shipped_run"] / name) for name in s["methods"]}}
-    assert all(run.summary_file is not None for run in runs.values()), "a shipped run did not finish"
-    pairs = runs["cross-attention"].phantom_pairs(tmp_path / "phantom")
-    both = shipped.checked_runs(runs, methods, pairs, min_pairs=s["min_shipped_pairs"])
-    assert {len(run.ok_rows) for run in both.values()} == {s["min_shipped_pairs"]}

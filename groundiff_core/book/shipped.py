@@ -185,10 +185,25 @@ class ShippedRun:
         if data.get("pairs") is not None and data["pairs"] != len(pairs):
             raise ValueError(f"{self.folder}: the run read {data['pairs']} pairs, the regenerated split has {len(pairs)}")
         keys = pair_keys(list(pairs), group_by_image(list(pairs)))
+        by_id = {p.pair_id: p for p in pairs}
         for r in self.rows:
             if keys.get(r["pair_id"]) != r.get("key"):
+                p = by_id.get(r["pair_id"])
+                same_annotation = p is not None and (p.phrase, p.category, p.boxes.tolist()) == (
+                    r.get("phrase"), r.get("category"), r.get("boxes"))
+                if same_annotation:
+                    from groundiff_core.util.environment import hardware
+
+                    made_on = ((self.summary_file or {}).get("hardware") or {}).get("cpu", "an unrecorded CPU")
+                    why = (f" Its annotation is the same, so the image bytes differ; the run was made on "
+                           f"{made_on!r}, this machine is {hardware(import_torch=False).get('cpu')!r}: the "
+                           "generator's float32 numpy math need not be bit-identical across CPUs (SIMD paths). "
+                           "Pass -p shipped_run \"\" to compute the page live.")
+                else:
+                    why = ""
                 raise ValueError(f"{self.folder}: pair {r['pair_id']!r} is not reproduced by the regenerated "
-                                 f"phantom split (shipped key {r.get('key')}, regenerated {keys.get(r['pair_id'])})")
+                                 f"phantom split (shipped key {r.get('key')}, regenerated {keys.get(r['pair_id'])})."
+                                 + why)
 
     def phantom_pairs(self, folder: str | os.PathLike) -> list:
         """Regenerate the phantom split the run read into ``folder`` (a few seconds) and return its
