@@ -110,27 +110,17 @@ class Grounder:
         return DDIMInversion(self.model.schedule, self.config)
 
     def describe(self) -> dict:
-        """The method's identity in result files (:class:`~groundiff_core.heatmaps.GroundingMethod`):
-        its name and config. ``batch_size`` and ``early_exit`` are left out: they never change the
-        maps. The name stays "Grounder", the identity evaluation folders were written with."""
+        """The method's identity in result files (:class:`~groundiff_core.heatmaps.GroundingMethod`): its
+        name ("Grounder", as evaluation folders record it) and config; never-map-changing options left out."""
         return {"method": "Grounder", "config": self.config.to_dict()}
 
     # ------------------------------------------------------------------ public verbs
     def invert(self, image: ImageInput, window: tuple[int, int] | None = None) -> Inversion:
-        """Invert ``image`` once and keep its latents at the steps of ``window``, for later phrases:
-        ``inv.ground(phrases)``, ``inv.record(...)``, ``inv.ground_tokens(...)`` cost only the phrases'
-        own conditional rows. Guidance 0 only (otherwise each phrase has its own trajectory).
-
-        Parameters
-        ----------
-        image : anything :func:`load_image` reads
-        window : inversion steps ``[start, stop)`` to keep (0 = the least noisy); default the config's
-
-        Returns
-        -------
-        :class:`Inversion`: the latents ``[stop - start, C, l, l]`` on the model's device, the crop
-        geometry (model grid to image grid) and, with an ``inversion_cache``, the key it is stored under
-        """
+        """Invert ``image`` (anything :func:`load_image` reads) once, guidance 0, and keep its latents
+        ``[stop - start, C, l, l]`` at the inversion steps ``window`` (0 = least noisy; default the
+        config's) in an :class:`Inversion`, with its crop geometry (and, with an ``inversion_cache``,
+        its key): later phrases (``inv.ground``, ``inv.record``, ``inv.ground_tokens``) then cost
+        only their own conditional rows."""
         return self.invert_batch([image], window)[0]
 
     def invert_batch(self, images: Sequence[ImageInput], window: tuple[int, int] | None = None) -> list[Inversion]:
@@ -216,22 +206,10 @@ class Grounder:
         return out
 
     def ground_tokens(self, image: ImageInput, phrase: str, return_raw: bool = False) -> Heatmaps:
-        """One heatmap per token of ``phrase``: map ``i - 1`` reads token position ``i`` alone, the map
-        ``ground`` gives with ``tokens="token:i"``, but all of them come from one inversion (the
-        phrase's conditional row repeated once per token, each with its own token weights), so n
-        tokens cost one inversion instead of n.
-
-        Parameters
-        ----------
-        image : anything :func:`load_image` reads, or an :class:`Inversion`
-        phrase : one phrase of ``n - 2`` tokens (``n`` counts the start and end tokens)
-        return_raw : also keep each mean attention map before post-processing
-
-        Returns
-        -------
-        :class:`Heatmaps`: float32 ``[n - 2, H, W]`` on the image's own grid, NaN outside the crop,
-        named ``"<phrase> [token i]"``
-        """
+        """One heatmap per token of ``phrase`` (``n - 2`` tokens between start and end): float32
+        ``[n - 2, H, W]`` on the image's grid, map ``i - 1`` named ``"<phrase> [token i]"`` and equal
+        to ``ground``'s with ``tokens="token:i"``, all from one inversion (the phrase's conditional
+        row repeated per token, each with its own weights) instead of n."""
         (n,) = self.check_phrases([phrase])
         h = self.ground_batch([image], [[phrase] * (n - 2)], return_raw,
                               token_positions=[[[i] for i in range(1, n - 1)]])[0]
@@ -241,27 +219,14 @@ class Grounder:
 
     def record(self, image: ImageInput, phrases: Sequence[str] | str, window: tuple[int, int] | None = None,
                layers: Sequence[int] | None = None) -> Recording:
-        """Ablation mode: one inversion, every layer (or ``layers``), every step (or the steps
-        ``[start, stop)`` of ``window``); any layer set and window inside it is then aggregated
-        without calling the model (:meth:`Recording.aggregate`).
+        """Ablation mode: one inversion, every layer (or ``layers``, indices in execution order) and
+        every inversion step (or those of ``window`` ``[start, stop)``, 0 = least noisy); any layer
+        set and window inside it is then aggregated without the model (:meth:`Recording.aggregate`).
 
-        Recording a step needs the conditional branch at that step, so restrict ``window`` to what
-        the ablation reads (e.g. the widest window) to save time; memory is
-        ``n_steps x K x sum_layers(h * w)`` floats.
-
-        Parameters
-        ----------
-        image : anything :func:`load_image` reads, or an :class:`Inversion`
-        phrases : K phrases (a string is one phrase)
-        window : inversion steps ``[start, stop)`` to record (0 = the least noisy); default all
-        layers : cross-attention layer indices in execution order; default all
-
-        Returns
-        -------
-        :class:`Recording`: per layer, float32 maps ``[n_steps, K, h, w]`` on that layer's latent grid
-        (averaged over the selected tokens and the heads, before any post-processing), with the crop
-        geometry and the config
-        """
+        Returns a :class:`Recording`: per layer, float32 maps ``[n_steps, K, h, w]`` on its latent
+        grid, averaged over the selected tokens and the heads, before post-processing. Recording a
+        step needs its conditional rows, so restrict ``window`` to what is read; memory is
+        ``n_steps x K x sum_layers(h * w)`` floats."""
         return self.record_batch([image], [phrases], window=window, layers=layers)[0]
 
     def record_batch(self, images: Sequence[ImageInput], phrases_per_image: Sequence[Sequence[str] | str],
