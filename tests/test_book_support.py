@@ -313,7 +313,8 @@ def test_shipped_run_data_check_regenerates_the_phantom_and_compares_keys(tmp_pa
     with pytest.raises(ValueError, match=f"pair '{re.escape(first.pair_id)}' is not reproduced") as err:
         run.check_data(again)
     # same annotation, other bytes: the message says so and names the CPU the run was made on
-    assert "the image bytes differ; the run was made on 'an unrecorded CPU', this machine is" in str(err.value)
+    assert ("its image file (or its image's other findings) differ; the run was made on 'an unrecorded CPU', "
+            "this machine is") in str(err.value)
     assert 'shipped_run ""' in str(err.value)
     with pytest.raises(ValueError, match=f"the run read {len(pairs)} pairs, the regenerated split has 1"):
         run.check_data(again[:1])

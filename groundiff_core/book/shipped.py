@@ -195,8 +195,9 @@ class ShippedRun:
                     from groundiff_core.util.environment import hardware
 
                     made_on = ((self.summary_file or {}).get("hardware") or {}).get("cpu", "an unrecorded CPU")
-                    why = (f" Its annotation is the same, so the image bytes differ; the run was made on "
-                           f"{made_on!r}, this machine is {hardware(import_torch=False).get('cpu')!r}: the "
+                    why = (" Its annotation is the same, so its image file (or its image's other findings) "
+                           f"differ; the run was made on {made_on!r}, this machine is "
+                           f"{hardware(import_torch=False).get('cpu')!r}: the "
                            "generator's float32 numpy math need not be bit-identical across CPUs (SIMD paths). "
                            "Pass -p shipped_run \"\" to compute the page live.")
                 else:
