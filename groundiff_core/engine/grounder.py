@@ -111,7 +111,7 @@ class Grounder:
 
     def describe(self) -> dict:
         """The method's identity in result files (:class:`~groundiff_core.heatmaps.GroundingMethod`): its
-        name ("Grounder", as evaluation folders record it) and config; never-map-changing options left out."""
+        name ("Grounder", as evaluation folders record it) and config (not ``batch_size``, ``early_exit``)."""
         return {"method": "Grounder", "config": self.config.to_dict()}
 
     # ------------------------------------------------------------------ public verbs

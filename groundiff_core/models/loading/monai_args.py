@@ -88,9 +88,10 @@ class KeyLayout:
                 f"the {self.network} checkpoint mixes the old GenerativeModels and the MONAI core layouts")
         return "generative" if old else "monai"
 
-    def normalise(self, state: Mapping) -> tuple[dict, Callable[[str], str]]:
-        """``(state in MONAI core names, function giving a core name's name in the checkpoint's layout)``."""
-        if self.detect(state) == "monai":
+    def normalise(self, state: Mapping, layout: str | None = None) -> tuple[dict, Callable[[str], str]]:
+        """``(state in MONAI core names, function giving a core name's name in the checkpoint's layout)``;
+        ``layout`` is :meth:`detect`'s answer when the caller has it already."""
+        if (layout or self.detect(state)) == "monai":
             return dict(state), (lambda key: key)
         return ({rename(k, self.to_core): v for k, v in state.items()}, lambda key: rename(key, self.to_old))
 

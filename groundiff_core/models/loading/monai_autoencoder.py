@@ -192,8 +192,9 @@ detect_layout = LAYOUT.detect
 def _to_core(state: Mapping[str, torch.Tensor]):
     """:meth:`KeyLayout.normalise`, and an old attention without ``proj_attn`` given the identity
     projection (as MONAI core's ``load_old_state_dict`` does)."""
-    core, old_name = LAYOUT.normalise(state)
-    if LAYOUT.detect(state) == "monai":  # a core checkpoint without out_proj is incomplete: refused later
+    layout = LAYOUT.detect(state)
+    core, old_name = LAYOUT.normalise(state, layout)
+    if layout == "monai":  # a core checkpoint without out_proj is incomplete: refused later
         return core, old_name
     for key in list(core):
         if key.endswith(".attn.to_q.weight"):
