@@ -149,3 +149,54 @@ def test_word_tokenizer_is_deterministic_and_keeps_each_word_whole():
         assert len(a(w, add_special_tokens=False)["input_ids"]) == 1, w
     ids = a("left pleural effusion")["input_ids"]
     assert ids[0] == a.bos_token_id and ids[-1] == a.eos_token_id
+
+
+_DIGEST = """
+import hashlib, numpy as np
+from groundiff_core.phantom.generator import make_phantom
+h = hashlib.sha256()
+for s in range({start}, {start} + {n}):
+    h.update(np.round(make_phantom(s).image * 65535).astype(np.uint16).tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_the_images_are_the_same_whichever_simd_kernels_numpy_picks():
+    """numpy dispatches sin, cos and power to AVX-512, AVX2 or SSE kernels by CPU; the phantom must
+    not change with them (a split regenerated on an AVX2 machine once differed from the shipped
+    runs' AVX-512 one in about 4 pixels per 10,000). Here the kernels above numpy's baseline are
+    switched off in steps (NPY_DISABLE_CPU_FEATURES), as on an older CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from numpy._core import _multiarray_umath as umath
+
+    found = [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
+    if not found:
+        pytest.skip("this CPU has no numpy kernels above the baseline to switch off")
+    code = _DIGEST.format(start=SPLIT_SEEDS["test"], n=40)
+    digests = {}
+    for k in range(len(found) + 1):  # none off, then the highest ones off, down to the baseline only
+        off = " ".join(found[len(found) - k:])
+        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": off}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        digests[off or "none"] = out.stdout.strip()
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_the_shipped_runs_read_the_split_this_machine_regenerates(tmp_path):
+    """Every shipped phantom run of the book (its rows' content keys: annotation and image bytes) is
+    reproduced by the test split generated here, so the book's pages can read them on this CPU."""
+    from pathlib import Path
+
+    from groundiff_core.book import shipped
+    from groundiff_core.evaluation.controls import shuffled_pairs
+
+    results = Path(__file__).resolve().parents[1] / "book" / "results"
+    runs = {name: shipped.load_shipped(results / name)
+            for name in ("phantom-paper", "phantom-paper-shuffled", "phantom-fast", "phantom-class-tokens")}
+    pairs = runs["phantom-paper"].phantom_pairs(tmp_path)  # regenerates and checks the paper run
+    for name, run in runs.items():
+        assert run.phantom_images == runs["phantom-paper"].phantom_images, name
+        run.check_data(shuffled_pairs(pairs, seed=0) if name.endswith("shuffled") else pairs)

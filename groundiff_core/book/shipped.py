@@ -34,8 +34,11 @@ __all__ = ["RecheckMismatch", "ShippedRun", "TOLERANCE", "checked_runs", "compar
 #: absorbs rounding in the last printed digits: anything that changes a heatmap (an Otsu mask that
 #: gains or loses a pixel moves mIoU by about 1 / its pixel count, > 1e-4 on these 128 px images)
 #: exceeds it. The re-check grounds single-threaded (:func:`recheck`), as the shipped runs were
-#: made; on another CPU or BLAS the last bits of the attention maps may differ and the re-check
-#: can then refuse a run that is right: it says which pair and metric.
+#: made. On another CPU the last bits of the attention maps differ: 6 pairs of the fast run
+#: re-grounded on an AVX-512 Xeon with torch, oneDNN and MKL held to AVX2 (ATEN_CPU_CAPABILITY,
+#: ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS) differed by at most 4.7e-7 (CNR) and 2.7e-7
+#: (AUC-ROC), and not at all in mIoU or pointing (benchmarks/results/portability.md). A CPU
+#: beyond that can refuse a run that is right: the message says which pair and metric.
 TOLERANCE = 1e-6
 
 
@@ -197,8 +200,9 @@ class ShippedRun:
                     made_on = ((self.summary_file or {}).get("hardware") or {}).get("cpu", "an unrecorded CPU")
                     why = (" Its annotation is the same, so its image file (or its image's other findings) "
                            f"differ; the run was made on {made_on!r}, this machine is "
-                           f"{hardware(import_torch=False).get('cpu')!r}: the "
-                           "generator's float32 numpy math need not be bit-identical across CPUs (SIMD paths). "
+                           f"{hardware(import_torch=False).get('cpu')!r}. The generator draws in float64 so that "
+                           "a seed gives the same bytes on every CPU (tests/test_phantom_generator.py); another "
+                           "numpy, scipy or Pillow, or a run shipped before 2026-12-04, can still differ. "
                            "Pass -p shipped_run \"\" to compute the page live.")
                 else:
                     why = ""

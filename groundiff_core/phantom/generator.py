@@ -17,6 +17,15 @@ Laterality follows the radiological convention: the patient's right is the IMAGE
 
 Every finding yields one phrase and one box per affected side (bilateral findings give two boxes),
 computed from the finding's own mask, in pixels ``(x, y, w, h)``.
+
+The same seed gives the same PNG bytes on every x86 CPU: all drawing is float64 and the image is
+rounded to float32 and then to 16 bits only at the end. numpy picks its sin, cos and power kernels
+by CPU (AVX-512, AVX2, SSE); in float32 their last-bit differences moved about 4 pixels in 10,000
+by one grey level (218 of the 220 test images), so a phantom split made on an AVX2 machine was not
+the one a shipped run read on an AVX-512 machine. In float64 those differences are far below the 16-bit step
+(tests/test_phantom_generator.py regenerates the test split with numpy's SIMD kernels switched off).
+Before 2026-12-04 version 4 drew in float32; the float64 images differ from those by at most one
+grey level of 65535 on some pixels, with the same phrases and boxes.
 """
 
 from __future__ import annotations
@@ -95,7 +104,7 @@ class Phantom:
 
 
 # --------------------------------------------------------------------------- geometry
-_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)  # float64 throughout: see the module's docstring
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,7 @@ def _anatomy(rng: np.random.Generator, cardiomegaly: bool, severity: int):
     """Draw the normal chest; returns (image, anatomy, heart mask)."""
     pose = _pose(rng)
     uv, k = pose.uv, pose.scale
-    img = np.zeros((SIZE, SIZE), np.float32) + 0.04
+    img = np.zeros((SIZE, SIZE), np.float64) + 0.04
     img += 0.30 * _ellipse(uv, 0, 6, 60, 66, soft=6, scale=k)  # body, soft tissue
     lungs, masks = {}, {}
     for side, sgn in (("right", -1.0), ("left", 1.0)):  # the patient's right lung is on the image's left
@@ -206,7 +215,7 @@ def _draw_finding(rng, img, ana: _Anatomy, category: str, side: str, zone: str, 
             hu = cu + (ru * 0.35 if s == "right" else -ru * 0.35)
             m = _ellipse(uv, hu, cv - 2 + rng.uniform(-5, 5), ru * 0.65 * rng.uniform(0.85, 1.15),
                          rv * 0.42 * rng.uniform(0.85, 1.15), soft=6, scale=k) * ana.lung_masks[s]
-            tex = ndimage.gaussian_filter(rng.normal(size=img.shape).astype(np.float32), 1.2)
+            tex = ndimage.gaussian_filter(rng.normal(size=img.shape), 1.2)
             img += amp * m * (1.0 + 0.8 * tex)
             boxes.append(_bbox(m, 0.3))
         return img, boxes
@@ -244,7 +253,7 @@ def _draw_finding(rng, img, ana: _Anatomy, category: str, side: str, zone: str, 
                 img += 0.16 * m
             else:  # pneumonia: blotchy, clustered nodular pattern
                 base = _ellipse(uv, zu, zv, size * 1.1, size * 0.9, 0.0, soft=3, scale=k) * lung
-                blobs = ndimage.gaussian_filter(rng.random(img.shape).astype(np.float32), 1.5)
+                blobs = ndimage.gaussian_filter(rng.random(img.shape), 1.5)
                 blobs = np.clip((blobs - blobs.mean()) / (blobs.std() + 1e-6), 0, None)
                 img += 0.32 * base * np.clip(0.35 + 0.55 * blobs, 0, 1)
                 m = base
