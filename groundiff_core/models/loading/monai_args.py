@@ -85,7 +85,7 @@ class KeyLayout:
         new = any(mark in k for k in keys for mark in self.core_marks)
         if old and new:
             raise StateDictMismatchError(
-                f"the {self.network} checkpoint mixes the old GenerativeModels and the MONAI core layouts")
+                f"the {self.network} checkpoint mixes the old GenerativeModels and the MONAI core key layouts")
         return "generative" if old else "monai"
 
     def normalise(self, state: Mapping, layout: str | None = None) -> tuple[dict, Callable[[str], str]]:
