@@ -29,16 +29,11 @@ __all__ = ["RecheckMismatch", "ShippedRun", "TOLERANCE", "checked_runs", "compar
            "recheck_markdown", "recheck_selection", "uses_shipped", "compare_presets"]
 
 #: Largest accepted absolute difference between a live re-run pair's metric and its shipped row.
-#: Measured: the 3 pairs of one image of the paper run, grounded again single-threaded on the
-#: machine that made the run, gave bit-identical metrics (difference 0). The tolerance, 1e-6, only
-#: absorbs rounding in the last printed digits: anything that changes a heatmap (an Otsu mask that
-#: gains or loses a pixel moves mIoU by about 1 / its pixel count, > 1e-4 on these 128 px images)
-#: exceeds it. The re-check grounds single-threaded (:func:`recheck`), as the shipped runs were
-#: made. On another CPU the last bits of the attention maps differ: 6 pairs of the fast run
-#: re-grounded on an AVX-512 Xeon with torch, oneDNN and MKL held to AVX2 (ATEN_CPU_CAPABILITY,
-#: ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS) differed by at most 4.7e-7 (CNR) and 2.7e-7
-#: (AUC-ROC), and not at all in mIoU or pointing (benchmarks/results/portability.md). A CPU
-#: beyond that can refuse a run that is right: the message says which pair and metric.
+#: Re-grounded single-threaded (:func:`recheck`, as the runs were made), pairs differ by about
+#: 1e-7 on the machine that made the run and by at most 4.7e-7 with torch, oneDNN and MKL held to
+#: AVX2 (benchmarks/results/portability.md). Anything that changes a heatmap exceeds 1e-6: an Otsu
+#: mask that gains or loses a pixel moves mIoU by about 1 / its pixel count, > 1e-4 on these 128 px
+#: images. A CPU beyond those can refuse a run that is right: the message names pair and metric.
 TOLERANCE = 1e-6
 
 
