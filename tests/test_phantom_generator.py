@@ -170,7 +170,10 @@ def test_the_images_are_the_same_whichever_simd_kernels_numpy_picks():
     import subprocess
     import sys
 
-    from numpy._core import _multiarray_umath as umath
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # numpy < 2
+        from numpy.core import _multiarray_umath as umath
 
     found = [f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)]
     if not found:
