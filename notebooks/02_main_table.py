@@ -48,7 +48,7 @@
 # the run scored (annotations and image bytes); it then grounds a seeded handful of the pairs
 # again, **live**, and stops with an error naming the pair and metric if any re-run value differs
 # from the shipped one by more than the tolerance (`groundiff_core.book.shipped.TOLERANCE`,
-# 1e-6: re-running pairs on the machine that made the run gave differences of about 1e-7, and below
+# 1e-6: re-running pairs on the machine that made the run gave differences up to 3.9e-7, and below
 # 5e-7 with numpy and torch held to AVX2 as on an older CPU; benchmarks/results/portability.md). The
 # image-shuffle control is a second shipped run (`book/results/phantom-paper-shuffled/`, the same
 # pairs on other images, made from the first run's inversions), checked and re-checked the same

@@ -22,8 +22,9 @@ The same seed gives the same PNG bytes on every x86 CPU: all drawing is float64 
 rounded to float32 and then to 16 bits only at the end. numpy picks its sin, cos and power kernels
 by CPU (AVX-512, AVX2, SSE); in float32 their last-bit differences moved about 4 pixels in 10,000
 by one grey level (218 of the 220 test images), so a phantom split made on an AVX2 machine was not
-the one a shipped run read on an AVX-512 machine. In float64 those differences are far below the 16-bit step
-(tests/test_phantom_generator.py regenerates the test split with numpy's SIMD kernels switched off).
+the one a shipped run read on an AVX-512 machine. In float64 those differences are far below the
+16-bit step (tests/test_phantom_generator.py regenerates 40 test images with numpy's SIMD kernels
+switched off step by step).
 Before 2026-12-04 version 4 drew in float32; the float64 images differ from those by at most one
 grey level of 65535 on some pixels, with the same phrases and boxes.
 """
